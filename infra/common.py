@@ -1,0 +1,63 @@
+"""Pieces every component uses: recommended labels, the restricted security contexts, resource requirements."""
+
+from __future__ import annotations
+
+import pulumi_kubernetes as k8s
+
+from infra.config import Resources
+
+PART_OF = "ml-platform"
+# The non-root identity every platform container runs as (the Dockerfile creates this user).
+APP_UID = 10001
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def selector_labels(name: str, instance: str) -> dict[str, str]:
+    """The stable subset of the recommended labels, used in selectors (never change these on a live object)."""
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": instance}
+
+
+def labels(name: str, instance: str, component: str) -> dict[str, str]:
+    """Kubernetes' recommended `app.kubernetes.io/*` labels."""
+    return {
+        **selector_labels(name, instance),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def pod_security_context(uid: int = APP_UID) -> k8s.core.v1.PodSecurityContextArgs:
+    """Pod Security Standards `restricted`: non-root, RuntimeDefault seccomp; fsGroup makes volumes writable."""
+    return k8s.core.v1.PodSecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=uid,
+        run_as_group=uid,
+        fs_group=uid,
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def container_security_context() -> k8s.core.v1.SecurityContextArgs:
+    """`restricted` at container level, plus a read-only root filesystem (writable paths are emptyDirs)."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def resource_requirements(res: Resources) -> k8s.core.v1.ResourceRequirementsArgs:
+    requests = {"cpu": res.cpu_request, "memory": res.memory_request}
+    limits = {"cpu": res.cpu_limit, "memory": res.memory_limit}
+    if res.gpus:
+        # Extended resources must have request == limit.
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
+    return k8s.core.v1.ResourceRequirementsArgs(requests=requests, limits=limits)
+
+
+def tmp_volume(name: str = "tmp", size: str = "256Mi") -> k8s.core.v1.VolumeArgs:
+    """A writable scratch directory for a container whose root filesystem is read-only."""
+    return k8s.core.v1.VolumeArgs(name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size))

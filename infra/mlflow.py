@@ -1,0 +1,275 @@
+"""MLflow tracking server (Deployment + Service) with sqlite on its volume, or a PostgreSQL StatefulSet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.common import container_security_context, labels, pod_security_context, resource_requirements, tmp_volume
+from infra.config import Resources
+
+MLFLOW_PORT = 5000
+POSTGRES_PORT = 5432
+POSTGRES_UID = 999  # the `postgres` user of the official Debian-based image
+
+
+@dataclass(frozen=True)
+class PostgresArgs:
+    image: str
+    """PostgreSQL image."""
+    storage_size: str
+    """Size of its volume."""
+    storage_class: str
+    """StorageClass of its volume ("" = cluster default)."""
+    password: pulumi.Input[str]
+    """Password of the `mlflow` database user (a Pulumi secret); lands only in a Kubernetes Secret."""
+    resources: Resources
+    """Requests and limits of the database container."""
+
+
+@dataclass(frozen=True)
+class MlflowArgs:
+    namespace: pulumi.Input[str]
+    """Namespace of every object."""
+    image: str
+    """Image with the `mlflow` CLI (the platform image)."""
+    image_pull_policy: str
+    """Pull policy of `image`."""
+    claim_name: pulumi.Input[str]
+    """PVC holding the sqlite database and the served artifacts."""
+    service_type: str
+    """NodePort or ClusterIP."""
+    node_port: int
+    """NodePort when service_type is NodePort."""
+    resources: Resources
+    """Requests and limits of the MLflow container."""
+    instance: str
+    """Value of app.kubernetes.io/instance."""
+    postgres: PostgresArgs | None = None
+    """PostgreSQL backend; None keeps sqlite on the volume."""
+
+
+class Mlflow(pulumi.ComponentResource):
+    """One MLflow server with `--serve-artifacts`, so trainers upload and inference pods download artifacts over
+    HTTP and need no shared filesystem. One replica with the Recreate strategy: sqlite and an RWO volume admit
+    only one writer at a time."""
+
+    service_name: pulumi.Output[str]
+    """Name of the MLflow Service."""
+    tracking_uri: pulumi.Output[str]
+    """In-cluster tracking URI (http://mlflow.<namespace>.svc.cluster.local:5000)."""
+
+    def __init__(self, name: str, args: MlflowArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlplatform:mlflow:Mlflow", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        meta_labels = labels("mlflow", args.instance, "tracking")
+        selector = {k: meta_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+        service_name = "mlflow"
+
+        env: list[k8s.core.v1.EnvVarArgs] = [k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")]
+        init_containers: list[k8s.core.v1.ContainerArgs] = []
+        if args.postgres is None:
+            backend_uri: pulumi.Input[str] = "sqlite:////mlflow/mlflow.db"
+        else:
+            self._postgres(name, args, args.postgres)
+            env.append(
+                k8s.core.v1.EnvVarArgs(
+                    name="POSTGRES_PASSWORD",
+                    value_from=k8s.core.v1.EnvVarSourceArgs(
+                        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self.secret.metadata.name, key="password")
+                    ),
+                )
+            )
+            # $(POSTGRES_PASSWORD) is expanded by the kubelet, so the password never appears in the pod spec.
+            backend_uri = f"postgresql://mlflow:$(POSTGRES_PASSWORD)@postgres:{POSTGRES_PORT}/mlflow"
+            init_containers.append(
+                k8s.core.v1.ContainerArgs(
+                    name="wait-for-postgres",
+                    image=args.postgres.image,
+                    command=["sh", "-c", f"until pg_isready -h postgres -p {POSTGRES_PORT}; do sleep 2; done"],
+                    resources=resource_requirements(args.postgres.resources),
+                    security_context=container_security_context(),
+                )
+            )
+
+        allowed_hosts = ",".join(
+            h
+            for base in (
+                service_name,
+                *(f"{service_name}.{{ns}}{suffix}" for suffix in ("", ".svc", ".svc.cluster.local")),
+            )
+            for h in (base, f"{base}:*")
+        )
+        allowed_hosts += ",localhost:*,127.0.0.1:*"
+        command = pulumi.Output.all(args.namespace, backend_uri).apply(
+            lambda v: [
+                "mlflow", "server",
+                "--host", "0.0.0.0",
+                "--port", str(MLFLOW_PORT),
+                "--workers", "1",
+                "--backend-store-uri", v[1],
+                "--serve-artifacts",
+                "--artifacts-destination", "/mlflow/artifacts",
+                # Host-header allow list (DNS-rebinding protection): every in-cluster name of the Service, and
+                # localhost for port-forwards and the kind port mapping.
+                "--allowed-hosts", allowed_hosts.replace("{ns}", v[0]),
+            ]
+        )  # fmt: skip
+        probe = k8s.core.v1.HTTPGetActionArgs(path="/health", port="http")
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="mlflow", namespace=args.namespace, labels=meta_labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=meta_labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        automount_service_account_token=False,
+                        security_context=pod_security_context(),
+                        init_containers=init_containers or None,
+                        containers=[
+                            k8s.core.v1.ContainerArgs(
+                                name="mlflow",
+                                image=args.image,
+                                image_pull_policy=args.image_pull_policy,
+                                command=command,
+                                env=env,
+                                ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=MLFLOW_PORT)],
+                                resources=resource_requirements(args.resources),
+                                security_context=container_security_context(),
+                                startup_probe=k8s.core.v1.ProbeArgs(
+                                    http_get=probe, period_seconds=5, failure_threshold=60
+                                ),
+                                readiness_probe=k8s.core.v1.ProbeArgs(http_get=probe, period_seconds=10),
+                                liveness_probe=k8s.core.v1.ProbeArgs(
+                                    http_get=probe, period_seconds=20, failure_threshold=3
+                                ),
+                                volume_mounts=[
+                                    k8s.core.v1.VolumeMountArgs(name="data", mount_path="/mlflow"),
+                                    k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                                ],
+                            )
+                        ],
+                        volumes=[
+                            k8s.core.v1.VolumeArgs(
+                                name="data",
+                                persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                                    claim_name=args.claim_name
+                                ),
+                            ),
+                            tmp_volume(size="1Gi"),
+                        ],
+                    ),
+                ),
+            ),
+            opts=child,
+        )
+        self.service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=service_name, namespace=args.namespace, labels=meta_labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type=args.service_type,
+                selector=selector,
+                ports=[
+                    k8s.core.v1.ServicePortArgs(
+                        name="http",
+                        port=MLFLOW_PORT,
+                        target_port="http",
+                        node_port=args.node_port if args.service_type == "NodePort" else None,
+                    )
+                ],
+            ),
+            opts=child,
+        )
+        self.service_name = self.service.metadata.name
+        self.tracking_uri = pulumi.Output.concat(
+            "http://", self.service.metadata.name, ".", args.namespace, f".svc.cluster.local:{MLFLOW_PORT}"
+        )
+        self.register_outputs({"service_name": self.service_name, "tracking_uri": self.tracking_uri})
+
+    def _postgres(self, name: str, args: MlflowArgs, pg: PostgresArgs) -> None:
+        """A one-replica PostgreSQL StatefulSet, its headless Service and the Secret with its password."""
+        child = pulumi.ResourceOptions(parent=self)
+        meta_labels = labels("postgres", args.instance, "database")
+        selector = {k: meta_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+        self.secret = k8s.core.v1.Secret(
+            f"{name}-postgres-secret",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="postgres", namespace=args.namespace, labels=meta_labels),
+            type="Opaque",
+            string_data={"password": pulumi.Output.secret(pg.password)},
+            opts=child,
+        )
+        pg_ready = k8s.core.v1.ExecActionArgs(command=["pg_isready", "-U", "mlflow", "-d", "mlflow", "-h", "127.0.0.1"])
+        self.postgres_service = k8s.core.v1.Service(
+            f"{name}-postgres-service",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="postgres", namespace=args.namespace, labels=meta_labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                cluster_ip="None",
+                selector=selector,
+                ports=[k8s.core.v1.ServicePortArgs(name="postgres", port=POSTGRES_PORT, target_port="postgres")],
+            ),
+            opts=child,
+        )
+        self.postgres = k8s.apps.v1.StatefulSet(
+            f"{name}-postgres",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="postgres", namespace=args.namespace, labels=meta_labels),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                replicas=1,
+                service_name=self.postgres_service.metadata.name,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=meta_labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        automount_service_account_token=False,
+                        security_context=pod_security_context(POSTGRES_UID),
+                        containers=[
+                            k8s.core.v1.ContainerArgs(
+                                name="postgres",
+                                image=pg.image,
+                                env=[
+                                    k8s.core.v1.EnvVarArgs(name="POSTGRES_USER", value="mlflow"),
+                                    k8s.core.v1.EnvVarArgs(name="POSTGRES_DB", value="mlflow"),
+                                    k8s.core.v1.EnvVarArgs(name="PGDATA", value="/var/lib/postgresql/data/pgdata"),
+                                    k8s.core.v1.EnvVarArgs(
+                                        name="POSTGRES_PASSWORD",
+                                        value_from=k8s.core.v1.EnvVarSourceArgs(
+                                            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                                                name=self.secret.metadata.name, key="password"
+                                            )
+                                        ),
+                                    ),
+                                ],
+                                ports=[k8s.core.v1.ContainerPortArgs(name="postgres", container_port=POSTGRES_PORT)],
+                                resources=resource_requirements(pg.resources),
+                                security_context=container_security_context(),
+                                readiness_probe=k8s.core.v1.ProbeArgs(exec_=pg_ready, period_seconds=10),
+                                liveness_probe=k8s.core.v1.ProbeArgs(
+                                    exec_=pg_ready, period_seconds=20, initial_delay_seconds=30
+                                ),
+                                volume_mounts=[
+                                    k8s.core.v1.VolumeMountArgs(name="data", mount_path="/var/lib/postgresql/data"),
+                                    k8s.core.v1.VolumeMountArgs(name="run", mount_path="/var/run/postgresql"),
+                                    k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                                ],
+                            )
+                        ],
+                        volumes=[tmp_volume("run", "16Mi"), tmp_volume()],
+                    ),
+                ),
+                volume_claim_templates=[
+                    k8s.core.v1.PersistentVolumeClaimArgs(
+                        metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=meta_labels),
+                        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                            access_modes=["ReadWriteOnce"],
+                            storage_class_name=pg.storage_class or None,
+                            resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": pg.storage_size}),
+                        ),
+                    )
+                ],
+            ),
+            opts=child,
+        )

@@ -1,0 +1,198 @@
+"""The Pulumi program: validated stack config in, the whole platform out."""
+
+from __future__ import annotations
+
+import pulumi
+import yaml
+
+from infra.config import Resources, StackConfig
+from infra.inference import InferenceArgs, InferenceService, IngressArgs
+from infra.mlflow import Mlflow, MlflowArgs, PostgresArgs
+from infra.namespace import Namespace, NamespaceArgs
+from infra.rbac import TrainerRbac, TrainerRbacArgs
+from infra.storage import Storage, StorageArgs, VolumeClaim
+from infra.tls import Tls, TlsArgs
+from infra.training import CHECKPOINT_MOUNT, TrainingArgs, TrainingJob, threads_per_rank
+
+# Sizes of the supporting servers; the stack config sizes the workloads users tune (training, inference).
+MLFLOW_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="1Gi")
+POSTGRES_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="256Mi", memory_limit="1Gi")
+TRAINER_SERVICE_ACCOUNT = "trainer"
+
+
+def train_yaml(config: StackConfig) -> dict[str, dict[str, object]]:
+    """train.yaml for the run: the keys the platform owns, then the user's `trainSettings` (YAML-typed values)."""
+    t = config.training
+    sections: dict[str, dict[str, object]] = {
+        "train": {
+            "max_steps": t.max_steps,
+            "batch_size": t.batch_size,
+            "device": "cuda" if config.accelerator == "nvidia" else "cpu",
+            "threads_per_rank": threads_per_rank(t.resources.cpu_limit),
+        },
+        "checkpoint": {"dir": f"{CHECKPOINT_MOUNT}/{t.run_name}", "every": t.checkpoint_every},
+        "tracking": {
+            # Empty: the trainer takes MLFLOW_TRACKING_URI from the pod's environment.
+            "uri": "",
+            "experiment": t.run_name,
+            "model_name": config.inference.model_name,
+            "alias": config.inference.model_alias,
+        },
+        "distributed": {"backend": t.backend, "discovery": t.discovery},
+    }
+    for path, raw in t.settings:
+        section, key = path.split(".", 1)
+        sections.setdefault(section, {})[key] = yaml.safe_load(raw) if raw else ""
+    return sections
+
+
+def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
+    """Declare every resource of the stack; returns the stack outputs."""
+    instance = config.namespace.name
+    ns = Namespace(
+        "platform",
+        NamespaceArgs(
+            name=config.namespace.name,
+            quota_cpu=config.namespace.quota_cpu,
+            quota_memory=config.namespace.quota_memory,
+            quota_pods=config.namespace.quota_pods,
+            quota_gpus=config.namespace.quota_gpus,
+            defaults=config.namespace.defaults,
+        ),
+    )
+    after_ns = pulumi.ResourceOptions(depends_on=[ns])
+    storage = Storage(
+        "storage",
+        StorageArgs(
+            namespace=ns.name,
+            mode=config.storage.mode,
+            host_path=config.storage.host_path,
+            storage_class=config.storage.storage_class,
+            claims=(
+                VolumeClaim("checkpoints", config.storage.checkpoint_size, config.storage.access_mode),
+                VolumeClaim("mlflow", config.storage.mlflow_size, "ReadWriteOnce"),
+            ),
+            instance=instance,
+        ),
+        opts=after_ns,
+    )
+    postgres = None
+    if config.mlflow.backend == "postgresql":
+        postgres = PostgresArgs(
+            image=config.mlflow.postgres_image,
+            storage_size=config.mlflow.postgres_size,
+            storage_class=config.storage.storage_class,
+            password=pulumi.Config().require_secret("postgresPassword"),
+            resources=POSTGRES_RESOURCES,
+        )
+    mlflow = Mlflow(
+        "mlflow",
+        MlflowArgs(
+            namespace=ns.name,
+            image=config.image,
+            image_pull_policy=config.image_pull_policy,
+            claim_name=storage.claim_names["mlflow"],
+            service_type=config.service_type,
+            node_port=config.mlflow.node_port,
+            resources=MLFLOW_RESOURCES,
+            instance=instance,
+            postgres=postgres,
+        ),
+        opts=after_ns,
+    )
+    rbac = TrainerRbac(
+        "trainer-rbac",
+        TrainerRbacArgs(namespace=ns.name, service_account_name=TRAINER_SERVICE_ACCOUNT, instance=instance),
+        opts=after_ns,
+    )
+    t = config.training
+    training = TrainingJob(
+        "training",
+        TrainingArgs(
+            namespace=ns.name,
+            run_name=t.run_name,
+            image=config.image,
+            image_pull_policy=config.image_pull_policy,
+            workers=t.workers,
+            backend=t.backend,
+            master_port=t.master_port,
+            discovery=t.discovery,
+            backoff_limit=t.backoff_limit,
+            train_yaml=train_yaml(config),
+            tracking_uri=mlflow.tracking_uri,
+            service_account_name=rbac.service_account_name,
+            checkpoint_claim=storage.claim_names["checkpoints"],
+            resources=t.resources,
+            shm_size=t.shm_size,
+            node_selector=t.node_selector,
+            tolerations=t.tolerations,
+            wait=t.wait,
+            timeout_minutes=t.timeout_minutes,
+            kueue_queue=t.kueue_queue,
+        ),
+        opts=pulumi.ResourceOptions(depends_on=[ns, mlflow]),
+    )
+    ingress = None
+    if config.inference.ingress_enabled:
+        issuer = None
+        if config.tls.enabled:
+            tls = Tls(
+                "tls",
+                TlsArgs(
+                    namespace=ns.name,
+                    install_cert_manager=config.tls.install_cert_manager,
+                    cert_manager_namespace=config.tls.cert_manager_namespace,
+                    issuer=config.tls.issuer,
+                    acme_email=config.tls.acme_email,
+                    acme_server=config.tls.acme_server,
+                    ingress_class=config.inference.ingress_class,
+                    instance=instance,
+                ),
+                opts=after_ns,
+            )
+            issuer = tls.issuer_name
+        ingress = IngressArgs(
+            host=config.inference.ingress_host, class_name=config.inference.ingress_class, tls_issuer=issuer
+        )
+    inf = config.inference
+    inference = InferenceService(
+        "inference",
+        InferenceArgs(
+            namespace=ns.name,
+            image=config.image,
+            image_pull_policy=config.image_pull_policy,
+            model_uri=f"models:/{inf.model_name}@{inf.model_alias}",
+            tracking_uri=mlflow.tracking_uri,
+            resources=inf.resources,
+            service_type=config.service_type,
+            node_port=inf.node_port,
+            min_replicas=inf.min_replicas,
+            max_replicas=inf.max_replicas,
+            cpu_utilization=inf.cpu_utilization,
+            scale_up_window_s=inf.scale_up_window_s,
+            scale_down_window_s=inf.scale_down_window_s,
+            instance=instance,
+            # Waiting for training means a model exists by the time the Deployment rolls out: await it then.
+            await_ready=t.wait,
+            ingress=ingress,
+        ),
+        opts=pulumi.ResourceOptions(depends_on=[ns, mlflow, *([training] if t.wait else [])]),
+    )
+    outputs: dict[str, pulumi.Output[object]] = {
+        "namespace": ns.name,
+        "jobName": training.job_name,
+        "rank0Address": training.rank0_address,
+        "inferenceUrl": inference.url,
+        "mlflowUrl": mlflow.tracking_uri,
+    }
+    if config.service_type == "NodePort":
+        outputs["inferenceNodePort"] = pulumi.Output.from_input(inf.node_port)
+        outputs["mlflowNodePort"] = pulumi.Output.from_input(config.mlflow.node_port)
+    return outputs
+
+
+def main() -> None:
+    # Validation happens here, before the first resource: a bad stack config declares nothing.
+    config = StackConfig.load()
+    for key, value in build(config).items():
+        pulumi.export(key, value)

@@ -1,0 +1,99 @@
+"""Persistent volumes: on kind, PersistentVolumes on the node's mounted host directory with claims bound to them;
+elsewhere, claims on a StorageClass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.common import labels
+
+
+@dataclass(frozen=True)
+class VolumeClaim:
+    role: str
+    """What the volume holds (`checkpoints`, `mlflow`); also its PVC name and its host-path subdirectory."""
+    size: str
+    """Requested capacity."""
+    access_mode: str
+    """ReadWriteOnce, ReadWriteMany or ReadWriteOncePod."""
+
+
+@dataclass(frozen=True)
+class StorageArgs:
+    namespace: pulumi.Input[str]
+    """Namespace of the claims."""
+    mode: str
+    """hostPath (kind) or storageClass."""
+    host_path: str
+    """hostPath mode: directory on the node that kind mounts from the host; each claim gets a subdirectory."""
+    storage_class: str
+    """storageClass mode: class of every claim ("" = cluster default)."""
+    claims: tuple[VolumeClaim, ...]
+    """The volumes to create."""
+    instance: str
+    """Value of app.kubernetes.io/instance."""
+
+
+class Storage(pulumi.ComponentResource):
+    """One PVC per requested volume; `claim_names[role]` is what pods mount."""
+
+    claim_names: dict[str, pulumi.Output[str]]
+    """PVC name per volume role."""
+
+    def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlplatform:storage:Storage", name, None, opts)
+        self.claim_names = {}
+        self.volumes: list[k8s.core.v1.PersistentVolume] = []
+        self.claims: list[k8s.core.v1.PersistentVolumeClaim] = []
+        for claim in args.claims:
+            meta_labels = labels(claim.role, args.instance, "storage")
+            volume_name: pulumi.Input[str] | None = None
+            # "" binds only to PVs without a class (our host-path PVs), so the kind default provisioner does not
+            # create a second volume that the node directory never sees.
+            class_name: str | None = ""
+            if args.mode == "hostPath":
+                pv = k8s.core.v1.PersistentVolume(
+                    f"{name}-{claim.role}-pv",
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        # PVs are cluster-scoped: include the instance so two stacks on one cluster do not collide.
+                        name=f"{args.instance}-{claim.role}",
+                        labels=meta_labels,
+                    ),
+                    spec=k8s.core.v1.PersistentVolumeSpecArgs(
+                        capacity={"storage": claim.size},
+                        access_modes=[claim.access_mode],
+                        persistent_volume_reclaim_policy="Retain",
+                        storage_class_name="",
+                        host_path=k8s.core.v1.HostPathVolumeSourceArgs(
+                            path=f"{args.host_path.rstrip('/')}/{claim.role}", type="DirectoryOrCreate"
+                        ),
+                    ),
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+                self.volumes.append(pv)
+                volume_name = pv.metadata.name
+            else:
+                class_name = args.storage_class or None
+            pvc = k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-{claim.role}-pvc",
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=claim.role,
+                    namespace=args.namespace,
+                    labels=meta_labels,
+                    # A claim nobody mounts yet stays Pending on WaitForFirstConsumer classes; do not block on it.
+                    annotations={"pulumi.com/skipAwait": "true"},
+                ),
+                spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                    access_modes=[claim.access_mode],
+                    resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": claim.size}),
+                    storage_class_name=class_name,
+                    volume_name=volume_name,
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.claims.append(pvc)
+            self.claim_names[claim.role] = pvc.metadata.name
+        self.register_outputs({"claim_names": self.claim_names})
