@@ -91,6 +91,7 @@ class Mlflow(pulumi.ComponentResource):
                     command=["sh", "-c", f"until pg_isready -h postgres -p {POSTGRES_PORT}; do sleep 2; done"],
                     resources=resource_requirements(args.postgres.resources),
                     security_context=container_security_context(),
+                    volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
                 )
             )
 
