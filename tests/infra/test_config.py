@@ -58,9 +58,12 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("stack", "overrides", "key", "phrase"), BAD_CONFIGS, ids=[c[2] + "-" + str(i) for i, c in
-                                                                                    enumerate(BAD_CONFIGS)])
-def test_bad_config_names_key_and_declares_nothing(stack: str, overrides: dict[str, Any], key: str, phrase: str) -> None:
+@pytest.mark.parametrize(
+    ("stack", "overrides", "key", "phrase"), BAD_CONFIGS, ids=[c[2] + "-" + str(i) for i, c in enumerate(BAD_CONFIGS)]
+)
+def test_bad_config_names_key_and_declares_nothing(
+    stack: str, overrides: dict[str, Any], key: str, phrase: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         render_stack(stack, **overrides)
     problems = [p for p in info.value.problems if p.startswith(key)]

@@ -44,12 +44,12 @@ def test_every_object_has_recommended_labels_and_namespace(stack_objects: list[d
     cluster_scoped = {"Namespace", "PersistentVolume"}
     for obj in stack_objects:
         meta = obj["metadata"]
-        assert RECOMMENDED <= set(meta.get("labels", {})), (obj["kind"], meta["name"])
+        assert set(meta.get("labels", {})) >= RECOMMENDED, (obj["kind"], meta["name"])
         assert meta.get("name"), obj["kind"]
         if obj["kind"] not in cluster_scoped:
             assert meta.get("namespace") == "ml-platform", (obj["kind"], meta["name"])
     for workload, _ in pod_specs(stack_objects):
-        assert RECOMMENDED <= set(workload["spec"]["template"]["metadata"]["labels"])
+        assert set(workload["spec"]["template"]["metadata"]["labels"]) >= RECOMMENDED
 
 
 def test_job_is_indexed_with_headless_subdomain_and_env_contract(stack_objects: list[dict[str, Any]]) -> None:
@@ -166,7 +166,11 @@ def test_rbac_is_namespaced_read_only_on_pods(stack_objects: list[dict[str, Any]
     role = find(stack_objects, "Role")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     binding = find(stack_objects, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "trainer", "namespace": "ml-platform"}]
 
 
@@ -310,4 +314,9 @@ def test_stack_outputs() -> None:
 def test_names_that_matter_for_dns_are_explicit(stack: str) -> None:
     objects = objects_of(render_stack(stack))
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert {("Service", "mlflow"), ("Service", "inference"), ("Job", "run-1-train"), ("Service", "run-1-workers")} <= names
+    assert {
+        ("Service", "mlflow"),
+        ("Service", "inference"),
+        ("Job", "run-1-train"),
+        ("Service", "run-1-workers"),
+    } <= names

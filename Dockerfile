@@ -1,0 +1,48 @@
+# One image for the trainer, the inference service and the MLflow server.
+#   CPU (default):  docker build -t ml-platform:dev .
+#   CUDA:           docker build -t ml-platform:cuda \
+#                     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#                     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+# CUDA base images carry no Python; the first RUN installs the distribution's python3 there.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.9.1
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# The distribution decides the python3 version on a CUDA base, so apt packages are not pinned here.
+# hadolint ignore=DL3008
+RUN if ! command -v python3 >/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3 python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && python3 -m venv /opt/venv \
+    && groupadd --gid 10001 app \
+    && useradd --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app
+
+WORKDIR /app
+
+# torch first, from the index that matches the base (CPU wheels are a tenth of the CUDA ones).
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+COPY pyproject.toml README.md ./
+COPY trainer ./trainer
+COPY inference ./inference
+# The project itself, with the ranges pyproject.toml declares (DL3013 asks for a pin, which a local path has not).
+# hadolint ignore=DL3013
+RUN pip install ".[trainer,inference,server]"
+
+USER 10001:10001
+EXPOSE 8080 5000 29500
+CMD ["python", "-m", "inference", "serve"]

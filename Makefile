@@ -1,0 +1,62 @@
+# ml-platform: one Pulumi program for an ML train-and-serve platform on Kubernetes.
+# `make help` lists the targets. Everything runs from a project-local virtualenv (.venv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+STACKS := dev gpu
+OUT    := build/rendered
+KIND_CLUSTER ?= ml-platform
+IMAGE  ?= ml-platform:dev
+
+.PHONY: help install test test-fast lint render bench-infra kind-up image kind-load up-dev preview clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(STAMP) ## create .venv and install everything (tests, trainer, inference, infra)
+
+test: $(STAMP) ## set up and run the whole test suite
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+render: $(STAMP) ## render every Kubernetes object of both stacks to build/rendered/, no cluster needed
+	@mkdir -p $(OUT)
+	@for s in $(STACKS); do $(BIN)/python -m infra.render $$s --out $(OUT)/$$s.yaml || exit $$?; done
+	@grep -h '^kind:' $(OUT)/dev.yaml | sort | uniq -c | sed 's/^/  dev: /'
+	@echo "open $(OUT)/dev.yaml and $(OUT)/gpu.yaml to read every object each stack creates"
+
+bench-infra: $(STAMP) ## time rendering each stack and the infra test suite; writes docs/benchmarks.md
+	$(BIN)/python bench/bench_infra.py
+
+# --- a real kind cluster (needs docker, kind, kubectl and the pulumi CLI) ----------------------------------
+kind-up: ## create the kind cluster of the dev stack (host dirs and port mappings from kind/cluster.yaml)
+	mkdir -p .state/kind-data && chmod 0777 .state/kind-data
+	kind create cluster --name $(KIND_CLUSTER) --config kind/cluster.yaml
+
+image: ## build the platform image (CPU); CUDA: make image DOCKER_ARGS="--build-arg BASE_IMAGE=..."
+	docker build $(DOCKER_ARGS) -t $(IMAGE) .
+
+kind-load: image ## build and load the image into the kind cluster
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+up-dev: ## pulumi up the dev stack into the kind cluster
+	pulumi up --stack dev
+
+preview: ## pulumi preview both stacks (needs a cluster context and, for gpu, the postgresPassword secret)
+	@for s in $(STACKS); do pulumi preview --stack $$s || exit $$?; done
+
+clean: ## remove build outputs (not .venv, not .state)
+	rm -rf build .pytest_cache
