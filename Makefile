@@ -29,8 +29,9 @@ test: $(STAMP) ## set up and run the whole test suite
 test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training)
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
+	$(BIN)/mypy infra
 
 render: $(STAMP) ## render every Kubernetes object of both stacks to build/rendered/, no cluster needed
 	@mkdir -p $(OUT)

@@ -94,7 +94,7 @@ def _placeholders(value: Any, key: str) -> Any:
 
 
 def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
-    head = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
+    head: dict[str, Any] = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
     return {**head, **{k: v for k, v in obj.items() if k not in head}}
 
 
