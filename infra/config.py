@@ -242,6 +242,8 @@ class InferenceSettings:
     """Ingress host name."""
     ingress_class: str
     """IngressClass name."""
+    ingress_controller_namespace: str
+    """Namespace of the ingress controller (NetworkPolicy source)."""
 
 
 @dataclass(frozen=True)
@@ -598,6 +600,7 @@ class _Validator:
                 ingress_enabled=ingress,
                 ingress_host=ingress_host,
                 ingress_class=self.string("ingressClassName"),
+                ingress_controller_namespace=self.dns_label("ingressControllerNamespace"),
             ),
         )
         # The Job name <runName>-train and pod host names <job>-<index> must stay DNS labels.

@@ -6,9 +6,10 @@ import pulumi
 import yaml
 
 from infra.config import Resources, StackConfig
-from infra.inference import InferenceArgs, InferenceService, IngressArgs
-from infra.mlflow import Mlflow, MlflowArgs, PostgresArgs
+from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
+from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs
 from infra.namespace import Namespace, NamespaceArgs
+from infra.network import NetworkPolicies, NetworkPoliciesArgs
 from infra.rbac import TrainerRbac, TrainerRbacArgs
 from infra.storage import Storage, StorageArgs, VolumeClaim
 from infra.tls import Tls, TlsArgs
@@ -61,6 +62,21 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
         ),
     )
     after_ns = pulumi.ResourceOptions(depends_on=[ns])
+    NetworkPolicies(
+        "network",
+        NetworkPoliciesArgs(
+            namespace=ns.name,
+            instance=instance,
+            mlflow_port=MLFLOW_PORT,
+            inference_port=HTTP_PORT,
+            postgres_port=POSTGRES_PORT if config.mlflow.backend == "postgresql" else None,
+            api_discovery=config.training.discovery == "kubernetes-api",
+            node_ports=config.service_type == "NodePort",
+            ingress_controller_namespace=config.inference.ingress_controller_namespace,
+            acme=config.tls.enabled and config.tls.issuer == "acme",
+        ),
+        opts=after_ns,
+    )
     storage = Storage(
         "storage",
         StorageArgs(

@@ -27,7 +27,7 @@ _SIG_KEY = "4dabf18193072939515e22adb298388d"
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 # Order of kinds in the rendered YAML: what a reader (and `kubectl apply -f`) wants first comes first.
 KIND_ORDER = (
-    "Namespace", "ResourceQuota", "LimitRange", "PersistentVolume", "PersistentVolumeClaim", "Secret",
+    "Namespace", "ResourceQuota", "LimitRange", "NetworkPolicy", "PersistentVolume", "PersistentVolumeClaim", "Secret",
     "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "StatefulSet", "Deployment", "Job",
     "HorizontalPodAutoscaler", "PodDisruptionBudget", "Issuer", "Certificate", "Ingress",
 )  # fmt: skip
