@@ -61,3 +61,20 @@ def resource_requirements(res: Resources) -> k8s.core.v1.ResourceRequirementsArg
 def tmp_volume(name: str = "tmp", size: str = "256Mi") -> k8s.core.v1.VolumeArgs:
     """A writable scratch directory for a container whose root filesystem is read-only."""
     return k8s.core.v1.VolumeArgs(name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size))
+
+
+def checkov_skips(*, images: list[str], pull_policy: str) -> dict[str, str]:
+    """checkov skip annotations (`checkov.io/skipN: CHECK=why`) for the checks these settings cannot pass, each
+    with its reason, on the object they apply to. docs/security.md lists them."""
+    reasons = []
+    if pull_policy != "Always":
+        reasons.append(
+            "CKV_K8S_15=imagePullPolicy comes from the stack: a kind-loaded image exists only on the node, "
+            "so Always could never pull it"
+        )
+    if any("@sha256:" not in image for image in images):
+        reasons.append(
+            "CKV_K8S_43=images are pinned by release tag (the policy pack forbids :latest and untagged); "
+            "set the image to repo@sha256:... to pin by digest"
+        )
+    return {f"checkov.io/skip{i}": reason for i, reason in enumerate(reasons, start=1)}

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import container_security_context, labels, pod_security_context, resource_requirements, tmp_volume
+from infra.common import (
+    checkov_skips,
+    container_security_context,
+    labels,
+    pod_security_context,
+    resource_requirements,
+    tmp_volume,
+)
 from infra.config import Resources
 
 HTTP_PORT = 8080
@@ -93,7 +100,10 @@ class InferenceService(pulumi.ComponentResource):
                 name="inference",
                 namespace=args.namespace,
                 labels=meta_labels,
-                annotations=None if args.await_ready else {"pulumi.com/skipAwait": "true"},
+                annotations={
+                    **checkov_skips(images=[args.image], pull_policy=args.image_pull_policy),
+                    **({} if args.await_ready else {"pulumi.com/skipAwait": "true"}),
+                },
             ),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),

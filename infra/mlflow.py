@@ -7,12 +7,20 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import container_security_context, labels, pod_security_context, resource_requirements, tmp_volume
+from infra.common import (
+    checkov_skips,
+    container_security_context,
+    labels,
+    pod_security_context,
+    resource_requirements,
+    tmp_volume,
+)
 from infra.config import Resources
 
 MLFLOW_PORT = 5000
 POSTGRES_PORT = 5432
-POSTGRES_UID = 999  # the `postgres` user of the official Debian-based image
+# Secret files are mounted here; the official postgres image reads POSTGRES_PASSWORD_FILE.
+PASSWORD_DIR = "/etc/postgres"
 
 
 @dataclass(frozen=True)
@@ -68,60 +76,65 @@ class Mlflow(pulumi.ComponentResource):
         selector = {k: meta_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
         service_name = "mlflow"
 
-        env: list[k8s.core.v1.EnvVarArgs] = [k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")]
+        env = [k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")]
         init_containers: list[k8s.core.v1.ContainerArgs] = []
+        extra_mounts: list[k8s.core.v1.VolumeMountArgs] = []
+        extra_volumes: list[k8s.core.v1.VolumeArgs] = []
+        names = [service_name, *(f"{service_name}.{{ns}}{suffix}" for suffix in ("", ".svc", ".svc.cluster.local"))]
+        allowed_hosts = ",".join([*names, *(f"{n}:*" for n in names), "localhost:*", "127.0.0.1:*"])
+        server_args = [
+            "--host", "0.0.0.0",
+            "--port", str(MLFLOW_PORT),
+            "--workers", "1",
+            "--serve-artifacts",
+            "--artifacts-destination", "/mlflow/artifacts",
+        ]  # fmt: skip
         if args.postgres is None:
-            backend_uri: pulumi.Input[str] = "sqlite:////mlflow/mlflow.db"
+            server_args += ["--backend-store-uri", "sqlite:////mlflow/mlflow.db"]
+            command: list[str] = ["mlflow", "server"]
         else:
             self._postgres(name, args, args.postgres)
-            env.append(
-                k8s.core.v1.EnvVarArgs(
-                    name="POSTGRES_PASSWORD",
-                    value_from=k8s.core.v1.EnvVarSourceArgs(
-                        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self.secret.metadata.name, key="password")
-                    ),
-                )
+            extra_mounts.append(
+                k8s.core.v1.VolumeMountArgs(name="postgres-password", mount_path=PASSWORD_DIR, read_only=True)
             )
-            # $(POSTGRES_PASSWORD) is expanded by the kubelet, so the password never appears in the pod spec.
-            backend_uri = f"postgresql://mlflow:$(POSTGRES_PASSWORD)@postgres:{POSTGRES_PORT}/mlflow"
+            extra_volumes.append(self._password_volume())
+            # The password is read from the mounted Secret file at start, so it is in no env var and no pod spec.
+            # (`read`, not `$(cat ...)`: the kubelet would take `$(...)` for one of its variable references.)
+            command = [
+                "sh", "-c",
+                f"read -r PGPASS < {PASSWORD_DIR}/password && "
+                f'export MLFLOW_BACKEND_STORE_URI="postgresql://mlflow:$PGPASS@postgres:{POSTGRES_PORT}/mlflow" && '
+                'exec mlflow server "$@"',
+                "mlflow-server",
+            ]  # fmt: skip
             init_containers.append(
                 k8s.core.v1.ContainerArgs(
                     name="wait-for-postgres",
                     image=args.postgres.image,
+                    image_pull_policy=args.image_pull_policy,
                     command=["sh", "-c", f"until pg_isready -h postgres -p {POSTGRES_PORT}; do sleep 2; done"],
                     resources=resource_requirements(args.postgres.resources),
                     security_context=container_security_context(),
                     volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
                 )
             )
-
-        allowed_hosts = ",".join(
-            h
-            for base in (
-                service_name,
-                *(f"{service_name}.{{ns}}{suffix}" for suffix in ("", ".svc", ".svc.cluster.local")),
-            )
-            for h in (base, f"{base}:*")
+        # Host-header allow list (DNS-rebinding protection): every in-cluster name of the Service, and localhost
+        # for port-forwards and the kind port mapping.
+        full_command = pulumi.Output.from_input(args.namespace).apply(
+            lambda ns: [*command, *server_args, "--allowed-hosts", allowed_hosts.replace("{ns}", ns)]
         )
-        allowed_hosts += ",localhost:*,127.0.0.1:*"
-        command = pulumi.Output.all(args.namespace, backend_uri).apply(
-            lambda v: [
-                "mlflow", "server",
-                "--host", "0.0.0.0",
-                "--port", str(MLFLOW_PORT),
-                "--workers", "1",
-                "--backend-store-uri", v[1],
-                "--serve-artifacts",
-                "--artifacts-destination", "/mlflow/artifacts",
-                # Host-header allow list (DNS-rebinding protection): every in-cluster name of the Service, and
-                # localhost for port-forwards and the kind port mapping.
-                "--allowed-hosts", allowed_hosts.replace("{ns}", v[0]),
-            ]
-        )  # fmt: skip
         probe = k8s.core.v1.HTTPGetActionArgs(path="/health", port="http")
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="mlflow", namespace=args.namespace, labels=meta_labels),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name="mlflow",
+                namespace=args.namespace,
+                labels=meta_labels,
+                annotations=checkov_skips(
+                    images=[args.image, *([args.postgres.image] if args.postgres else [])],
+                    pull_policy=args.image_pull_policy,
+                ),
+            ),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=1,
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
@@ -137,7 +150,7 @@ class Mlflow(pulumi.ComponentResource):
                                 name="mlflow",
                                 image=args.image,
                                 image_pull_policy=args.image_pull_policy,
-                                command=command,
+                                command=full_command,
                                 env=env,
                                 ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=MLFLOW_PORT)],
                                 resources=resource_requirements(args.resources),
@@ -152,6 +165,7 @@ class Mlflow(pulumi.ComponentResource):
                                 volume_mounts=[
                                     k8s.core.v1.VolumeMountArgs(name="data", mount_path="/mlflow"),
                                     k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                                    *extra_mounts,
                                 ],
                             )
                         ],
@@ -163,6 +177,7 @@ class Mlflow(pulumi.ComponentResource):
                                 ),
                             ),
                             tmp_volume(size="1Gi"),
+                            *extra_volumes,
                         ],
                     ),
                 ),
@@ -217,7 +232,12 @@ class Mlflow(pulumi.ComponentResource):
         )
         self.postgres = k8s.apps.v1.StatefulSet(
             f"{name}-postgres",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="postgres", namespace=args.namespace, labels=meta_labels),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name="postgres",
+                namespace=args.namespace,
+                labels=meta_labels,
+                annotations=checkov_skips(images=[pg.image], pull_policy=args.image_pull_policy),
+            ),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 replicas=1,
                 service_name=self.postgres_service.metadata.name,
@@ -226,22 +246,19 @@ class Mlflow(pulumi.ComponentResource):
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=meta_labels),
                     spec=k8s.core.v1.PodSpecArgs(
                         automount_service_account_token=False,
-                        security_context=pod_security_context(POSTGRES_UID),
+                        # The official image runs as any uid (nss_wrapper); fsGroup makes the volume writable.
+                        security_context=pod_security_context(),
                         containers=[
                             k8s.core.v1.ContainerArgs(
                                 name="postgres",
                                 image=pg.image,
+                                image_pull_policy=args.image_pull_policy,
                                 env=[
                                     k8s.core.v1.EnvVarArgs(name="POSTGRES_USER", value="mlflow"),
                                     k8s.core.v1.EnvVarArgs(name="POSTGRES_DB", value="mlflow"),
                                     k8s.core.v1.EnvVarArgs(name="PGDATA", value="/var/lib/postgresql/data/pgdata"),
                                     k8s.core.v1.EnvVarArgs(
-                                        name="POSTGRES_PASSWORD",
-                                        value_from=k8s.core.v1.EnvVarSourceArgs(
-                                            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                                name=self.secret.metadata.name, key="password"
-                                            )
-                                        ),
+                                        name="POSTGRES_PASSWORD_FILE", value=f"{PASSWORD_DIR}/password"
                                     ),
                                 ],
                                 ports=[k8s.core.v1.ContainerPortArgs(name="postgres", container_port=POSTGRES_PORT)],
@@ -255,10 +272,13 @@ class Mlflow(pulumi.ComponentResource):
                                     k8s.core.v1.VolumeMountArgs(name="data", mount_path="/var/lib/postgresql/data"),
                                     k8s.core.v1.VolumeMountArgs(name="run", mount_path="/var/run/postgresql"),
                                     k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                                    k8s.core.v1.VolumeMountArgs(
+                                        name="postgres-password", mount_path=PASSWORD_DIR, read_only=True
+                                    ),
                                 ],
                             )
                         ],
-                        volumes=[tmp_volume("run", "16Mi"), tmp_volume()],
+                        volumes=[tmp_volume("run", "16Mi"), tmp_volume(), self._password_volume()],
                     ),
                 ),
                 volume_claim_templates=[
@@ -273,4 +293,11 @@ class Mlflow(pulumi.ComponentResource):
                 ],
             ),
             opts=child,
+        )
+
+    def _password_volume(self) -> k8s.core.v1.VolumeArgs:
+        # 0440 with the pod's fsGroup: readable by the non-root container, by nobody else.
+        return k8s.core.v1.VolumeArgs(
+            name="postgres-password",
+            secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=self.secret.metadata.name, default_mode=0o440),
         )

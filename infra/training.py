@@ -10,7 +10,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra.common import container_security_context, labels, pod_security_context, resource_requirements, tmp_volume
+from infra.common import (
+    checkov_skips,
+    container_security_context,
+    labels,
+    pod_security_context,
+    resource_requirements,
+    tmp_volume,
+)
 from infra.config import Resources, Toleration, parse_quantity
 
 CONFIG_MOUNT = "/etc/trainer"
@@ -130,7 +137,7 @@ class TrainingJob(pulumi.ComponentResource):
         if args.discovery == "dns":
             env.insert(2, k8s.core.v1.EnvVarArgs(name="MASTER_ADDR", value=rank0_host))
 
-        job_annotations = {}
+        job_annotations = checkov_skips(images=[args.image], pull_policy=args.image_pull_policy)
         custom_timeouts = None
         if args.wait:
             custom_timeouts = pulumi.CustomTimeouts(
@@ -146,7 +153,7 @@ class TrainingJob(pulumi.ComponentResource):
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=job_name, namespace=args.namespace, labels=job_labels, annotations=job_annotations or None
+                name=job_name, namespace=args.namespace, labels=job_labels, annotations=job_annotations
             ),
             spec=k8s.batch.v1.JobSpecArgs(
                 completion_mode="Indexed",

@@ -112,7 +112,9 @@ def dns(*pods: Endpoint) -> set:
 
 
 def trainer_mesh() -> set:
-    return {("trainer", "trainer", "TCP", port) for _, port in PORTS if port != 53} | {("trainer", "trainer", "TCP", 53)}
+    return {("trainer", "trainer", "TCP", port) for _, port in PORTS if port != 53} | {
+        ("trainer", "trainer", "TCP", 53)
+    }
 
 
 def test_default_deny_covers_every_pod_both_ways() -> None:

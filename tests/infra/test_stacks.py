@@ -233,11 +233,18 @@ def test_mlflow_backends(dev_objects: list[dict[str, Any]], gpu_objects: list[di
     assert {"mlflow:*", "mlflow.ml-platform.svc.cluster.local:*", "mlflow.ml-platform.svc:*"} <= set(hosts)
     mlflow = find(gpu_objects, "Deployment", "mlflow")
     assert mlflow["spec"]["replicas"] == 1 and mlflow["spec"]["strategy"]["type"] == "Recreate"
-    gpu_cmd = mlflow["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert gpu_cmd[gpu_cmd.index("--backend-store-uri") + 1].startswith("postgresql://mlflow:$(POSTGRES_PASSWORD)@")
+    gpu_pod = mlflow["spec"]["template"]["spec"]
+    gpu_cmd = gpu_pod["containers"][0]["command"]
+    assert gpu_cmd[:2] == ["sh", "-c"] and "postgresql://mlflow:$PGPASS@postgres:5432/mlflow" in gpu_cmd[2]
+    assert "$(" not in gpu_cmd[2], "the kubelet would expand $(...)"
+    password_volume = next(v for v in gpu_pod["volumes"] if v["name"] == "postgres-password")
+    assert password_volume["secret"]["secretName"] == "postgres"
     statefulset = find(gpu_objects, "StatefulSet", "postgres")
-    pg_env = env_of(statefulset["spec"]["template"]["spec"]["containers"][0])
-    assert pg_env["POSTGRES_PASSWORD"] == {"secretKeyRef": {"name": "postgres", "key": "password"}}
+    pg_container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(pg_container)["POSTGRES_PASSWORD_FILE"] == "/etc/postgres/password"
+    for _, pod in pod_specs(gpu_objects):
+        for c in containers(pod):
+            assert not any("secretKeyRef" in str(e.get("valueFrom", "")) for e in c.get("env", [])), c["name"]
     assert find(gpu_objects, "Secret", "postgres")["stringData"] == {"password": "<secret:password>"}
 
 
@@ -271,9 +278,9 @@ def test_changed_training_config_changes_the_pod_template() -> None:
 
 def test_wait_for_training_awaits_job_and_inference(dev_objects: list[dict[str, Any]]) -> None:
     objects = objects_of(render_stack("dev", waitForTraining=True))
-    assert "annotations" not in find(objects, "Job")["metadata"]
-    assert "annotations" not in find(objects, "Deployment", "inference")["metadata"]
-    assert find(dev_objects, "Deployment", "inference")["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+    assert "pulumi.com/skipAwait" not in find(objects, "Job")["metadata"]["annotations"]
+    assert "pulumi.com/skipAwait" not in find(objects, "Deployment", "inference")["metadata"]["annotations"]
+    assert find(dev_objects, "Deployment", "inference")["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
 
 
 def test_kueue_queue_label() -> None:
