@@ -8,6 +8,6 @@ from pulumi_policy import EnforcementLevel, PolicyPack
 # The CLI runs this file with policy/ as the working directory; the rules live beside it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policies import POLICIES  # noqa: E402
+from policies import POLICIES
 
 PolicyPack(name="ml-platform", enforcement_level=EnforcementLevel.MANDATORY, policies=POLICIES)
