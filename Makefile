@@ -13,7 +13,7 @@ OUT    := build/rendered
 KIND_CLUSTER ?= ml-platform
 IMAGE  ?= ml-platform:dev
 
-.PHONY: help install test test-fast lint render bench-infra kind-up image kind-load up-dev preview clean
+.PHONY: help install demo test test-fast lint render bench-infra kind-up image kind-load up-dev preview clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP) ## create .venv and install everything (tests, trainer, inference, infra)
+
+demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DDP training, inference, a completion
+	$(BIN)/python -m infra.local $(DEMO_ARGS)
 
 test: $(STAMP) ## set up and run the whole test suite
 	$(BIN)/python -m pytest
