@@ -33,6 +33,8 @@ _SUFFIX = {
     "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15),
     "E": Decimal(10**18), "": Decimal(1),
 }  # fmt: skip
+# Keys whose values must come from `pulumi config set --secret`; the program reads them with require_secret.
+SECRET_KEYS = ("postgresPassword",)
 # Sections of train.yaml a `trainSettings` entry may address (see docs/trainer.md).
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 TRAIN_SECTIONS = ("data", "model", "train", "checkpoint", "tracking", "distributed")
@@ -279,19 +281,29 @@ class StackConfig:
     def load(cls) -> StackConfig:
         """Read the current stack's config through the Pulumi SDK and validate it (raises ConfigError)."""
         import pulumi
+        from pulumi.runtime.config import is_config_secret
 
-        raw = read_raw_config(pulumi.Config().get)
-        secrets_set = {key for key in secret_keys() if pulumi.Config().get(key)}
-        return cls.from_raw(pulumi.get_stack(), raw, secrets_set)
+        cfg = pulumi.Config()
+        raw = read_raw_config(cfg.get)
+        is_set = {key for key in SECRET_KEYS if cfg.get(key)}
+        secret = {key for key in is_set if is_config_secret(f"{cfg.name}:{key}")}
+        return cls.from_raw(pulumi.get_stack(), raw, secret, plain_secrets=is_set - secret)
 
     @classmethod
-    def from_raw(cls, stack: str, raw: Mapping[str, Any], secrets_set: set[str] | None = None) -> StackConfig:
-        """Validate typed raw values (as `read_raw_config` returns them) into a StackConfig."""
-        return _Validator(stack, raw, secrets_set or set()).build()
+    def from_raw(
+        cls,
+        stack: str,
+        raw: Mapping[str, Any],
+        secrets_set: set[str] | None = None,
+        plain_secrets: set[str] | None = None,
+    ) -> StackConfig:
+        """Validate typed raw values (as `read_raw_config` returns them) into a StackConfig. `secrets_set`: the
+        SECRET_KEYS set as secrets; `plain_secrets`: those set in plain text (an error)."""
+        return _Validator(stack, raw, secrets_set or set(), plain_secrets or set()).build()
 
 
 def secret_keys() -> list[str]:
-    return [key for key, spec in load_schema().items() if spec.get("secret")]
+    return list(SECRET_KEYS)
 
 
 def read_raw_config(get: Callable[[str], str | None]) -> dict[str, Any]:
@@ -299,7 +311,7 @@ def read_raw_config(get: Callable[[str], str | None]) -> dict[str, Any]:
     kept as strings so validation can name them."""
     raw: dict[str, Any] = {}
     for key, spec in load_schema().items():
-        if spec.get("secret"):
+        if key in SECRET_KEYS:
             continue
         text = get(key)
         if text is None:
@@ -329,11 +341,14 @@ def _coerce(text: str, kind: str) -> Any:
 class _Validator:
     """Collects every problem, then builds the dataclasses only if there were none."""
 
-    def __init__(self, stack: str, raw: Mapping[str, Any], secrets_set: set[str]) -> None:
+    def __init__(self, stack: str, raw: Mapping[str, Any], secrets_set: set[str], plain_secrets: set[str]) -> None:
         self.stack = stack
         self.raw = raw
         self.secrets_set = secrets_set
-        self.problems: list[str] = []
+        self.problems: list[str] = [
+            f"{key}: is set in plain text; it must be a secret: `pulumi config set --secret {key} <value> -s {stack}`"
+            for key in sorted(plain_secrets)
+        ]
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{key}={self.raw.get(key)!r}: {message}")

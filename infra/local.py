@@ -69,10 +69,12 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Pa
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DemoError(f"{proc.args[0]} exited with {proc.returncode} while starting; see {log}")
-        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+        with (
+            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+            urllib.request.urlopen(url, timeout=2) as response,
+        ):
+            if response.status == 200:
+                return
         time.sleep(0.5)
     raise DemoError(f"{url} did not answer within {timeout_s:.0f}s; see {log}")
 

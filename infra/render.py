@@ -19,7 +19,7 @@ from typing import Any
 import pulumi
 import yaml
 
-from infra.config import PROJECT_FILE, ConfigError, load_schema, project_name
+from infra.config import PROJECT_FILE, SECRET_KEYS, ConfigError, project_name
 
 SECRET_PLACEHOLDER = "<secret:{key}>"
 # How the engine protocol marks a secret value: {_SIG_KEY: _SECRET_SIG, "value": ...}.
@@ -129,8 +129,8 @@ def stack_config(stack: str, root: Path = PROJECT_FILE.parent) -> tuple[dict[str
             config[f"{project}:{key}"] = json.dumps(value)
     # A rendered stack shows what a real deploy creates, so secrets the stack file leaves for
     # `pulumi config set --secret` get placeholders too.
-    for key, spec in load_schema().items():
-        if spec.get("secret") and f"{project}:{key}" not in config:
+    for key in SECRET_KEYS:
+        if f"{project}:{key}" not in config:
             config[f"{project}:{key}"] = SECRET_PLACEHOLDER.format(key=key)
             secret.append(f"{project}:{key}")
     return config, secret
