@@ -63,12 +63,12 @@ def port_free(port: int) -> bool:
     return True
 
 
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_http(name: str, url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Poll `url` until it answers 200; fail early, pointing at the log, if the process exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(f"{proc.args[0]} exited with {proc.returncode} while starting; see {log}")
+            raise DemoError(f"{name} exited with {proc.returncode} while starting; see {log}")
         with (
             contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
             urllib.request.urlopen(url, timeout=2) as response,
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
              "--artifacts-destination", str(state / "artifacts"), "--serve-artifacts"],
             env, mlflow_log,
         )  # fmt: skip
-        wait_http(f"{tracking_uri}/health", 120, mlflow, mlflow_log)
+        wait_http("mlflow server", f"{tracking_uri}/health", 120, mlflow, mlflow_log)
 
         run_dir = state / "checkpoints" / time.strftime("run-%Y%m%d-%H%M%S")
         config = train_config(state, args.steps, run_dir)
@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
              "--model-uri", f"models:/{MODEL_NAME}@{ALIAS}"],
             {**env, "INFERENCE_CACHE_DIR": str(state / "model-cache")}, inference_log,
         )  # fmt: skip
-        wait_http(f"{inference_url}/readyz", 180, server, inference_log)
+        wait_http("inference", f"{inference_url}/readyz", 180, server, inference_log)
 
         print(f"[4/5] a completion through the openai client (prompt {PROMPT!r}):", flush=True)
         text = complete(inference_url, PROMPT, args.max_tokens)
