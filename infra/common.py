@@ -58,6 +58,24 @@ def resource_requirements(res: Resources) -> k8s.core.v1.ResourceRequirementsArg
     return k8s.core.v1.ResourceRequirementsArgs(requests=requests, limits=limits)
 
 
+def http_service_spec(
+    service_type: str, selector: dict[str, str], port: int, node_port: int
+) -> k8s.core.v1.ServiceSpecArgs:
+    """A Service for one HTTP port named `http`; `node_port` applies only to the NodePort type."""
+    return k8s.core.v1.ServiceSpecArgs(
+        type=service_type,
+        selector=selector,
+        ports=[
+            k8s.core.v1.ServicePortArgs(
+                name="http",
+                port=port,
+                target_port="http",
+                node_port=node_port if service_type == "NodePort" else None,
+            )
+        ],
+    )
+
+
 def tmp_volume(name: str = "tmp", size: str = "256Mi") -> k8s.core.v1.VolumeArgs:
     """A writable scratch directory for a container whose root filesystem is read-only."""
     return k8s.core.v1.VolumeArgs(name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size))

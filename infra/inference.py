@@ -11,9 +11,11 @@ import pulumi_kubernetes as k8s
 from infra.common import (
     checkov_skips,
     container_security_context,
+    http_service_spec,
     labels,
     pod_security_context,
     resource_requirements,
+    selector_labels,
     tmp_volume,
 )
 from infra.config import Resources
@@ -84,7 +86,7 @@ class InferenceService(pulumi.ComponentResource):
         super().__init__("mlplatform:inference:InferenceService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = labels("inference", args.instance, "serving")
-        selector = {k: meta_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+        selector = selector_labels("inference", args.instance)
 
         def http_probe(path: str, period: int, failures: int) -> k8s.core.v1.ProbeArgs:
             return k8s.core.v1.ProbeArgs(
@@ -151,18 +153,7 @@ class InferenceService(pulumi.ComponentResource):
         self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="inference", namespace=args.namespace, labels=meta_labels),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                type=args.service_type,
-                selector=selector,
-                ports=[
-                    k8s.core.v1.ServicePortArgs(
-                        name="http",
-                        port=HTTP_PORT,
-                        target_port="http",
-                        node_port=args.node_port if args.service_type == "NodePort" else None,
-                    )
-                ],
-            ),
+            spec=http_service_spec(args.service_type, selector, HTTP_PORT, args.node_port),
             opts=child,
         )
         self.hpa = k8s.autoscaling.v2.HorizontalPodAutoscaler(

@@ -10,9 +10,11 @@ import pulumi_kubernetes as k8s
 from infra.common import (
     checkov_skips,
     container_security_context,
+    http_service_spec,
     labels,
     pod_security_context,
     resource_requirements,
+    selector_labels,
     tmp_volume,
 )
 from infra.config import Resources
@@ -73,7 +75,7 @@ class Mlflow(pulumi.ComponentResource):
         super().__init__("mlplatform:mlflow:Mlflow", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = labels("mlflow", args.instance, "tracking")
-        selector = {k: meta_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+        selector = selector_labels("mlflow", args.instance)
         service_name = "mlflow"
 
         env = [k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")]
@@ -187,18 +189,7 @@ class Mlflow(pulumi.ComponentResource):
         self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=service_name, namespace=args.namespace, labels=meta_labels),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                type=args.service_type,
-                selector=selector,
-                ports=[
-                    k8s.core.v1.ServicePortArgs(
-                        name="http",
-                        port=MLFLOW_PORT,
-                        target_port="http",
-                        node_port=args.node_port if args.service_type == "NodePort" else None,
-                    )
-                ],
-            ),
+            spec=http_service_spec(args.service_type, selector, MLFLOW_PORT, args.node_port),
             opts=child,
         )
         self.service_name = self.service.metadata.name
@@ -211,7 +202,7 @@ class Mlflow(pulumi.ComponentResource):
         """A one-replica PostgreSQL StatefulSet, its headless Service and the Secret with its password."""
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = labels("postgres", args.instance, "database")
-        selector = {k: meta_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+        selector = selector_labels("postgres", args.instance)
         self.secret = k8s.core.v1.Secret(
             f"{name}-postgres-secret",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="postgres", namespace=args.namespace, labels=meta_labels),

@@ -16,6 +16,7 @@ from infra.common import (
     labels,
     pod_security_context,
     resource_requirements,
+    selector_labels,
     tmp_volume,
 )
 from infra.config import Resources, Toleration, parse_quantity
@@ -91,7 +92,7 @@ class TrainingJob(pulumi.ComponentResource):
         super().__init__("mlplatform:training:TrainingJob", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = labels("trainer", args.run_name, "training")
-        selector = {k: meta_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+        selector = selector_labels("trainer", args.run_name)
         job_name = f"{args.run_name}-train"
         service_name = f"{args.run_name}-workers"
         train_yaml = yaml.safe_dump(args.train_yaml, sort_keys=True)
