@@ -21,6 +21,11 @@ from infra.common import (
 from infra.config import Resources
 
 HTTP_PORT = 8080
+# After SIGTERM the server keeps answering (readiness 503) for the drain delay, then waits for in-flight requests,
+# each bounded by the request timeout; the grace period must cover both or the kubelet kills requests mid-flight.
+DRAIN_DELAY_S = 5
+REQUEST_TIMEOUT_S = 60
+TERMINATION_GRACE_S = DRAIN_DELAY_S + REQUEST_TIMEOUT_S + 10
 TLS_SECRET = "inference-tls"
 
 
@@ -118,8 +123,7 @@ class InferenceService(pulumi.ComponentResource):
                     spec=k8s.core.v1.PodSpecArgs(
                         automount_service_account_token=False,
                         security_context=pod_security_context(),
-                        # Long enough to drain in-flight completions after SIGTERM (readiness turns 503 first).
-                        termination_grace_period_seconds=45,
+                        termination_grace_period_seconds=TERMINATION_GRACE_S,
                         containers=[
                             k8s.core.v1.ContainerArgs(
                                 name="inference",
@@ -131,6 +135,10 @@ class InferenceService(pulumi.ComponentResource):
                                     k8s.core.v1.EnvVarArgs(name="MLFLOW_TRACKING_URI", value=args.tracking_uri),
                                     k8s.core.v1.EnvVarArgs(name="INFERENCE_HOST", value="0.0.0.0"),
                                     k8s.core.v1.EnvVarArgs(name="INFERENCE_PORT", value=str(HTTP_PORT)),
+                                    k8s.core.v1.EnvVarArgs(name="INFERENCE_DRAIN_DELAY_S", value=str(DRAIN_DELAY_S)),
+                                    k8s.core.v1.EnvVarArgs(
+                                        name="INFERENCE_REQUEST_TIMEOUT_S", value=str(REQUEST_TIMEOUT_S)
+                                    ),
                                     k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
                                 ],
                                 ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=HTTP_PORT)],

@@ -63,3 +63,5 @@ def test_inference_deployment_environment_is_valid_settings(
     assert settings.port == container["ports"][0]["containerPort"]
     assert settings.host == "0.0.0.0"
     assert settings.tracking_uri == "http://mlflow.ml-platform.svc.cluster.local:5000"
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > settings.drain_delay_s + settings.request_timeout_s, "SIGTERM drain must fit the grace period"

@@ -1,0 +1,188 @@
+"""Where models come from: local saved-model and checkpoint directories, or the MLflow model registry.
+
+A *source* answers two questions: which version is current (cheap, polled) and where are that version's files
+(may download). The version is an opaque string: the registry's version number, or a checkpoint's directory name.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from inference.settings import MODEL_URI_RE, Settings
+from trainer.model import CONFIG_FILE, GPT, TOKENIZER_FILE, WEIGHTS_FILE, load_model
+from trainer.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+"""A trainer checkpoint directory is finished only once this file exists in it."""
+STEP_PREFIX = "step-"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found, fetched or read; the message says which and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model ready to serve, with what it is called and which version it is."""
+
+    name: str
+    version: str
+    model: GPT
+    tokenizer: CharTokenizer
+    device: torch.device
+
+
+class ModelSource(Protocol):
+    name: str
+    """The default id clients use for this model."""
+    pollable: bool
+    """Whether the current version can change while the server runs."""
+
+    def current_version(self) -> str: ...
+
+    def fetch(self, version: str) -> Path: ...
+
+
+def is_saved_model_dir(path: Path) -> bool:
+    return all((path / f).is_file() for f in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE))
+
+
+def newest_complete_checkpoint(root: Path) -> Path | None:
+    """The `step-*` directory under `root` with the highest step that has a `COMPLETE` marker."""
+    candidates = []
+    for child in root.iterdir():
+        suffix = child.name.removeprefix(STEP_PREFIX)
+        if child.name.startswith(STEP_PREFIX) and suffix.isdigit() and (child / COMPLETE_MARKER).is_file():
+            candidates.append((int(suffix), child))
+    return max(candidates)[1] if candidates else None
+
+
+class LocalSource:
+    """A saved-model directory (never changes) or a checkpoint root (the newest complete step is current)."""
+
+    pollable: bool
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pollable = not is_saved_model_dir(path)
+        self.name = path.resolve().name
+
+    def current_version(self) -> str:
+        if not self.path.is_dir():
+            raise ModelLoadError(f"model path {self.path} does not exist or is not a directory")
+        if not self.pollable:
+            return self.path.name
+        newest = newest_complete_checkpoint(self.path)
+        if newest is None:
+            raise ModelLoadError(
+                f"{self.path} is neither a saved-model directory ({WEIGHTS_FILE}, {CONFIG_FILE}, "
+                f"{TOKENIZER_FILE}) nor a checkpoint root with a complete {STEP_PREFIX}* directory"
+            )
+        return newest.name
+
+    def fetch(self, version: str) -> Path:
+        return self.path if not self.pollable else self.path / version
+
+
+class MlflowSource:
+    """`models:/<name>@<alias>` (the alias is polled) or `models:/<name>/<version>` (pinned)."""
+
+    def __init__(self, uri: str, tracking_uri: str, cache_dir: Path) -> None:
+        match = MODEL_URI_RE.match(uri)
+        if match is None:
+            raise ModelLoadError(f"{uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+        self.name: str = match["name"]
+        self.alias: str | None = match["alias"]
+        self.pinned_version: str | None = match["version"]
+        self.pollable = self.alias is not None
+        self.tracking_uri = tracking_uri
+        self.cache_dir = cache_dir
+
+    def current_version(self) -> str:
+        if self.pinned_version is not None:
+            return self.pinned_version
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        assert self.alias is not None  # a URI is either pinned or an alias
+        try:
+            found = MlflowClient(tracking_uri=self.tracking_uri).get_model_version_by_alias(self.name, self.alias)
+        except MlflowException as exc:
+            raise ModelLoadError(
+                f"cannot resolve models:/{self.name}@{self.alias} at {self.tracking_uri}: {exc.message}"
+            ) from exc
+        return str(found.version)
+
+    def fetch(self, version: str) -> Path:
+        """Download the version's artifacts into `cache_dir/<name>/<version>` (reused when already there)."""
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        target = self.cache_dir / self.name / version
+        if is_saved_model_dir(target):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Download into a fresh temporary directory and rename, so a crash never leaves a half-written version
+        # that a later start would take for complete.
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+        try:
+            downloaded = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.name}/{version}",
+                    dst_path=str(staging),
+                    tracking_uri=self.tracking_uri,
+                )
+            )
+            if not is_saved_model_dir(downloaded):
+                raise ModelLoadError(
+                    f"models:/{self.name}/{version} holds no saved model ({WEIGHTS_FILE}, {CONFIG_FILE}, "
+                    f"{TOKENIZER_FILE} at its root)"
+                )
+            shutil.rmtree(target, ignore_errors=True)
+            downloaded.rename(target)
+        except MlflowException as exc:
+            raise ModelLoadError(f"cannot download models:/{self.name}/{version}: {exc.message}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+
+def make_source(settings: Settings) -> ModelSource:
+    if not settings.model_uri:
+        raise ModelLoadError("no model configured: set INFERENCE_MODEL_URI or pass --model-uri")
+    if settings.model_uri.startswith("models:"):
+        assert settings.tracking_uri is not None  # guaranteed by Settings validation
+        return MlflowSource(settings.model_uri, settings.tracking_uri, settings.cache_dir)
+    return LocalSource(Path(settings.model_uri))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_directory(directory: Path, name: str, version: str, device: torch.device) -> LoadedModel:
+    """Read a saved-model directory and prepare the model for inference on `device`."""
+    try:
+        model = load_model(directory, map_location=device)
+        tokenizer = CharTokenizer.load(directory / TOKENIZER_FILE)
+    except Exception as exc:  # a corrupt file can raise almost anything from unpickling; report it as unloadable
+        raise ModelLoadError(f"cannot load the model in {directory}: {exc}") from exc
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ModelLoadError(
+            f"{directory}: tokenizer has {tokenizer.vocab_size} characters but the model expects "
+            f"vocab_size={model.config.vocab_size}"
+        )
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(name=name, version=version, model=model, tokenizer=tokenizer, device=device)

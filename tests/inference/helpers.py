@@ -1,0 +1,135 @@
+"""Helpers for the inference tests: tiny GPTs trained on Python's help topics, checkpoint layout, servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from pydoc_data.topics import topics
+from typing import Any
+
+import httpx
+import torch
+from fastapi.testclient import TestClient
+
+from inference.loading import COMPLETE_MARKER
+from trainer.model import GPT, GPTConfig, save_model
+from trainer.tokenizer import CharTokenizer
+
+TINY_SHAPE = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}
+CORPUS = "\n".join(topics[key] for key in sorted(topics))
+
+
+def train_tiny_model(directory: Path, *, seed: int, steps: int, shape: dict[str, int] | None = None) -> Path:
+    """Train a GPT on Python's help topics for a few steps and save it as a saved-model directory."""
+    torch.manual_seed(seed)
+    # One thread: the model is tiny, and two threads on two shared cores mostly wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(directory, steps=steps, shape=shape)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(directory: Path, *, steps: int, shape: dict[str, int] | None) -> Path:
+    tokenizer = CharTokenizer.from_text(CORPUS)
+    data = torch.tensor(tokenizer.encode(CORPUS), dtype=torch.long)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **(shape or TINY_SHAPE))
+    model = GPT(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - config.block_size - 1, (16,))
+        x = torch.stack([data[s : s + config.block_size] for s in starts])
+        y = torch.stack([data[s + 1 : s + 1 + config.block_size] for s in starts])
+        _, loss = model(x, y)
+        assert loss is not None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    save_model(model, directory)
+    tokenizer.save(directory / "tokenizer.json")
+    return directory
+
+
+def add_checkpoint(root: Path, step: int, saved_model: Path, *, complete: bool = True) -> Path:
+    """Lay out `saved_model` as the trainer's `step-*` checkpoint directory under `root`."""
+    directory = root / f"step-{step:08d}"
+    shutil.copytree(saved_model, directory)
+    (directory / "train_state.pt").write_bytes(b"optimizer state is not read by inference")
+    if complete:
+        (directory / COMPLETE_MARKER).write_text("")
+    return directory
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/readyz")
+        if response.status_code == 200:
+            return response.json()
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """`python -m inference serve` in a subprocess on 127.0.0.1 (the way the pod runs it)."""
+
+    def __init__(self, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
+        environment.update(PYTHONPATH=str(REPO_ROOT), INFERENCE_HOST="127.0.0.1", INFERENCE_PORT=str(self.port), **env)
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "inference",
+                "serve",
+                "--log-level",
+                os.environ.get("TEST_SERVER_LOG_LEVEL", "info"),
+            ],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.TransportError):
+                response = httpx.get(f"{self.url}/readyz", timeout=5)
+                if response.status_code == 200:
+                    return response.json()
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._log.close()
