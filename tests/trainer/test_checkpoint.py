@@ -1,0 +1,120 @@
+"""Checkpoints: layout (also a saved-model directory), atomicity, pruning and RNG state."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.checkpoint import (
+    COMPLETE_FILE,
+    TrainingState,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainer.model import GPT, GPTConfig, load_model
+from trainer.tokenizer import CharTokenizer
+
+TOKENIZER = CharTokenizer(list("abcdef"))
+
+
+def _model() -> tuple[GPT, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=6, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _, loss = model(torch.randint(0, 6, (2, 8)), torch.randint(0, 6, (2, 8)))
+    assert loss is not None
+    loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def _state(step: int) -> TrainingState:
+    return TrainingState(step=step, samples_seen=step * 4, seed=1, world_size=2, run_id="abc", train_loss=1.5,
+                         val_loss=1.6)
+
+
+def _save(root: Path, step: int, keep: int = 5) -> Path:
+    model, optimizer = _model()
+    return save_checkpoint(root, model=model, tokenizer=TOKENIZER, optimizer=optimizer, state=_state(step),
+                           keep=keep)
+
+
+def test_a_checkpoint_is_a_saved_model_directory_and_holds_the_training_state(tmp_path: Path) -> None:
+    path = _save(tmp_path, 7)
+    assert path == tmp_path / "step-00000007"
+    names = {p.name for p in path.iterdir()}
+    assert {"model.pt", "model_config.json", "tokenizer.json", COMPLETE_FILE, "optimizer.pt", "rng.pt",
+            "trainer_state.json"} == names
+    model, optimizer = _model()
+    served = load_model(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(served.state_dict()[key], value)
+    assert CharTokenizer.load(path / "tokenizer.json").chars == TOKENIZER.chars
+    loaded = load_checkpoint(path)
+    assert loaded.state == _state(7)
+    assert loaded.optimizer_state["state"].keys() == optimizer.state_dict()["state"].keys()
+
+
+def test_latest_skips_incomplete_and_temporary_directories(tmp_path: Path) -> None:
+    _save(tmp_path, 10)
+    (tmp_path / "step-00000030").mkdir()  # no COMPLETE marker: a crashed or foreign write
+    (tmp_path / ".tmp-step-00000040-123").mkdir()
+    (tmp_path / "notes").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("failing_file", ["optimizer.pt", "rng.pt", COMPLETE_FILE])
+def test_a_crash_while_saving_never_leaves_a_newer_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_file: str
+) -> None:
+    _save(tmp_path, 10)
+    real_sync = ckpt._write_synced
+
+    def crash(path: Path, write: object) -> None:
+        if path.name == failing_file:
+            raise OSError("disk full")
+        real_sync(path, write)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ckpt, "_write_synced", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _save(tmp_path, 20)
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
+    assert not (tmp_path / "step-00000020").exists()
+    monkeypatch.undo()
+    _save(tmp_path, 20)  # the next save succeeds and clears the leftover
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_only_the_newest_keep_are_kept(tmp_path: Path) -> None:
+    for step in (10, 20, 30, 40):
+        _save(tmp_path, step, keep=2)
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [30, 40]
+
+
+def test_saving_an_existing_complete_step_keeps_it(tmp_path: Path) -> None:
+    first = _save(tmp_path, 10)
+    marker = (first / COMPLETE_FILE).stat().st_mtime_ns
+    assert _save(tmp_path, 10) == first
+    assert (first / COMPLETE_FILE).stat().st_mtime_ns == marker
+
+
+def test_rng_states_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    random.seed(3)
+    states = ckpt.capture_rng()
+    torch.save(states, tmp_path / "rng.pt")
+    expected = (torch.rand(3), random.random(), ckpt.np.random.rand())
+    torch.manual_seed(99)
+    random.seed(99)
+    ckpt.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1]
+    assert ckpt.np.random.rand() == expected[2]

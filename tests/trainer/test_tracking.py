@@ -1,0 +1,91 @@
+"""MLflow against a real `mlflow server`: the run (resumed after SIGTERM), metrics, model version and alias."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.conftest import REPO, clean_env, run_trainer, summary_of, tiny_config
+from trainer.model import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(
+    tmp_path: Path, mlflow_server: str
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = "trainer-test-model"
+    tracking = {"experiment": "trainer-tests", "model_name": name}
+    env = clean_env(MLFLOW_TRACKING_URI=mlflow_server)  # the file leaves tracking.uri empty
+    config = tiny_config(tmp_path / "good", tracking=tracking, train={"max_steps": 400, "eval_every": 100},
+                         checkpoint={"every": 0})
+
+    # First attempt: preempted by SIGTERM mid-training; rank 0 checkpoints the run id with the state.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "train", "--config", str(config)],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert first.stdout is not None
+    try:
+        for line in first.stdout:
+            if line.startswith("step 20/"):
+                break
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, stderr
+
+    # The restart resumes the same run and finishes it.
+    resumed = run_trainer("train", "--config", str(config), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    good = summary_of(resumed.stdout)
+    assert 20 <= good["resumed_from_step"] < 400
+    assert good["model_uri"] == f"models:/{name}/1"
+    assert good["alias_moved"] is True
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(good["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.n_embd"] == "32" and run.data.params["world_size"] == "1"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == sorted(steps) and steps[0] == 10 and steps[-1] == 400
+    assert min(steps) < good["resumed_from_step"] < max(steps)  # one run across the restart
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [100, 200, 300, 400]
+    assert {"lr", "tokens_per_s"} <= run.data.metrics.keys()
+    assert run.data.tags["alias_decision"] == "promoted"
+
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == "1" and champion.run_id == good["run_id"]
+    assert float(champion.tags["val_loss"]) == pytest.approx(good["val_loss"])
+    mlflow.set_tracking_uri(mlflow_server)
+    downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@champion",
+                                                          dst_path=str(tmp_path / "download")))
+    assert {WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE} <= {p.name for p in downloaded.iterdir()}
+    load_model(downloaded)
+
+    # A worse model (a few steps) gets a version but not the alias, and the run says why.
+    worse = run_trainer("train", "--config", str(tiny_config(tmp_path / "worse", tracking=tracking)),
+                        "--set", "train.max_steps=5", env=env)
+    assert worse.returncode == 0, worse.stderr
+    bad = summary_of(worse.stdout)
+    assert bad["val_loss"] > good["val_loss"]
+    assert bad["model_uri"] == f"models:/{name}/2" and bad["alias_moved"] is False
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    tags = client.get_run(bad["run_id"]).data.tags
+    assert tags["alias_decision"] == "kept"
+    assert "which keeps 'champion'" in tags["alias_decision_reason"]
+
+    # Relaunching a finished job does not register the same model again.
+    again = run_trainer("train", "--config", str(config), env=env)
+    assert again.returncode == 0, again.stderr
+    assert summary_of(again.stdout)["model_uri"] == good["model_uri"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 2

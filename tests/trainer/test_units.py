@@ -1,0 +1,72 @@
+"""Small pure pieces: learning-rate schedule, launcher exit codes and environments, progress lines, CPU budget."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from trainer.config import TrainConfig
+from trainer.launcher import exit_code, rank_environments
+from trainer.loop import lr_at
+from trainer.progress import Progress
+from trainer.runtime import cpu_budget
+
+
+def test_lr_warms_up_linearly_then_decays_to_min_lr() -> None:
+    config = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=2000)
+    assert lr_at(0, config) == pytest.approx(1e-3 / 101)
+    assert lr_at(99, config) == pytest.approx(1e-3 * 100 / 101)
+    assert lr_at(100, config) == pytest.approx(1e-3)
+    assert lr_at(1050, config) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert lr_at(1999, config) == pytest.approx(1e-4, rel=1e-3)
+    rates = [lr_at(step, config) for step in range(100, 2000)]
+    assert rates == sorted(rates, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [([0, 0], 0), ([0, 1], 1), ([-9, 1], 137), ([1, 2], 2), ([None, 143], 143), ([None, None], 0)],
+)
+def test_launcher_exit_code(codes: list[int | None], expected: int) -> None:
+    assert exit_code(codes) == expected
+
+
+def test_launcher_gives_each_rank_the_indexed_job_environment() -> None:
+    base = {"PATH": "/bin", "RANK": "5", "LOCAL_RANK": "1", "MLFLOW_TRACKING_URI": "http://m"}
+    envs = rank_environments(2, 29511, base)
+    assert [env["JOB_COMPLETION_INDEX"] for env in envs] == ["0", "1"]
+    for env in envs:
+        assert "RANK" not in env and "LOCAL_RANK" not in env  # else the torchrun path would be taken
+        assert (env["WORLD_SIZE"], env["MASTER_ADDR"], env["MASTER_PORT"]) == ("2", "127.0.0.1", "29511")
+        assert env["LOCAL_WORLD_SIZE"] == "2" and env["MLFLOW_TRACKING_URI"] == "http://m"
+
+
+def test_progress_without_a_tty_prints_plain_lines_on_logging_steps() -> None:
+    stream = io.StringIO()
+    progress = Progress(total=20, initial=0, log_every=10, enabled=True, stream=stream)
+    for step in range(1, 21):
+        progress.step(step, {"train_loss": 2.0} if step % 10 == 0 else {})
+    progress.message("step 20: val_loss 1.9")
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "step 10/20 train_loss 2", "step 20/20 train_loss 2", "step 20: val_loss 1.9"
+    ]
+
+
+def test_progress_is_silent_on_other_ranks() -> None:
+    stream = io.StringIO()
+    progress = Progress(total=5, initial=0, log_every=1, enabled=False, stream=stream)
+    progress.step(1, {"train_loss": 1.0})
+    progress.message("hello")
+    assert stream.getvalue() == ""
+
+
+def test_cpu_budget_respects_a_cgroup_limit(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("100000 100000\n")
+    assert cpu_budget(cpu_max) == 1
+    cpu_max.write_text("max 100000\n")
+    assert cpu_budget(cpu_max) >= 1
+    assert cpu_budget(tmp_path / "missing") >= 1

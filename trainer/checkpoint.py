@@ -1,0 +1,201 @@
+"""Checkpoints: `<checkpoint.dir>/step-NNNNNNNN/` directories that are also saved-model directories.
+
+Layout of one checkpoint (the first three files are what `trainer.model.load_model` and the inference service
+read, so any checkpoint can be served as is):
+
+    model.pt, model_config.json, tokenizer.json   the saved model
+    optimizer.pt                                   AdamW state
+    rng.pt                                         python, numpy, torch CPU and CUDA generator states
+    trainer_state.json                             step, data position, seed, world size, MLflow run id, losses
+    COMPLETE                                       written last; a directory without it is ignored
+
+A checkpoint is written into a hidden temporary directory, flushed to disk, marked COMPLETE and then renamed
+into place, so a crash at any moment leaves either the previous newest checkpoint or the new complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.model import CONFIG_FILE, GPT, TOKENIZER_FILE, WEIGHTS_FILE, GPTConfig, save_model
+from trainer.tokenizer import CharTokenizer
+
+COMPLETE_FILE = "COMPLETE"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainingState:
+    """The scalar part of a checkpoint (trainer_state.json)."""
+
+    step: int
+    """Optimizer steps completed."""
+    samples_seen: int
+    """Data position: global sequences consumed (batches are a pure function of the step, see trainer.data)."""
+    seed: int
+    """train.seed of the run."""
+    world_size: int
+    """Ranks that trained up to this checkpoint."""
+    run_id: str | None
+    """MLflow run to resume logging to; None when tracking is off."""
+    train_loss: float | None
+    """Mean training loss of the last step."""
+    val_loss: float | None
+    """Latest validation loss, if one was measured."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """`(step, path)` of every complete checkpoint under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / COMPLETE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root`; incomplete and temporary directories are skipped."""
+    found = complete_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every generator's state, in types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_synced(path: Path, write: Callable[[Path], object]) -> None:
+    write(path)
+    _fsync_file(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    model: GPT,
+    tokenizer: CharTokenizer,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    keep: int,
+) -> Path:
+    """Atomically write checkpoint `state.step` under `root`, then keep only the newest `keep`."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(state.step)
+    if (final / COMPLETE_FILE).is_file():
+        # Only reachable right after resuming from this very step: training is deterministic, so the state
+        # on disk is the state in memory.
+        return final
+    tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, tmp)
+    _fsync_file(tmp / WEIGHTS_FILE)
+    _fsync_file(tmp / CONFIG_FILE)
+    _write_synced(tmp / TOKENIZER_FILE, tokenizer.save)
+    _write_synced(tmp / OPTIMIZER_FILE, lambda path: torch.save(optimizer.state_dict(), path))
+    _write_synced(tmp / RNG_FILE, lambda path: torch.save(capture_rng(), path))
+    _write_synced(tmp / STATE_FILE, lambda path: path.write_text(json.dumps(asdict(state), indent=2)))
+    _write_synced(tmp / COMPLETE_FILE, lambda path: path.write_text(f"{state.step}\n"))
+    _fsync_dir(tmp)
+    if final.exists():  # an incomplete directory with the final name, left by something else
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    prune(root, keep)
+    return final
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints, and temporary leftovers of crashed saves."""
+    for _, path in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(f"{_TMP_PREFIX}step-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Checkpoint:
+    """A checkpoint read back from disk."""
+
+    path: Path
+    """Its directory."""
+    state: TrainingState
+    """Scalars from trainer_state.json."""
+    model_config: GPTConfig
+    """Shape of the saved model."""
+    tokenizer: CharTokenizer
+    """The saved tokenizer."""
+    model_state: dict[str, torch.Tensor]
+    """Weights (`GPT.state_dict()`)."""
+    optimizer_state: dict[str, Any]
+    """`Optimizer.state_dict()`."""
+    rng: dict[str, Any]
+    """Generator states saved by rank 0 (see `capture_rng`)."""
+
+
+def read_state(path: Path) -> TrainingState:
+    """Only the scalar state of the checkpoint at `path` (cheap)."""
+    return TrainingState(**json.loads((path / STATE_FILE).read_text()))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read every part of the checkpoint at `path`."""
+    return Checkpoint(
+        path=path,
+        state=read_state(path),
+        model_config=GPTConfig.from_json((path / CONFIG_FILE).read_text()),
+        tokenizer=CharTokenizer.load(path / TOKENIZER_FILE),
+        model_state=torch.load(path / WEIGHTS_FILE, map_location=map_location, weights_only=True),
+        optimizer_state=torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True),
+        rng=torch.load(path / RNG_FILE, map_location="cpu", weights_only=True),
+    )
