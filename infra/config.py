@@ -108,6 +108,11 @@ class Resources:
     """nvidia.com/gpu request and limit (0 = none)."""
 
 
+# Sizes of the supporting servers (not tunable per stack; the quota check counts them).
+MLFLOW_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="1Gi")
+POSTGRES_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="256Mi", memory_limit="1Gi")
+
+
 @dataclass(frozen=True)
 class Toleration:
     """One taint the training pods tolerate (`key[=value]:Effect`)."""
@@ -483,6 +488,31 @@ class _Validator:
                 result.append((path, value))
         return tuple(result)
 
+    def check_quota(self, config: StackConfig) -> None:
+        """The quota must admit everything at full scale: every worker, MLflow (and PostgreSQL), and inference at
+        hpaMaxReplicas plus the one extra pod of a rolling update; otherwise pods are refused at admission."""
+        t, inf = config.training, config.inference
+        surge_replicas = inf.max_replicas + 1
+        postgres = [POSTGRES_RESOURCES] if config.mlflow.backend == "postgresql" else []
+        pods = [*([t.resources] * t.workers), MLFLOW_RESOURCES, *postgres, *([inf.resources] * surge_replicas)]
+        what = (
+            f"{t.workers} workers + MLflow{' + PostgreSQL' if postgres else ''} + "
+            f"{surge_replicas} inference pods (hpaMaxReplicas + 1 rolling-update surge)"
+        )
+        for key, quota, field_ in (
+            ("quotaCpu", config.namespace.quota_cpu, "cpu_limit"),
+            ("quotaMemory", config.namespace.quota_memory, "memory_limit"),
+        ):
+            try:
+                needed = sum((parse_quantity(getattr(r, field_)) for r in pods), Decimal(0))
+                too_small = parse_quantity(quota) < needed
+            except ValueError:
+                continue  # a quantity that does not parse is already reported
+            if too_small:
+                self.problem(key, f"must cover the limits of {what} = {needed.normalize():f}")
+        if config.namespace.quota_pods < len(pods):
+            self.problem("quotaPods", f"must be at least {len(pods)}: {what}")
+
     def build(self) -> StackConfig:
         accelerator = self.choice("accelerator", ("cpu", "nvidia"))
         gpus = self.integer("gpusPerWorker", 0, 16)
@@ -629,17 +659,7 @@ class _Validator:
             self.problem("kueueQueue", "must be a LocalQueue name (DNS-1123 subdomain) or empty")
         if config.inference.ingress_class and not _DNS_SUBDOMAIN.match(config.inference.ingress_class):
             self.problem("ingressClassName", "must be an IngressClass name")
-        train = config.training.resources
-        for quota_key, quota, limit_key, limit in (
-            ("quotaCpu", config.namespace.quota_cpu, "trainCpuLimit", train.cpu_limit),
-            ("quotaMemory", config.namespace.quota_memory, "trainMemoryLimit", train.memory_limit),
-        ):
-            try:
-                too_small = parse_quantity(quota) < parse_quantity(limit) * workers
-            except ValueError:
-                continue  # a quantity that does not parse is already reported
-            if too_small:
-                self.problem(quota_key, f"must cover workers x {limit_key} = {workers} x {limit}")
+        self.check_quota(config)
         if self.problems:
             raise ConfigError(self.stack, self.problems)
         return config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 import yaml
 
-from infra.config import Resources, StackConfig
+from infra.config import MLFLOW_RESOURCES, POSTGRES_RESOURCES, StackConfig
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
 from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs
 from infra.namespace import Namespace, NamespaceArgs
@@ -15,9 +15,6 @@ from infra.storage import Storage, StorageArgs, VolumeClaim
 from infra.tls import Tls, TlsArgs
 from infra.training import CHECKPOINT_MOUNT, TrainingArgs, TrainingJob, threads_per_rank
 
-# Sizes of the supporting servers; the stack config sizes the workloads users tune (training, inference).
-MLFLOW_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="1Gi")
-POSTGRES_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="256Mi", memory_limit="1Gi")
 TRAINER_SERVICE_ACCOUNT = "trainer"
 
 
