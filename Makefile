@@ -12,6 +12,7 @@ STACKS := dev gpu
 OUT    := build/rendered
 KIND_CLUSTER ?= ml-platform
 IMAGE  ?= ml-platform:dev
+TOOLCHAIN_SH := tests/engine/toolchain.sh
 
 .PHONY: help install demo test test-fast lint render bench-infra kind-up image kind-load up-dev preview clean
 
@@ -32,11 +33,11 @@ install: $(STAMP) ## create .venv and install everything (tests, trainer, infere
 demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DDP training, inference, a completion
 	$(BIN)/python -m infra.local $(DEMO_ARGS)
 
-test: $(STAMP) ## set up and run the whole test suite
-	$(BIN)/python -m pytest
+test: $(STAMP) ## set up (venvs, and the engine toolchain from Go modules) and run the whole test suite
+	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && ML_PLATFORM_TOOLCHAIN="$$dir" $(BIN)/python -m pytest -m "engine or not engine"
 
-test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training)
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training) and the engine tier
+	$(BIN)/python -m pytest -m "not slow and not engine"
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
@@ -70,3 +71,15 @@ preview: ## pulumi preview both stacks (needs a cluster context and, for gpu, th
 
 clean: ## remove build outputs (not .venv, not .state)
 	rm -rf build .pytest_cache
+
+# --- engine tier: a local Kubernetes control plane built from Go modules (docs/engine.md) -------------------
+.PHONY: toolchain cluster-local engine-test
+
+toolchain: ## build or reuse etcd, kube-apiserver/-controller-manager/-scheduler, kwok; last line: their directory
+	@bash $(TOOLCHAIN_SH)
+
+cluster-local: $(STAMP) ## start the local control plane (kwok CPU + GPU nodes), print the kubeconfig path; Ctrl-C stops it
+	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && $(BIN)/python -m tests.engine.cluster --toolchain "$$dir"
+
+engine-test: $(STAMP) ## build or reuse the toolchain, then run the engine tests (pytest -m engine) on a fresh control plane
+	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && ML_PLATFORM_TOOLCHAIN="$$dir" $(BIN)/python -m pytest -m engine tests/engine

@@ -1,0 +1,577 @@
+"""A local Kubernetes control plane without containers, for the engine tier of the tests.
+
+etcd, kube-apiserver (TLS, RBAC, the admission plugins a real cluster runs: NamespaceLifecycle, LimitRanger,
+ServiceAccount, PodSecurity, ResourceQuota, ...), kube-controller-manager, kube-scheduler and kwok, all on
+127.0.0.1 with generated certificates and kubeconfigs. kwok simulates the nodes' kubelets: a CPU node and a
+GPU node (nvidia.com/gpu capacity, the GPU label and taint of Pulumi.gpu.yaml); pods get scheduled by the
+real scheduler, become Ready, and pods owned by a Job complete.
+
+Binaries come from tests/engine/toolchain.sh (its cache directory). Used by tests/engine/conftest.py and by
+`python -m tests.engine.cluster --toolchain DIR` (`make cluster-local`), which prints the kubeconfig path
+and runs until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+CPU_NODE = "kwok-cpu-0"
+GPU_NODE = "kwok-gpu-0"
+SERVICE_CIDR = "10.96.0.0/16"
+ADMISSION_PLUGINS = (
+    "NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,ResourceQuota,DefaultStorageClass,"
+    "DefaultTolerationSeconds,StorageObjectInUseProtection,PersistentVolumeClaimResize,RuntimeClass,"
+    "Priority,TaintNodesByCondition,DefaultIngressClass,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,"
+    "ValidatingAdmissionWebhook"
+)
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- certificates -----------------------------------------------------------------------------------------
+def _pem_key(key: Any) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert(
+    subject: x509.Name,
+    key: Any,
+    issuer: x509.Name,
+    issuer_key: Any,
+    *,
+    ca: bool = False,
+    server_names: Iterable[str] = (),
+    server_ips: Iterable[str] = (),
+    client: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        usages = []
+        if server_names or server_ips:
+            usages.append(x509.ExtendedKeyUsageOID.SERVER_AUTH)
+            sans: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
+            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if client:
+            usages.append(x509.ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+@dataclass
+class Pki:
+    dir: Path
+    ca_cert: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._ca_key = ec.generate_private_key(ec.SECP256R1())
+        self._ca_name = _name("ml-platform-engine-test-ca")
+        ca = _cert(self._ca_name, self._ca_key, self._ca_name, self._ca_key, ca=True)
+        self.ca_cert = self.dir / "ca.crt"
+        self.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        (self.dir / "ca.key").write_bytes(_pem_key(self._ca_key))
+        # The service-account token signing key pair (RSA: what every component accepts).
+        sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (self.dir / "sa.key").write_bytes(_pem_key(sa))
+        (self.dir / "sa.pub").write_bytes(
+            sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+
+    def issue(self, name: str, cn: str, org: str | None = None, **kw: Any) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(_name(cn, org), key, self._ca_name, self._ca_key, **kw)
+        crt_path, key_path = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(_pem_key(key))
+        key_path.chmod(0o600)
+        return crt_path, key_path
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, crt: Path, key: Path, user: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+        "current-context": "local",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# --- a small Kubernetes API client (httpx, discovery, server-side apply) ------------------------------------
+class ApiError(RuntimeError):
+    def __init__(self, status: int, body: Any, what: str) -> None:
+        self.status = status
+        self.body = body
+        message = body.get("message") if isinstance(body, dict) else body
+        super().__init__(f"{what}: HTTP {status}: {message}")
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    plural: str
+    namespaced: bool
+
+
+class Api:
+    """Just enough of the Kubernetes API for the tests: discovery, apply (server-side, strict field validation),
+    get, list, delete, and polling."""
+
+    def __init__(self, server: str, ca: Path, crt: Path, key: Path) -> None:
+        self.server = server
+        tls = ssl.create_default_context(cafile=str(ca))
+        tls.load_cert_chain(str(crt), str(key))
+        self.http = httpx.Client(base_url=server, verify=tls, timeout=30.0)
+        self._resources: dict[tuple[str, str], ResourceInfo] = {}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, what: str = "", **kw: Any) -> Any:
+        response = self.http.request(method, path, **kw)
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body, what or f"{method} {path}")
+        return body
+
+    def _discover(self, api_version: str) -> None:
+        path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        for r in self.request("GET", path)["resources"]:
+            if "/" not in r["name"]:
+                self._resources[(api_version, r["kind"])] = ResourceInfo(r["name"], r["namespaced"])
+
+    def info(self, api_version: str, kind: str) -> ResourceInfo:
+        if (api_version, kind) not in self._resources:
+            self._discover(api_version)
+        try:
+            return self._resources[(api_version, kind)]
+        except KeyError:
+            raise ApiError(404, f"no {kind} in {api_version}", "discovery") from None
+
+    def path(self, api_version: str, kind: str, namespace: str | None = None, name: str | None = None) -> str:
+        info = self.info(api_version, kind)
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        if info.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{info.plural}"
+        return f"{base}/{name}" if name else base
+
+    def obj_path(self, obj: Mapping[str, Any]) -> str:
+        meta = obj["metadata"]
+        return self.path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+
+    def apply(self, obj: Mapping[str, Any], manager: str = "ml-platform-engine-test") -> dict[str, Any]:
+        """Server-side apply with strict field validation: unknown or duplicate fields are errors, as are
+        invalid values, immutable-field changes and admission rejections."""
+        what = f"apply {obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+        return dict(
+            self.request(
+                "PATCH",
+                self.obj_path(obj),
+                what,
+                params={"fieldManager": manager, "fieldValidation": "Strict", "force": "true"},
+                content=json.dumps(obj),
+                headers={"Content-Type": "application/apply-patch+yaml"},
+            )
+        )
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        what = f"create {obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
+        path = self.path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        return dict(self.request("POST", path, what, params={"fieldValidation": "Strict"}, json=obj))
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            return dict(self.request("GET", self.path(api_version, kind, namespace, name)))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def items(
+        self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"labelSelector": selector} if selector else {}
+        return list(self.request("GET", self.path(api_version, kind, namespace), params=params)["items"])
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
+        try:
+            self.request(
+                "DELETE",
+                self.path(api_version, kind, namespace, name),
+                json={"propagationPolicy": "Foreground"},
+            )
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    def events(self, namespace: str) -> list[dict[str, Any]]:
+        return self.items("v1", "Event", namespace)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval_s: float = 0.5) -> Any:
+    """Poll `check` until it returns something truthy; raise with the last value (or error) on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except (ApiError, httpx.HTTPError) as err:
+            last = err
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}; last: {last!r}")
+        time.sleep(interval_s)
+
+
+def condition(obj: Mapping[str, Any] | None, kind: str) -> str | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return str(c.get("status"))
+    return None
+
+
+# --- the control plane ------------------------------------------------------------------------------------
+def node_object(name: str, *, cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": "kwok",
+        "type": "kwok",
+    }
+    capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "200Gi"}
+    spec: dict[str, Any] = {}
+    if gpus:
+        labels["nvidia.com/gpu.present"] = "true"
+        capacity["nvidia.com/gpu"] = str(gpus)
+        spec["taints"] = [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": {KWOK_ANNOTATION: "fake"}},
+        "spec": spec,
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake",
+            },
+        },
+    }
+
+
+class LocalCluster:
+    """Start with `start()`, stop with `stop()` (also a context manager). `kubeconfig` is the admin kubeconfig;
+    `api` an admin client."""
+
+    def __init__(self, toolchain: Path, workdir: Path | None = None, *, verbose: bool = False) -> None:
+        self.toolchain = toolchain
+        missing = [t for t in TOOLS if not (toolchain / t).is_file()]
+        if missing or not (toolchain / "kwok-stages.yaml").is_file():
+            raise ClusterError(
+                f"toolchain {toolchain} lacks {', '.join(missing) or 'kwok-stages.yaml'}: run tests/engine/toolchain.sh"
+            )
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="ml-platform-cluster-"))
+        self.logs = self.workdir / "logs"
+        self.verbose = verbose
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.api: Api
+        self.kubeconfig: Path
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [str(self.toolchain / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise ClusterError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        pki = Pki(self.workdir / "pki")
+        ca = pki.ca_cert
+        etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
+        server = f"https://127.0.0.1:{api_port}"
+        service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+
+        self._spawn(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+
+        def etcd_healthy() -> bool:
+            self._check_alive()
+            return httpx.get(f"http://127.0.0.1:{etcd_client}/health").status_code == 200
+
+        wait_for("etcd", etcd_healthy, 60)
+
+        serving = pki.issue(
+            "apiserver",
+            "kube-apiserver",
+            server_names=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                          "kubernetes.default.svc.cluster.local"],
+            server_ips=["127.0.0.1", service_ip],
+        )  # fmt: skip
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={serving[0]}",
+                f"--tls-private-key-file={serving[1]}",
+                f"--client-ca-file={ca}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.dir / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--service-node-port-range=30000-32767",
+                "--authorization-mode=Node,RBAC",
+                f"--enable-admission-plugins={ADMISSION_PLUGINS}",
+                "--allow-privileged=true",  # as kind and most clusters: Pod Security decides
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        admin = pki.issue("admin", "admin", "system:masters", client=True)
+        self.kubeconfig = write_kubeconfig(self.workdir / "kubeconfig", server, ca, *admin, user="admin")
+        self.api = Api(server, ca, *admin)
+
+        def ready() -> bool:
+            self._check_alive()
+            return self.api.http.get("/readyz").status_code == 200
+
+        wait_for("kube-apiserver /readyz", ready, 180)
+
+        cm = pki.issue("controller-manager", "system:kube-controller-manager", client=True)
+        cm_kubeconfig = write_kubeconfig(
+            self.workdir / "controller-manager.kubeconfig", server, ca, *cm, user="system:kube-controller-manager"
+        )
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={cm_kubeconfig}",
+                f"--authentication-kubeconfig={cm_kubeconfig}",
+                f"--authorization-kubeconfig={cm_kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.dir / 'sa.key'}",
+                f"--root-ca-file={ca}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--controllers=*",
+                "--concurrent-job-syncs=5",
+                "--pvclaimbinder-sync-period=2s",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        sched = pki.issue("scheduler", "system:kube-scheduler", client=True)
+        sched_kubeconfig = write_kubeconfig(
+            self.workdir / "scheduler.kubeconfig", server, ca, *sched, user="system:kube-scheduler"
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={sched_kubeconfig}",
+                f"--authentication-kubeconfig={sched_kubeconfig}",
+                f"--authorization-kubeconfig={sched_kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={self.toolchain / 'kwok-stages.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+                "--node-ip=10.244.0.1",
+                "--cidr=10.244.0.0/16",
+                f"--node-port={free_port()}",
+                f"--server-address=127.0.0.1:{free_port()}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
+        for node in (node_object(CPU_NODE, cpu="16", memory="64Gi"),
+                     node_object(GPU_NODE, cpu="96", memory="768Gi", gpus=8)):  # fmt: skip
+            self.api.create(node)
+
+        def nodes_ready() -> bool:
+            self._check_alive()
+            return all(condition(self.api.get("v1", "Node", n), "Ready") == "True" for n in (CPU_NODE, GPU_NODE))
+
+        wait_for("kwok nodes Ready", nodes_ready, 120)
+
+        def default_sa() -> bool:
+            self._check_alive()
+            return self.api.get("v1", "ServiceAccount", "default", "default") is not None
+
+        wait_for("the default ServiceAccount (controller-manager up)", default_sa, 120)
+
+    def stop(self) -> None:
+        # One at a time, clients first (kwok, scheduler, controller-manager), then the API server, then etcd: an
+        # API server told to stop while its clients still watch waits for them.
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.procs.clear()
+        if hasattr(self, "api"):
+            self.api.close()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.engine.cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--toolchain", type=Path, required=True, help="directory printed by toolchain.sh")
+    parser.add_argument(
+        "--workdir", type=Path, help="where certs, data and logs go and stay (default: a temp dir, removed at the end)"
+    )
+    args = parser.parse_args(argv)
+    workdir = args.workdir.resolve() if args.workdir else None
+    if workdir:
+        workdir.mkdir(parents=True, exist_ok=True)
+    cluster = LocalCluster(args.toolchain.resolve(), workdir)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with cluster:
+        print(f"logs: {cluster.logs}", file=sys.stderr)
+        print(f"control plane up at {cluster.api.server}; Ctrl-C stops it", file=sys.stderr)
+        print(cluster.kubeconfig, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
