@@ -21,8 +21,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 # Variables that would change which path of the distributed contract a subprocess takes, or where it logs.
 _CONTRACT_VARS = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "JOB_COMPLETION_INDEX",
-    "TRAINER_JOB_NAME", "MLFLOW_TRACKING_URI", "TORCHELASTIC_RUN_ID", "GROUP_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "JOB_COMPLETION_INDEX",
+    "TRAINER_JOB_NAME",
+    "MLFLOW_TRACKING_URI",
+    "TORCHELASTIC_RUN_ID",
+    "GROUP_RANK",
 )
 
 
@@ -39,8 +48,16 @@ def tiny_config(directory: Path, **sections: Mapping[str, Any]) -> Path:
         "data": {"source": "python-docs", "val_fraction": 0.1},
         "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0},
         "train": {
-            "batch_size": 8, "max_steps": 40, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 5, "eval_every": 20,
-            "eval_iters": 4, "log_every": 10, "seed": 7, "threads_per_rank": 1,
+            "batch_size": 8,
+            "max_steps": 40,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 5,
+            "eval_every": 20,
+            "eval_iters": 4,
+            "log_every": 10,
+            "seed": 7,
+            "threads_per_rank": 1,
         },
         "checkpoint": {"dir": str(directory / "checkpoints"), "every": 10, "keep": 2},
     }
@@ -57,9 +74,28 @@ def run_trainer(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m trainer ARGS`, captured."""
     return subprocess.run(
-        [sys.executable, "-m", "trainer", *args], env=clean_env() if env is None else env, cwd=REPO,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "trainer", *args],
+        env=clean_env() if env is None else env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def sigterm_once_logged(proc: subprocess.Popen[str], marker: str) -> str:
+    """Send SIGTERM to `proc` once a stdout line starts with `marker` (training is under way); returns stderr."""
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.startswith(marker):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return stderr
 
 
 def summary_of(stdout: str) -> dict[str, Any]:
@@ -103,8 +139,20 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     log = (root / "server.log").open("w")
     command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
         "--serve-artifacts",
     ]
     # The job-execution workers MLflow 3 starts by default are not needed and cost CPU on a small machine.

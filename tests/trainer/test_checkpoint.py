@@ -35,22 +35,29 @@ def _model() -> tuple[GPT, torch.optim.Optimizer]:
 
 
 def _state(step: int) -> TrainingState:
-    return TrainingState(step=step, samples_seen=step * 4, seed=1, world_size=2, run_id="abc", train_loss=1.5,
-                         val_loss=1.6)
+    return TrainingState(
+        step=step, samples_seen=step * 4, seed=1, world_size=2, run_id="abc", train_loss=1.5, val_loss=1.6
+    )
 
 
 def _save(root: Path, step: int, keep: int = 5) -> Path:
     model, optimizer = _model()
-    return save_checkpoint(root, model=model, tokenizer=TOKENIZER, optimizer=optimizer, state=_state(step),
-                           keep=keep)
+    return save_checkpoint(root, model=model, tokenizer=TOKENIZER, optimizer=optimizer, state=_state(step), keep=keep)
 
 
 def test_a_checkpoint_is_a_saved_model_directory_and_holds_the_training_state(tmp_path: Path) -> None:
     path = _save(tmp_path, 7)
     assert path == tmp_path / "step-00000007"
     names = {p.name for p in path.iterdir()}
-    assert {"model.pt", "model_config.json", "tokenizer.json", COMPLETE_FILE, "optimizer.pt", "rng.pt",
-            "trainer_state.json"} == names
+    assert {
+        "model.pt",
+        "model_config.json",
+        "tokenizer.json",
+        COMPLETE_FILE,
+        "optimizer.pt",
+        "rng.pt",
+        "trainer_state.json",
+    } == names
     model, optimizer = _model()
     served = load_model(path)
     for key, value in model.state_dict().items():

@@ -14,8 +14,9 @@ DATA = torch.arange(1000)
 
 
 def _batch(index: int, rank: int = 0, world_size: int = 1, seed: int = 1, stream: str = "train") -> torch.Tensor:
-    x, y = sample_batch(DATA, seed=seed, stream=stream, index=index, global_batch=8, block_size=16, rank=rank,
-                        world_size=world_size)
+    x, y = sample_batch(
+        DATA, seed=seed, stream=stream, index=index, global_batch=8, block_size=16, rank=rank, world_size=world_size
+    )
     assert torch.equal(y[:, :-1], x[:, 1:])  # targets are the inputs shifted by one
     return x
 

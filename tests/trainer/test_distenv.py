@@ -24,12 +24,24 @@ K8S = DistributedConfig(discovery="kubernetes-api", rendezvous_timeout_s=30)
 
 def test_torchrun_variables_come_first() -> None:
     env = parse_env(
-        {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "node0",
-         "MASTER_PORT": "29500", "JOB_COMPLETION_INDEX": "0"},
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "node0",
+            "MASTER_PORT": "29500",
+            "JOB_COMPLETION_INDEX": "0",
+        },
         DNS,
     )
     assert env == DistEnv(
-        rank=3, world_size=4, local_rank=1, local_world_size=2, master_addr="node0", master_port=29500,
+        rank=3,
+        world_size=4,
+        local_rank=1,
+        local_world_size=2,
+        master_addr="node0",
+        master_port=29500,
         source="torchrun",
     )
 
@@ -51,17 +63,26 @@ def test_no_variables_means_one_process() -> None:
 @pytest.mark.parametrize(
     ("environ", "config", "message"),
     [
-        ({"JOB_COMPLETION_INDEX": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"}, DNS,
-         "JOB_COMPLETION_INDEX=2 is not below WORLD_SIZE=2"),
+        (
+            {"JOB_COMPLETION_INDEX": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"},
+            DNS,
+            "JOB_COMPLETION_INDEX=2 is not below WORLD_SIZE=2",
+        ),
         ({"JOB_COMPLETION_INDEX": "0", "MASTER_ADDR": "a", "MASTER_PORT": "1"}, DNS, "WORLD_SIZE is not set"),
         ({"JOB_COMPLETION_INDEX": "0", "WORLD_SIZE": "two"}, DNS, "WORLD_SIZE='two': must be an integer"),
         ({"JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "2", "MASTER_PORT": "1"}, DNS, "MASTER_ADDR is not set"),
         ({"JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "a"}, DNS, "MASTER_PORT is not set"),
-        ({"JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "70000"}, DNS,
-         "MASTER_PORT=70000"),
+        (
+            {"JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "70000"},
+            DNS,
+            "MASTER_PORT=70000",
+        ),
         ({"JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "2", "MASTER_PORT": "1"}, K8S, "TRAINER_JOB_NAME is not set"),
-        ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"}, DNS,
-         "RANK=2 is not below WORLD_SIZE=2"),
+        (
+            {"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"},
+            DNS,
+            "RANK=2 is not below WORLD_SIZE=2",
+        ),
     ],
 )
 def test_broken_environments_are_config_errors(
@@ -88,8 +109,15 @@ class FakeClock:
 
 
 def _job_env(rank: int, addr: str = "train-0.train", port: int = 29500) -> DistEnv:
-    return DistEnv(rank=rank, world_size=2, local_rank=0, local_world_size=1, master_addr=addr, master_port=port,
-                   source="indexed-job")
+    return DistEnv(
+        rank=rank,
+        world_size=2,
+        local_rank=0,
+        local_world_size=1,
+        master_addr=addr,
+        master_port=port,
+        source="indexed-job",
+    )
 
 
 def test_rank0_does_not_wait_for_itself() -> None:
@@ -112,8 +140,14 @@ def test_dns_is_retried_with_backoff_until_it_resolves() -> None:
         return answer
 
     probed = []
-    env = find_rank0(_job_env(1), DNS, resolve=resolve, probe=lambda a, p: probed.append((a, p)) or a,
-                     clock=time.clock, sleep=time.sleep)
+    env = find_rank0(
+        _job_env(1),
+        DNS,
+        resolve=resolve,
+        probe=lambda a, p: probed.append((a, p)) or a,
+        clock=time.clock,
+        sleep=time.sleep,
+    )
     assert env.master_addr == "10.0.0.5"
     assert probed == [("10.0.0.5", 29500)]
     assert len(time.sleeps) == 2 and time.sleeps[1] > time.sleeps[0]
@@ -155,8 +189,7 @@ def test_non_zero_rank_waits_for_rank0_port_to_accept() -> None:
 
             return port_accepts(addr, port_, timeout=5)
 
-        env = find_rank0(_job_env(1, addr="127.0.0.1", port=port), DNS, probe=probe, clock=time.clock,
-                         sleep=time.sleep)
+        env = find_rank0(_job_env(1, addr="127.0.0.1", port=port), DNS, probe=probe, clock=time.clock, sleep=time.sleep)
     assert len(attempts) == 3
     assert env.master_addr == "127.0.0.1"
 
@@ -169,9 +202,26 @@ def api_server(tmp_path: Path) -> Iterator[tuple[InClusterAPI, list[dict[str, ob
     """An HTTPS server posing as the API server; returns (api, requests seen, pod lists to answer in turn)."""
     cert, key = tmp_path / "ca.crt", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     account = tmp_path / "serviceaccount"
     account.mkdir()
@@ -184,8 +234,9 @@ def api_server(tmp_path: Path) -> Iterator[tuple[InClusterAPI, list[dict[str, ob
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
-            seen.append({"path": url.path, "query": urllib.parse.parse_qs(url.query),
-                         "auth": self.headers.get("Authorization")})
+            seen.append(
+                {"path": url.path, "query": urllib.parse.parse_qs(url.query), "auth": self.headers.get("Authorization")}
+            )
             answer = answers.pop(0) if len(answers) > 1 else answers[0]
             status, body = (answer, b"{}") if isinstance(answer, int) else (200, json.dumps(answer).encode())
             self.send_response(status)
@@ -216,8 +267,14 @@ def _pod(ip: str, phase: str = "Running", created: str = "2026-01-01T00:00:00Z")
 
 def test_rank0_pod_ip_queries_the_api_with_the_token_and_label_selector(api_server: tuple) -> None:
     api, seen, answers = api_server
-    answers.append({"items": [_pod("10.1.2.3", "Failed", "2026-01-01T00:00:00Z"),
-                              _pod("10.1.2.4", "Running", "2026-01-01T00:01:00Z")]})
+    answers.append(
+        {
+            "items": [
+                _pod("10.1.2.3", "Failed", "2026-01-01T00:00:00Z"),
+                _pod("10.1.2.4", "Running", "2026-01-01T00:01:00Z"),
+            ]
+        }
+    )
     assert rank0_pod_ip(api, "train") == "10.1.2.4"
     assert seen[0]["path"] == "/api/v1/namespaces/ml/pods"
     assert seen[0]["query"] == {"labelSelector": ["job-name=train,batch.kubernetes.io/job-completion-index=0"]}
@@ -229,8 +286,13 @@ def test_kubernetes_discovery_retries_until_rank0_has_an_ip(api_server: tuple) -
     answers.extend([403, {"items": []}, {"items": [_pod("", "Pending")]}, {"items": [_pod("10.9.8.7")]}])
     time = FakeClock()
     env = find_rank0(
-        _job_env(1, addr=""), K8S, discover_pod_ip=lambda: rank0_pod_ip(api, "train"),
-        resolve=lambda host, port: host, probe=lambda addr, port: addr, clock=time.clock, sleep=time.sleep,
+        _job_env(1, addr=""),
+        K8S,
+        discover_pod_ip=lambda: rank0_pod_ip(api, "train"),
+        resolve=lambda host, port: host,
+        probe=lambda addr, port: addr,
+        clock=time.clock,
+        sleep=time.sleep,
     )
     assert env.master_addr == "10.9.8.7"
     assert len(seen) == 4
@@ -241,8 +303,13 @@ def test_kubernetes_discovery_gives_up_with_the_last_error(api_server: tuple) ->
     answers.append(403)
     time = FakeClock()
     with pytest.raises(RendezvousError) as caught:
-        find_rank0(_job_env(1, addr=""), K8S, discover_pod_ip=lambda: rank0_pod_ip(api, "train"),
-                   clock=time.clock, sleep=time.sleep)
+        find_rank0(
+            _job_env(1, addr=""),
+            K8S,
+            discover_pod_ip=lambda: rank0_pod_ip(api, "train"),
+            clock=time.clock,
+            sleep=time.sleep,
+        )
     assert "rank 0's pod IP from the Kubernetes API" in str(caught.value)
     assert "after waiting 30.0 s" in str(caught.value) and "403" in str(caught.value)
 

@@ -38,8 +38,17 @@ def test_launch_two_ranks_trains_and_checkpoints(tmp_path: Path) -> None:
 
 def test_torchrun_two_ranks_trains_and_checkpoints(tmp_path: Path) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "trainer", "train", "--config", str(tiny_config(tmp_path)),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "trainer",
+        "train",
+        "--config",
+        str(tiny_config(tmp_path)),
     ]
     result = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
@@ -48,8 +57,9 @@ def test_torchrun_two_ranks_trains_and_checkpoints(tmp_path: Path) -> None:
 
 def test_the_loss_curve_does_not_depend_on_the_number_of_ranks(tmp_path: Path) -> None:
     one = run_trainer("train", "--config", str(tiny_config(tmp_path / "one")), "--set", "train.max_steps=20")
-    two = run_trainer("launch", "--nproc", "2", "--config", str(tiny_config(tmp_path / "two")),
-                      "--set", "train.max_steps=20")
+    two = run_trainer(
+        "launch", "--nproc", "2", "--config", str(tiny_config(tmp_path / "two")), "--set", "train.max_steps=20"
+    )
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     # Same global batches whatever the world size: only the float summation order differs.
     assert summary_of(one.stdout)["val_loss"] == pytest.approx(summary_of(two.stdout)["val_loss"], abs=1e-3)

@@ -12,15 +12,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.conftest import REPO, clean_env, run_trainer, summary_of, tiny_config, wait_for
+from tests.trainer.conftest import (
+    REPO,
+    clean_env,
+    run_trainer,
+    sigterm_once_logged,
+    summary_of,
+    tiny_config,
+    wait_for,
+)
 from trainer.checkpoint import COMPLETE_FILE, STATE_FILE, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 150
 # dropout > 0 so that exactness also covers the random masks, not just the data order
-SETTINGS = {"model": {"dropout": 0.1}, "train": {"max_steps": MAX_STEPS, "eval_every": 100, "log_every": 50},
-            "checkpoint": {"every": 10, "keep": 3}}
+SETTINGS = {
+    "model": {"dropout": 0.1},
+    "train": {"max_steps": MAX_STEPS, "eval_every": 100, "log_every": 50},
+    "checkpoint": {"every": 10, "keep": 3},
+}
 
 
 def _children(pid: int) -> list[int]:
@@ -46,7 +57,11 @@ def test_sigkill_of_a_rank_then_relaunch_gives_bitwise_the_same_weights(tmp_path
     checkpoints = tmp_path / "killed" / "checkpoints"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "trainer", "launch", "--nproc", "2", "--config", str(config)],
-        env=clean_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: (checkpoints / "step-00000020" / COMPLETE_FILE).exists(), "the second checkpoint")
@@ -80,18 +95,13 @@ def test_sigterm_makes_rank0_checkpoint_before_exiting(tmp_path: Path) -> None:
     checkpoints = tmp_path / "checkpoints"
     trainer = subprocess.Popen(
         [sys.executable, "-m", "trainer", "launch", "--nproc", "2", "--config", str(config)],
-        env=clean_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert trainer.stdout is not None
-    try:
-        for line in trainer.stdout:  # training is under way once rank 0 logs a step
-            if line.startswith("step 20/"):
-                break
-        trainer.send_signal(signal.SIGTERM)
-        _, stderr = trainer.communicate(timeout=120)
-    finally:
-        if trainer.poll() is None:
-            trainer.kill()
+    stderr = sigterm_once_logged(trainer, "step 20/")  # training is under way once rank 0 logs a step
     assert trainer.returncode == 128 + signal.SIGTERM, stderr
     latest = latest_checkpoint(checkpoints)
     assert latest is not None, stderr

@@ -9,39 +9,33 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import REPO, clean_env, run_trainer, summary_of, tiny_config
+from tests.trainer.conftest import REPO, clean_env, run_trainer, sigterm_once_logged, summary_of, tiny_config
 from trainer.model import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model
 
 pytestmark = pytest.mark.slow
 
 
-def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(
-    tmp_path: Path, mlflow_server: str
-) -> None:
+def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(tmp_path: Path, mlflow_server: str) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     name = "trainer-test-model"
     tracking = {"experiment": "trainer-tests", "model_name": name}
     env = clean_env(MLFLOW_TRACKING_URI=mlflow_server)  # the file leaves tracking.uri empty
-    config = tiny_config(tmp_path / "good", tracking=tracking, train={"max_steps": 400, "eval_every": 100},
-                         checkpoint={"every": 0})
+    config = tiny_config(
+        tmp_path / "good", tracking=tracking, train={"max_steps": 400, "eval_every": 100}, checkpoint={"every": 0}
+    )
 
     # First attempt: preempted by SIGTERM mid-training; rank 0 checkpoints the run id with the state.
     first = subprocess.Popen(
         [sys.executable, "-m", "trainer", "train", "--config", str(config)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert first.stdout is not None
-    try:
-        for line in first.stdout:
-            if line.startswith("step 20/"):
-                break
-        first.send_signal(signal.SIGTERM)
-        _, stderr = first.communicate(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    stderr = sigterm_once_logged(first, "step 20/")
     assert first.returncode == 128 + signal.SIGTERM, stderr
 
     # The restart resumes the same run and finishes it.
@@ -67,14 +61,23 @@ def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(
     assert champion.version == "1" and champion.run_id == good["run_id"]
     assert float(champion.tags["val_loss"]) == pytest.approx(good["val_loss"])
     mlflow.set_tracking_uri(mlflow_server)
-    downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@champion",
-                                                          dst_path=str(tmp_path / "download")))
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}@champion", dst_path=str(tmp_path / "download")
+        )
+    )
     assert {WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE} <= {p.name for p in downloaded.iterdir()}
     load_model(downloaded)
 
     # A worse model (a few steps) gets a version but not the alias, and the run says why.
-    worse = run_trainer("train", "--config", str(tiny_config(tmp_path / "worse", tracking=tracking)),
-                        "--set", "train.max_steps=5", env=env)
+    worse = run_trainer(
+        "train",
+        "--config",
+        str(tiny_config(tmp_path / "worse", tracking=tracking)),
+        "--set",
+        "train.max_steps=5",
+        env=env,
+    )
     assert worse.returncode == 0, worse.stderr
     bad = summary_of(worse.stdout)
     assert bad["val_loss"] > good["val_loss"]

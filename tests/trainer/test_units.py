@@ -51,7 +51,9 @@ def test_progress_without_a_tty_prints_plain_lines_on_logging_steps() -> None:
     progress.message("step 20: val_loss 1.9")
     progress.close()
     assert stream.getvalue().splitlines() == [
-        "step 10/20 train_loss 2", "step 20/20 train_loss 2", "step 20: val_loss 1.9"
+        "step 10/20 train_loss 2",
+        "step 20/20 train_loss 2",
+        "step 20: val_loss 1.9",
     ]
 
 
