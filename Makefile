@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed-dev
 # checkov pins old versions of packaging/networkx that torch and mlflow do not want: it gets its own venv.
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_VERSION ?= 3.3.30
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 STACKS := dev gpu
 OUT    := build/rendered
 KIND_CLUSTER ?= ml-platform
@@ -23,17 +24,20 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+$(CHECKOV_STAMP):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/pip install --quiet "checkov==$(CHECKOV_VERSION)"
 	touch $@
 
-install: $(STAMP) ## create .venv and install everything (tests, trainer, inference, infra)
+install: $(STAMP) $(CHECKOV_STAMP) ## create .venv (tests, trainer, inference, infra) and .venv-checkov
 
 demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DDP training, inference, a completion
 	$(BIN)/python -m infra.local $(DEMO_ARGS)
 
-test: $(STAMP) ## set up (venvs, and the engine toolchain from Go modules) and run the whole test suite
+test: $(STAMP) $(CHECKOV_STAMP) ## set up (venvs, and the engine toolchain from Go modules) and run the whole test suite
 	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && ML_PLATFORM_TOOLCHAIN="$$dir" $(BIN)/python -m pytest -m "engine or not engine"
 
 test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training) and the engine tier
