@@ -4,14 +4,10 @@ download into the cache, pinned versions, and an alias move picked up by polling
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import mlflow
 import pytest
 from fastapi.testclient import TestClient
@@ -19,7 +15,8 @@ from mlflow import MlflowClient
 
 from inference.app import create_app
 from inference.settings import Settings
-from tests.inference.helpers import free_port, wait_ready
+from tests.inference.helpers import wait_ready
+from tests.mlflow_server import mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -30,51 +27,8 @@ NAME = "tiny-gpt"
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a sqlite backend that serves artifacts itself."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (root / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (root / "server.log").read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{uri}/health", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.2)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def register(tracking_uri: str, saved_model: Path) -> str:
