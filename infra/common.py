@@ -27,6 +27,15 @@ def labels(name: str, instance: str, component: str) -> dict[str, str]:
     }
 
 
+def pod_security_labels(level: str = "restricted") -> dict[str, str]:
+    """Namespace labels that make Pod Security admission enforce, audit and warn at `level` (latest version)."""
+    modes = ("enforce", "audit", "warn")
+    return {
+        **{f"pod-security.kubernetes.io/{mode}": level for mode in modes},
+        **{f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in modes},
+    }
+
+
 def pod_security_context(uid: int = APP_UID) -> k8s.core.v1.PodSecurityContextArgs:
     """Pod Security Standards `restricted`: non-root, RuntimeDefault seccomp; fsGroup makes volumes writable."""
     return k8s.core.v1.PodSecurityContextArgs(

@@ -155,6 +155,8 @@ class StorageSettings:
     """Checkpoint volume size."""
     mlflow_size: str
     """MLflow volume size."""
+    protect_data: bool
+    """Protect the data claims from `pulumi destroy` and replacement."""
 
 
 @dataclass(frozen=True)
@@ -598,6 +600,7 @@ class _Validator:
                 access_mode=self.choice("storageAccessMode", ACCESS_MODES),
                 checkpoint_size=self.quantity("checkpointStorageSize"),
                 mlflow_size=self.quantity("mlflowStorageSize"),
+                protect_data=self.boolean("protectData"),
             ),
             mlflow=MlflowSettings(
                 backend=mlflow_backend,

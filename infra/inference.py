@@ -160,7 +160,13 @@ class InferenceService(pulumi.ComponentResource):
         )
         self.service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="inference", namespace=args.namespace, labels=meta_labels),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name="inference",
+                namespace=args.namespace,
+                labels=meta_labels,
+                # The provider waits for a Service to have ready endpoints; there are none until a model exists.
+                annotations=None if args.await_ready else {"pulumi.com/skipAwait": "true"},
+            ),
             spec=http_service_spec(args.service_type, selector, HTTP_PORT, args.node_port),
             opts=child,
         )
@@ -206,7 +212,8 @@ class InferenceService(pulumi.ComponentResource):
             f"{name}-pdb",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="inference", namespace=args.namespace, labels=meta_labels),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                min_available=1,
+                # One pod at a time may go. minAvailable 1 would block every drain while the HPA runs 1 replica.
+                max_unavailable=1,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
                 # A crash-looping pod must not block node drains.
                 unhealthy_pod_eviction_policy="AlwaysAllow",

@@ -59,6 +59,8 @@ class MlflowArgs:
     """Value of app.kubernetes.io/instance."""
     postgres: PostgresArgs | None = None
     """PostgreSQL backend; None keeps sqlite on the volume."""
+    data_sub_path: str | None = None
+    """subPath of the claim to mount at /mlflow (host-path volumes), or None for the whole volume."""
 
 
 class Mlflow(pulumi.ComponentResource):
@@ -165,7 +167,9 @@ class Mlflow(pulumi.ComponentResource):
                                     http_get=probe, period_seconds=20, failure_threshold=3
                                 ),
                                 volume_mounts=[
-                                    k8s.core.v1.VolumeMountArgs(name="data", mount_path="/mlflow"),
+                                    k8s.core.v1.VolumeMountArgs(
+                                        name="data", mount_path="/mlflow", sub_path=args.data_sub_path
+                                    ),
                                     k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
                                     *extra_mounts,
                                 ],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import GPU_RESOURCE, labels
+from infra.common import GPU_RESOURCE, labels, pod_security_labels
 from infra.config import Resources
 
 
@@ -38,8 +38,7 @@ class Namespace(pulumi.ComponentResource):
         super().__init__("mlplatform:namespace:Namespace", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = labels("namespace", args.name, "platform")
-        pss = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
-        pss.update({f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")})
+        pss = pod_security_labels()
 
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",

@@ -26,7 +26,7 @@ def train_yaml(config: StackConfig) -> dict[str, dict[str, object]]:
             "max_steps": t.max_steps,
             "batch_size": t.batch_size,
             "device": "cuda" if config.accelerator == "nvidia" else "cpu",
-            "threads_per_rank": threads_per_rank(t.resources.cpu_limit),
+            "threads_per_rank": threads_per_rank(t.resources.cpu_limit, max(1, t.resources.gpus)),
         },
         "checkpoint": {"dir": f"{CHECKPOINT_MOUNT}/{t.run_name}", "every": t.checkpoint_every},
         "tracking": {
@@ -86,6 +86,8 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 VolumeClaim("mlflow", config.storage.mlflow_size, "ReadWriteOnce"),
             ),
             instance=instance,
+            stack=config.stack,
+            protect_data=config.storage.protect_data,
         ),
         opts=after_ns,
     )
@@ -105,6 +107,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             image=config.image,
             image_pull_policy=config.image_pull_policy,
             claim_name=storage.claim_names["mlflow"],
+            data_sub_path=storage.sub_paths["mlflow"],
             service_type=config.service_type,
             node_port=config.mlflow.node_port,
             resources=MLFLOW_RESOURCES,
@@ -135,6 +138,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             tracking_uri=mlflow.tracking_uri,
             service_account_name=rbac.service_account_name,
             checkpoint_claim=storage.claim_names["checkpoints"],
+            checkpoint_sub_path=storage.sub_paths["checkpoints"],
             resources=t.resources,
             shm_size=t.shm_size,
             node_selector=t.node_selector,

@@ -1,5 +1,15 @@
 """Persistent volumes: on kind, PersistentVolumes on the node's mounted host directory with claims bound to them;
-elsewhere, claims on a StorageClass."""
+elsewhere, claims on a StorageClass.
+
+Host-path volumes: the PersistentVolume is the mounted directory itself (it must exist: `make kind-up` creates it
+world-writable), and pods mount their part of it with `subPath: <stack>/<role>`. The kubelet creates a missing
+subPath with the mode of the volume's root, so the non-root pods can write it; a host path of its own per claim
+(DirectoryOrCreate) would be created as root 0755 and be unwritable for uid 10001. The stack in the subPath keeps
+two stacks on one cluster apart.
+
+The claims hold the only copy of checkpoints and the MLflow database, so they are `protect`ed when
+`protect_data` is on: `pulumi destroy` and a replacement (a changed storage class or access mode) stop with
+Pulumi's "protected" error instead of deleting them (docs/infra.md, "Data volumes")."""
 
 from __future__ import annotations
 
@@ -35,17 +45,25 @@ class StorageArgs:
     """The volumes to create."""
     instance: str
     """Value of app.kubernetes.io/instance."""
+    stack: str
+    """Stack name: host-path volumes keep each stack's data under `<host_path>/<stack>/<role>`."""
+    protect_data: bool = True
+    """Protect the claims (and host-path PVs) from deletion and replacement by Pulumi."""
 
 
 class Storage(pulumi.ComponentResource):
-    """One PVC per requested volume; `claim_names[role]` is what pods mount."""
+    """One PVC per requested volume; pods mount `claim_names[role]` at `sub_paths[role]`."""
 
     claim_names: dict[str, pulumi.Output[str]]
     """PVC name per volume role."""
+    sub_paths: dict[str, str | None]
+    """subPath each pod must mount the claim with (host-path mode), or None (the whole volume)."""
 
     def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlplatform:storage:Storage", name, None, opts)
         self.claim_names = {}
+        self.sub_paths = {}
+        data = pulumi.ResourceOptions(parent=self, protect=args.protect_data)
         self.volumes: list[k8s.core.v1.PersistentVolume] = []
         self.claims: list[k8s.core.v1.PersistentVolumeClaim] = []
         for claim in args.claims:
@@ -67,15 +85,16 @@ class Storage(pulumi.ComponentResource):
                         access_modes=[claim.access_mode],
                         persistent_volume_reclaim_policy="Retain",
                         storage_class_name="",
-                        host_path=k8s.core.v1.HostPathVolumeSourceArgs(
-                            path=f"{args.host_path.rstrip('/')}/{claim.role}", type="DirectoryOrCreate"
-                        ),
+                        # Directory, not DirectoryOrCreate: a root the kubelet creates is root 0755 and unwritable.
+                        host_path=k8s.core.v1.HostPathVolumeSourceArgs(path=args.host_path, type="Directory"),
                     ),
-                    opts=pulumi.ResourceOptions(parent=self),
+                    opts=data,
                 )
                 self.volumes.append(pv)
                 volume_name = pv.metadata.name
+                self.sub_paths[claim.role] = f"{args.stack}/{claim.role}"
             else:
+                self.sub_paths[claim.role] = None
                 class_name = args.storage_class or None
             pvc = k8s.core.v1.PersistentVolumeClaim(
                 f"{name}-{claim.role}-pvc",
@@ -92,8 +111,8 @@ class Storage(pulumi.ComponentResource):
                     storage_class_name=class_name,
                     volume_name=volume_name,
                 ),
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=data,
             )
             self.claims.append(pvc)
             self.claim_names[claim.role] = pvc.metadata.name
-        self.register_outputs({"claim_names": self.claim_names})
+        self.register_outputs({"claim_names": self.claim_names, "sub_paths": self.sub_paths})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import labels
+from infra.common import labels, pod_security_labels
 
 CA_SECRET = "ml-platform-ca"
 ACME_ACCOUNT_SECRET = "ml-platform-acme-account"
@@ -51,7 +51,10 @@ class Tls(pulumi.ComponentResource):
 
             cm_namespace = k8s.core.v1.Namespace(
                 f"{name}-cert-manager-namespace",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=args.cert_manager_namespace, labels=meta_labels),
+                # cert-manager's pods run under `restricted` (its chart sets the contexts): enforce it here too.
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=args.cert_manager_namespace, labels={**meta_labels, **pod_security_labels()}
+                ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.cert_manager = CertManager(

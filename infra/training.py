@@ -45,7 +45,7 @@ class TrainingArgs:
     discovery: str
     """dns (MASTER_ADDR = <job>-0.<service>) or kubernetes-api (list pods; mounts the service-account token)."""
     backoff_limit: int
-    """Retriable pod failures before the Job fails."""
+    """Retriable failures of each rank before the Job fails (backoffLimitPerIndex)."""
     train_yaml: dict[str, dict[str, object]]
     """Contents of train.yaml (sections data, model, train, checkpoint, tracking, distributed)."""
     tracking_uri: pulumi.Input[str]
@@ -68,11 +68,14 @@ class TrainingArgs:
     """How long to wait when `wait`."""
     kueue_queue: str = ""
     """Kueue LocalQueue name ("" = none)."""
+    checkpoint_sub_path: str | None = None
+    """subPath of the claim to mount (host-path volumes), or None for the whole volume."""
 
 
-def threads_per_rank(cpu_limit: str) -> int:
-    """One torch thread per whole cpu of the limit (at least one): more threads than cpus only thrash."""
-    return max(1, math.floor(parse_quantity(cpu_limit)))
+def threads_per_rank(cpu_limit: str, ranks_per_pod: int = 1) -> int:
+    """One torch thread per whole cpu of the pod's limit that each rank gets (at least one): more threads than cpus
+    only thrash."""
+    return max(1, math.floor(parse_quantity(cpu_limit) / ranks_per_pod))
 
 
 class TrainingJob(pulumi.ComponentResource):
@@ -81,7 +84,12 @@ class TrainingJob(pulumi.ComponentResource):
     Each pod gets JOB_COMPLETION_INDEX (its rank) from Kubernetes and WORLD_SIZE/MASTER_ADDR/MASTER_PORT from
     here; the headless Service publishes not-ready addresses so `<job>-0.<service>` resolves while rank 0 is
     still starting. A changed train.yaml changes the pod template's checksum annotation, so Pulumi replaces
-    the Job (delete first: the name is fixed) and a new run starts, resuming from the run's checkpoints."""
+    the Job and a new run starts, resuming from the run's checkpoints. The name is fixed, so the old Job is
+    deleted first and Pulumi waits until it and its pods are gone (foreground deletion) before creating the new
+    one; `pulumi up` itself does not wait for training (see `wait`).
+
+    With more than one GPU per pod, each pod runs the trainer's launcher, which starts one rank per GPU:
+    WORLD_SIZE = workers x GPUs, node rank = the pod's completion index."""
 
     job_name: pulumi.Output[str]
     """Name of the Job."""
@@ -117,8 +125,19 @@ class TrainingJob(pulumi.ComponentResource):
             opts=child,
         )
         rank0_host = f"{job_name}-0.{service_name}"
+        ranks_per_pod = max(1, args.resources.gpus)
+        config_file = f"{CONFIG_MOUNT}/train.yaml"
+        if ranks_per_pod == 1:
+            command = ["python", "-m", "trainer", "train", "--config", config_file]
+        else:
+            # One rank per GPU; the launcher gives each the torchrun variables (RANK = node rank x GPUs + local
+            # rank). $(JOB_COMPLETION_INDEX) is expanded by the kubelet from the env the Job controller injects.
+            command = [
+                "python", "-m", "trainer", "launch", "--nproc", str(ranks_per_pod), "--nnodes", str(args.workers),
+                "--node-rank", "$(JOB_COMPLETION_INDEX)", "--config", config_file,
+            ]  # fmt: skip
         env = [
-            k8s.core.v1.EnvVarArgs(name="WORLD_SIZE", value=str(args.workers)),
+            k8s.core.v1.EnvVarArgs(name="WORLD_SIZE", value=str(args.workers * ranks_per_pod)),
             k8s.core.v1.EnvVarArgs(name="MASTER_PORT", value=str(args.master_port)),
             k8s.core.v1.EnvVarArgs(name="TRAINER_JOB_NAME", value=job_name),
             k8s.core.v1.EnvVarArgs(
@@ -131,7 +150,9 @@ class TrainingJob(pulumi.ComponentResource):
             # Pods have lo and eth0; without these gloo/NCCL may bind the loopback and hang at the first collective.
             k8s.core.v1.EnvVarArgs(name="GLOO_SOCKET_IFNAME", value="eth0"),
             k8s.core.v1.EnvVarArgs(name="NCCL_SOCKET_IFNAME", value="eth0"),
-            k8s.core.v1.EnvVarArgs(name="OMP_NUM_THREADS", value=str(threads_per_rank(args.resources.cpu_limit))),
+            k8s.core.v1.EnvVarArgs(
+                name="OMP_NUM_THREADS", value=str(threads_per_rank(args.resources.cpu_limit, ranks_per_pod))
+            ),
             k8s.core.v1.EnvVarArgs(name="PYTHONUNBUFFERED", value="1"),
             k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
         ]
@@ -145,8 +166,10 @@ class TrainingJob(pulumi.ComponentResource):
                 create=f"{args.timeout_minutes}m", update=f"{args.timeout_minutes}m"
             )
         else:
-            # A training run takes hours; `pulumi up` returns once the Job exists. Follow it with kubectl or MLflow.
-            job_annotations["pulumi.com/skipAwait"] = "true"
+            # A training run takes hours; `pulumi up` returns once the API server has the Job (follow it with
+            # kubectl or MLflow). Not skipAwait: for Jobs that also skips waiting for deletion, and a replacement
+            # would then create the new Job while the old one (same name) still terminates.
+            job_annotations["pulumi.com/waitFor"] = "jsonpath={.metadata.uid}"
         job_labels = dict(meta_labels)
         if args.kueue_queue:
             job_labels["kueue.x-k8s.io/queue-name"] = args.kueue_queue
@@ -160,7 +183,10 @@ class TrainingJob(pulumi.ComponentResource):
                 completion_mode="Indexed",
                 completions=args.workers,
                 parallelism=args.workers,
-                backoff_limit=args.backoff_limit,
+                # Per rank, not per pod: when one rank dies its peers fail too, and with a Job-wide backoffLimit
+                # one incident would use up to `workers` of the budget. Any rank over its limit fails the Job.
+                backoff_limit_per_index=args.backoff_limit,
+                max_failed_indexes=0,
                 pod_failure_policy=k8s.batch.v1.PodFailurePolicyArgs(
                     rules=[
                         # Preemption and node drains are not the run's fault: do not count them.
@@ -209,7 +235,7 @@ class TrainingJob(pulumi.ComponentResource):
                                 name="trainer",
                                 image=args.image,
                                 image_pull_policy=args.image_pull_policy,
-                                command=["python", "-m", "trainer", "train", "--config", f"{CONFIG_MOUNT}/train.yaml"],
+                                command=command,
                                 env=env,
                                 ports=[
                                     k8s.core.v1.ContainerPortArgs(name="rendezvous", container_port=args.master_port)
@@ -218,7 +244,11 @@ class TrainingJob(pulumi.ComponentResource):
                                 security_context=container_security_context(),
                                 volume_mounts=[
                                     k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONFIG_MOUNT, read_only=True),
-                                    k8s.core.v1.VolumeMountArgs(name="checkpoints", mount_path=CHECKPOINT_MOUNT),
+                                    k8s.core.v1.VolumeMountArgs(
+                                        name="checkpoints",
+                                        mount_path=CHECKPOINT_MOUNT,
+                                        sub_path=args.checkpoint_sub_path,
+                                    ),
                                     k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
                                     k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
                                 ],

@@ -70,7 +70,9 @@ def test_storage_component(component: Run, mode: str) -> None:
     claims = (VolumeClaim("checkpoints", "5Gi", "ReadWriteMany"), VolumeClaim("mlflow", "1Gi", "ReadWriteOnce"))
 
     def build() -> Any:
-        storage = Storage("st", StorageArgs("team-a", mode, "/var/local/x", "fast", claims, "inst"))
+        storage = Storage("st", StorageArgs("team-a", mode, "/var/local/x", "fast", claims, "inst", "dev"))
+        expected_sub_paths = {"checkpoints": "dev/checkpoints", "mlflow": "dev/mlflow"}
+        assert storage.sub_paths == (expected_sub_paths if mode == "hostPath" else dict.fromkeys(expected_sub_paths))
         return pulumi.Output.all(**storage.claim_names).apply(
             lambda names: assert_equal(names, {"checkpoints": "checkpoints", "mlflow": "mlflow"})
         )
@@ -85,7 +87,9 @@ def test_storage_component(component: Run, mode: str) -> None:
         assert set(pvs) == {"inst-checkpoints", "inst-mlflow"}
         for role, pvc in pvcs.items():
             pv = pvs[pvc["spec"]["volumeName"]]
-            assert pv["spec"]["hostPath"]["path"] == f"/var/local/x/{role}"
+            # The mounted root itself (it must exist, world-writable); pods mount <stack>/<role> of it as subPath,
+            # which the kubelet creates with the root's mode. DirectoryOrCreate would make a root-owned 0755 dir.
+            assert pv["spec"]["hostPath"] == {"path": "/var/local/x", "type": "Directory"}, role
             assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == ""
             assert pv["spec"]["capacity"] == pvc["spec"]["resources"]["requests"]
             assert pv["spec"]["accessModes"] == pvc["spec"]["accessModes"]

@@ -66,10 +66,29 @@ def test_job_is_indexed_with_headless_subdomain_and_env_contract(stack_objects: 
     assert selects(service["spec"]["selector"], spec["template"]["metadata"]["labels"])
     env = env_of(pod["containers"][0])
     assert env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
-    assert env["WORLD_SIZE"] == str(workers)
+    assert env["WORLD_SIZE"] == str(workers)  # one GPU (or none) per pod: one rank per pod
+    assert pod["containers"][0]["command"][:4] == ["python", "-m", "trainer", "train"]
     assert int(env["MASTER_PORT"]) == service["spec"]["ports"][0]["port"]
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ml-platform.svc.cluster.local:5000"
-    assert job["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    # `pulumi up` returns once the Job exists; skipAwait would also skip waiting for its deletion on replacement.
+    annotations = job["metadata"]["annotations"]
+    assert annotations["pulumi.com/waitFor"] == "jsonpath={.metadata.uid}"
+    assert "pulumi.com/skipAwait" not in annotations
+
+
+def test_several_gpus_per_pod_run_one_rank_per_gpu() -> None:
+    job = find(objects_of(render_stack("gpu", gpusPerWorker=2, quotaGpus=8)), "Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    workers = job["spec"]["completions"]
+    assert container["command"] == [
+        "python", "-m", "trainer", "launch", "--nproc", "2", "--nnodes", str(workers),
+        "--node-rank", "$(JOB_COMPLETION_INDEX)", "--config", "/etc/trainer/train.yaml",
+    ]  # fmt: skip
+    env = env_of(container)
+    assert env["WORLD_SIZE"] == str(workers * 2)
+    # The pod's cpus are shared by its ranks: 8 cpus (gpu stack limit), 2 ranks -> 4 threads each.
+    assert env["OMP_NUM_THREADS"] == "4"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
 def test_job_failure_policy_ignores_disruption_and_fails_on_config_error(stack_objects: list[dict[str, Any]]) -> None:
@@ -79,7 +98,11 @@ def test_job_failure_policy_ignores_disruption_and_fails_on_config_error(stack_o
     assert ignore["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     fail = next(r for r in rules if r["action"] == "FailJob")
     assert fail["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [2]}
-    assert isinstance(job["spec"]["backoffLimit"], int)
+    # Failures are counted per rank (an incident takes all ranks down once), and any rank over its limit fails
+    # the Job.
+    assert isinstance(job["spec"]["backoffLimitPerIndex"], int)
+    assert job["spec"]["maxFailedIndexes"] == 0
+    assert "backoffLimit" not in job["spec"]
 
 
 def test_job_mounts_config_checkpoints_and_memory_shm(stack_objects: list[dict[str, Any]]) -> None:
@@ -191,7 +214,8 @@ def test_inference_deployment_hpa_and_pdb(stack_objects: list[dict[str, Any]]) -
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 180
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     pdb = find(stack_objects, "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] == 1
+    # maxUnavailable, not minAvailable 1: with one replica, minAvailable 1 would block every node drain.
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert selects(pdb["spec"]["selector"]["matchLabels"], spec["template"]["metadata"]["labels"])
 
 
@@ -278,9 +302,13 @@ def test_changed_training_config_changes_the_pod_template() -> None:
 
 def test_wait_for_training_awaits_job_and_inference(dev_objects: list[dict[str, Any]]) -> None:
     objects = objects_of(render_stack("dev", waitForTraining=True))
-    assert "pulumi.com/skipAwait" not in find(objects, "Job")["metadata"]["annotations"]
+    assert not {"pulumi.com/skipAwait", "pulumi.com/waitFor"} & set(find(objects, "Job")["metadata"]["annotations"])
     assert "pulumi.com/skipAwait" not in find(objects, "Deployment", "inference")["metadata"]["annotations"]
+    assert "pulumi.com/skipAwait" not in (find(objects, "Service", "inference")["metadata"].get("annotations") or {})
+    # Without it, nothing waits for the inference pods, which stay unready until training registers a model: the
+    # provider would wait for the Deployment to become Available and for the Service to get ready endpoints.
     assert find(dev_objects, "Deployment", "inference")["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    assert find(dev_objects, "Service", "inference")["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
 
 
 def test_kueue_queue_label() -> None:
