@@ -11,13 +11,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from inference.settings import MODEL_URI_RE, Settings
 from trainer.model import CONFIG_FILE, GPT, TOKENIZER_FILE, WEIGHTS_FILE, load_model
 from trainer.tokenizer import CharTokenizer
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,10 @@ class ModelSource(Protocol):
     def current_version(self) -> str: ...
 
     def fetch(self, version: str) -> Path: ...
+
+    def prune(self, keep: str) -> None:
+        """Delete what `fetch` stored for any version but `keep`, the one now served."""
+        ...
 
 
 def is_saved_model_dir(path: Path) -> bool:
@@ -92,6 +99,9 @@ class LocalSource:
     def fetch(self, version: str) -> Path:
         return self.path if not self.pollable else self.path / version
 
+    def prune(self, keep: str) -> None:
+        """Nothing: the files are served in place and belong to the trainer (`checkpoint.keep` prunes them)."""
+
 
 class MlflowSource:
     """`models:/<name>@<alias>` (the alias is polled) or `models:/<name>/<version>` (pinned)."""
@@ -107,15 +117,25 @@ class MlflowSource:
         self.tracking_uri = tracking_uri
         self.cache_dir = cache_dir
 
+    def _client(self) -> MlflowClient:
+        """A client bound to the configured server for tracking *and* the registry.
+
+        MLflow resolves any URI it is not given from process-wide state (MLFLOW_TRACKING_URI,
+        MLFLOW_REGISTRY_URI, `mlflow.set_*_uri`), so every call goes through this client, and nothing here
+        uses a `models:/` URI, whose registry lookup ignores a `tracking_uri` argument.
+        """
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
     def current_version(self) -> str:
         if self.pinned_version is not None:
             return self.pinned_version
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         assert self.alias is not None  # a URI is either pinned or an alias
         try:
-            found = MlflowClient(tracking_uri=self.tracking_uri).get_model_version_by_alias(self.name, self.alias)
+            found = self._client().get_model_version_by_alias(self.name, self.alias)
         except MlflowException as exc:
             raise ModelLoadError(
                 f"cannot resolve models:/{self.name}@{self.alias} at {self.tracking_uri}: {exc.message}"
@@ -135,11 +155,15 @@ class MlflowSource:
         # that a later start would take for complete.
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
         try:
+            # The version's files live where the registry says (e.g. mlflow-artifacts:/...), which the artifact
+            # repository resolves against `tracking_uri`.
+            location = self._client().get_model_version_download_uri(self.name, version)
             downloaded = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{self.name}/{version}",
+                    artifact_uri=location,
                     dst_path=str(staging),
                     tracking_uri=self.tracking_uri,
+                    registry_uri=self.tracking_uri,
                 )
             )
             if not is_saved_model_dir(downloaded):
@@ -154,6 +178,25 @@ class MlflowSource:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def prune(self, keep: str) -> None:
+        """Empty `cache_dir/<name>` but for version `keep`: older versions, and staging directories that a killed
+        process left behind (the cache outlives container restarts in the pod's emptyDir).
+
+        Called once `keep` serves, and loads never overlap, so nothing else in the directory is in use by this
+        process; the cache directory must not be shared with another server of the same model.
+        """
+        versions = self.cache_dir / self.name
+        if not versions.is_dir():
+            return
+        for entry in versions.iterdir():
+            if entry.name == keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            log.info("removed %s from the model cache", entry)
 
 
 def make_source(settings: Settings) -> ModelSource:

@@ -92,12 +92,19 @@ class ModelManager:
         self.metrics.set_model(loaded.name, loaded.version)
         if previous is None:
             log.info("serving %s version %s", loaded.name, loaded.version)
-            return
-        self.metrics.model_swaps.inc()
-        log.info("swapped %s from version %s to %s", loaded.name, previous.loaded.version, loaded.version)
-        retire = asyncio.create_task(asyncio.to_thread(previous.close))
-        self._retired.add(retire)
-        retire.add_done_callback(self._retired.discard)
+        else:
+            self.metrics.model_swaps.inc()
+            log.info("swapped %s from version %s to %s", loaded.name, previous.loaded.version, loaded.version)
+            retire = asyncio.create_task(asyncio.to_thread(previous.close))
+            self._retired.add(retire)
+            retire.add_done_callback(self._retired.discard)
+        # Engines hold their weights in memory, so only the served version's files need stay; without this every
+        # swap would leave a version behind in the (size-limited) cache. The first load clears what an earlier
+        # process left. A failure here must not undo the swap: the next one tries again.
+        try:
+            await asyncio.to_thread(source.prune, loaded.version)
+        except OSError as exc:
+            log.warning("could not prune the model cache: %s", exc)
 
     def _load(self, source: ModelSource, version: str) -> LoadedModel:
         directory = source.fetch(version)

@@ -74,6 +74,27 @@ def _port_var(environ: Mapping[str, str], context: str) -> int:
     return port
 
 
+def _rank0_location(
+    environ: Mapping[str, str], config: DistributedConfig, pods: int, context: str
+) -> tuple[str, int]:
+    """MASTER_ADDR (may be empty: kubernetes-api discovery) and MASTER_PORT of a Job with `pods` pods."""
+    addr = environ.get("MASTER_ADDR", "").strip()
+    if pods == 1:
+        return addr, 0
+    port = _port_var(environ, context)
+    if not addr and config.discovery == "dns":
+        raise ConfigError(
+            "MASTER_ADDR is not set and distributed.discovery='dns' needs it (rank 0's DNS name "
+            "<job>-0.<headless-service>); set it or use distributed.discovery=kubernetes-api"
+        )
+    if not addr and not environ.get("TRAINER_JOB_NAME", "").strip():
+        raise ConfigError(
+            "TRAINER_JOB_NAME is not set; distributed.discovery='kubernetes-api' needs the Job name "
+            "to find rank 0's pod"
+        )
+    return addr, port
+
+
 def parse_env(environ: Mapping[str, str], config: DistributedConfig) -> DistEnv:
     """Apply the contract to `environ` without touching the network; raises ConfigError on a broken spec."""
     if "RANK" in environ:
@@ -103,20 +124,7 @@ def parse_env(environ: Mapping[str, str], config: DistributedConfig) -> DistEnv:
                 f"JOB_COMPLETION_INDEX={index} is not below WORLD_SIZE={world_size}: the Job's completions "
                 "and parallelism must equal WORLD_SIZE"
             )
-        addr = environ.get("MASTER_ADDR", "").strip()
-        port = 0
-        if world_size > 1:
-            port = _port_var(environ, context)
-            if not addr and config.discovery == "dns":
-                raise ConfigError(
-                    "MASTER_ADDR is not set and distributed.discovery='dns' needs it (rank 0's DNS name "
-                    "<job>-0.<headless-service>); set it or use distributed.discovery=kubernetes-api"
-                )
-            if not addr and not environ.get("TRAINER_JOB_NAME", "").strip():
-                raise ConfigError(
-                    "TRAINER_JOB_NAME is not set; distributed.discovery='kubernetes-api' needs the Job name "
-                    "to find rank 0's pod"
-                )
+        addr, port = _rank0_location(environ, config, world_size, context)
         # One rank per pod, unless something (the local launcher) runs several on one machine and says so.
         local_world = (
             _int_var(environ, "LOCAL_WORLD_SIZE", 1, context) if "LOCAL_WORLD_SIZE" in environ else 1
@@ -127,6 +135,19 @@ def parse_env(environ: Mapping[str, str], config: DistributedConfig) -> DistEnv:
         )
     return DistEnv(
         rank=0, world_size=1, local_rank=0, local_world_size=1, master_addr="", master_port=0, source="single"
+    )
+
+
+def node_env(
+    node_rank: int, nnodes: int, nproc: int, environ: Mapping[str, str], config: DistributedConfig
+) -> DistEnv:
+    """The Indexed Job contract for a pod that runs `nproc` ranks itself (`launch --nnodes`): the pod is
+    `node_rank` of `nnodes`, and rank 0's pod is found as in path 2 (MASTER_ADDR or the Kubernetes API, with
+    MASTER_PORT). `connect` on the result gives the address this pod's ranks use. Raises ConfigError."""
+    addr, port = _rank0_location(environ, config, nnodes, f"launch --nnodes {nnodes}")
+    return DistEnv(
+        rank=node_rank, world_size=nnodes, local_rank=0, local_world_size=nproc, master_addr=addr,
+        master_port=port, source="indexed-job",
     )
 
 

@@ -37,23 +37,56 @@ def set_threads(config: TrainConfig, env: DistEnv) -> int:
     return threads
 
 
+class NodeError(RuntimeError):
+    """This node cannot give the job what its (valid) configuration asks for, e.g. no usable GPU; a retry, on
+    another node or after the driver or device plugin comes up, may succeed."""
+
+
+def _cuda_missing(setting: str) -> Exception:
+    """Why `setting` cannot have CUDA here: a torch built without CUDA can never have it (a configuration error
+    of the image or the setting); otherwise this node lacks a usable GPU (retriable)."""
+    if torch.version.cuda is None:
+        return ConfigError(
+            f"{setting}: this torch {torch.__version__} is built without CUDA, so no node can run it; use the "
+            "CUDA image (Dockerfile TORCH_INDEX_URL) or train.device=auto/cpu"
+        )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    shown = "unset" if visible is None else repr(visible)
+    return NodeError(
+        f"{setting}: CUDA is not available on this node (torch built for CUDA {torch.version.cuda} sees no usable "
+        f"GPU; CUDA_VISIBLE_DEVICES is {shown}): no GPU on the node, the NVIDIA driver not loaded, or no device "
+        "from the device plugin; a retry on a healthy GPU node can succeed"
+    )
+
+
 def choose_device(config: TrainConfig, env: DistEnv) -> torch.device:
-    """`train.device` made concrete: `auto` is this rank's GPU when CUDA is available, else the CPU."""
+    """`train.device` made concrete: `auto` is this rank's GPU when CUDA is available, else the CPU.
+
+    Raises NodeError when `cuda` is asked for and this node has no usable GPU.
+    """
     if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError("train.device='cuda': CUDA is not available on this node; allowed here: auto, cpu")
+        raise _cuda_missing(f"train.device={config.device!r}")
     device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
     torch.cuda.set_device(device)
     return device
 
 
-def choose_backend(config: DistributedConfig, device: torch.device) -> str:
-    """`distributed.backend` made concrete: `auto` is nccl on CUDA and gloo otherwise."""
+def choose_backend(config: DistributedConfig, device: torch.device, train: TrainConfig) -> str:
+    """`distributed.backend` made concrete: `auto` is nccl on CUDA and gloo otherwise.
+
+    nccl on the CPU is a configuration error when `train.device` is `cpu`; with `auto` it means CUDA is missing
+    on this node (NodeError), since a node with a GPU would have chosen it.
+    """
     if config.backend == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if config.backend == "nccl" and device.type != "cuda":
-        raise ConfigError("distributed.backend='nccl' needs CUDA, but the device is the CPU; allowed: auto, gloo")
+        if train.device == "cpu":
+            raise ConfigError(
+                "distributed.backend='nccl' needs CUDA, but train.device='cpu'; allowed with it: auto, gloo"
+            )
+        raise _cuda_missing("distributed.backend='nccl' (with train.device='auto')")
     return config.backend
 
 

@@ -106,7 +106,9 @@ class LiveServer:
                 "--log-level",
                 os.environ.get("TEST_SERVER_LOG_LEVEL", "info"),
             ],
-            cwd=REPO_ROOT,
+            # Not the repository: a library falling back to a default location (MLflow's ./mlflow.db) must not
+            # write there.
+            cwd=log_path.parent,
             env=environment,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from inference.app import create_app
+from inference.loading import is_saved_model_dir
 from inference.settings import Settings
 from tests.inference.helpers import add_checkpoint, wait_ready
 
@@ -202,6 +203,9 @@ def test_a_newer_complete_checkpoint_is_swapped_in(
         after = complete(client, prompt="x", max_tokens=2)["system_fingerprint"]
         assert (before, after) == ("root:step-00000001", "root:step-00000002")
         assert metric(client, "inference_model_swaps_total") == 1
+    # The trainer's checkpoints are served in place and never pruned like the MLflow download cache.
+    assert sorted(path.name for path in root.iterdir()) == ["step-00000001", "step-00000002"]
+    assert is_saved_model_dir(root / "step-00000001")
 
 
 def test_request_timeout_answers_504_and_frees_the_slot(

@@ -4,6 +4,7 @@ download into the cache, pinned versions, and an alias move picked up by polling
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from inference.app import create_app
+from inference.loading import is_saved_model_dir
 from inference.settings import Settings
-from tests.inference.helpers import wait_ready
+from tests.inference.helpers import LiveServer, wait_ready
 from tests.mlflow_server import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -32,12 +34,17 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def register(tracking_uri: str, saved_model: Path) -> str:
-    """Register `saved_model` the way the trainer does: run artifacts under `model`, then a model version."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("inference-tests")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(saved_model), "model")
-    client = MlflowClient(tracking_uri=tracking_uri)
+    """Register `saved_model` the way the trainer does: run artifacts under `model`, then a model version.
+
+    Only through a client bound to the server: MLflow's process-wide tracking URI stays unset, so a code path of
+    the service that falls back to it is not rescued by the test's own set-up.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("inference-tests")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("inference-tests")
+    run = client.create_run(experiment_id)
+    client.log_artifacts(run.info.run_id, str(saved_model), "model")
+    client.set_terminated(run.info.run_id)
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         client.create_registered_model(NAME)
     version = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
@@ -74,6 +81,43 @@ def test_alias_is_served_and_moving_it_swaps_the_model(
         assert f'inference_model_loaded{{model="{NAME}",version="{second}"}} 1.0' in client.get("/metrics").text
 
 
+def wait_for_cache(directory: Path, expected: set[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while {entry.name for entry in directory.iterdir()} != expected:
+        assert time.monotonic() < deadline, f"{sorted(p.name for p in directory.iterdir())} != {sorted(expected)}"
+        time.sleep(0.05)
+
+
+def test_the_cache_keeps_only_the_served_version(
+    tracking_uri: str, model_a: Path, model_b: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """Every load of a new version leaves the model's cache directory holding that version alone: older
+    versions and crashed downloads go, so hot swaps never fill the pod's size-limited /tmp."""
+    registry = MlflowClient(tracking_uri=tracking_uri)
+    first = register(tracking_uri, model_a)
+    registry.set_registered_model_alias(NAME, "cache-test", first)
+    settings = make_settings(model_uri=f"models:/{NAME}@cache-test", tracking_uri=tracking_uri)
+    cache = settings.cache_dir / NAME
+    # What an earlier container of the pod leaves in the emptyDir: an older version, and a download that was
+    # killed before its rename.
+    shutil.copytree(model_a, cache / "0")
+    (cache / f".{first}-killed").mkdir()
+    (cache / f".{first}-killed" / "model.pt").write_bytes(b"half a download")
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["version"] == first
+        wait_for_cache(cache, {first})
+
+        second = register(tracking_uri, model_b)
+        registry.set_registered_model_alias(NAME, "cache-test", second)
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").json()["version"] != second:
+            assert time.monotonic() < deadline, "the alias move was not picked up"
+            time.sleep(0.1)
+        wait_for_cache(cache, {second})
+        assert fingerprint(client) == f"{NAME}:{second}"
+        assert is_saved_model_dir(cache / second)
+
+
 def test_pinned_version_and_environment_settings(
     tracking_uri: str, model_a: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,3 +145,17 @@ def test_unknown_alias_keeps_the_server_unready_with_the_reason(
         assert response.status_code == 503
         assert f"models:/{NAME}@no-such-alias" in response.json()["reason"]
         assert client.get("/livez").status_code == 200
+
+
+def test_inference_tracking_uri_alone_serves_the_registry_model(
+    tracking_uri: str, model_a: Path, live_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` configured only by INFERENCE_TRACKING_URI resolves the alias *and* downloads the version from that
+    server, not from MLflow's default registry (the process has no MLFLOW_TRACKING_URI or MLFLOW_REGISTRY_URI)."""
+    version = register(tracking_uri, model_a)
+    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(NAME, "only-inference-uri", version)
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    server = live_server(INFERENCE_MODEL_URI=f"models:/{NAME}@only-inference-uri", INFERENCE_TRACKING_URI=tracking_uri)
+    assert server.wait_ready(timeout=60) == {"status": "ready", "model": NAME, "version": version}
+    assert "not found" not in server.log()

@@ -29,6 +29,7 @@ _CONTRACT_VARS = (
     "JOB_COMPLETION_INDEX",
     "TRAINER_JOB_NAME",
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
     "TORCHELASTIC_RUN_ID",
     "GROUP_RANK",
 )
@@ -69,13 +70,13 @@ def tiny_config(directory: Path, **sections: Mapping[str, Any]) -> Path:
 
 
 def run_trainer(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     """`python -m trainer ARGS`, captured."""
     return subprocess.run(
         [sys.executable, "-m", "trainer", *args],
         env=clean_env() if env is None else env,
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -15,7 +15,9 @@ from trainer.model import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model
 pytestmark = pytest.mark.slow
 
 
-def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(tmp_path: Path, mlflow_server: str) -> None:
+def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(
+    tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -60,7 +62,9 @@ def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(tmp_
     champion = client.get_model_version_by_alias(name, "champion")
     assert champion.version == "1" and champion.run_id == good["run_id"]
     assert float(champion.tags["val_loss"]) == pytest.approx(good["val_loss"])
-    mlflow.set_tracking_uri(mlflow_server)
+    # For this test only (not `mlflow.set_tracking_uri`, which would outlive it and rescue later tests of code
+    # that forgets to pass its URI): the plain `models:/` download resolves the registry from the environment.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     downloaded = Path(
         mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}@champion", dst_path=str(tmp_path / "download")
@@ -92,3 +96,25 @@ def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(tmp_
     assert again.returncode == 0, again.stderr
     assert summary_of(again.stdout)["model_uri"] == good["model_uri"]
     assert len(client.search_model_versions(f"name='{name}'")) == 2
+
+
+def test_tracking_uri_from_the_config_alone_is_used_for_every_call(tmp_path: Path, mlflow_server: str) -> None:
+    """No MLFLOW_TRACKING_URI or MLFLOW_REGISTRY_URI in the environment: the run, its artifacts, the model
+    version and the alias all go to `tracking.uri` (the working directory shows no local fallback store)."""
+    from mlflow import MlflowClient
+
+    name = "trainer-config-uri-model"
+    config = tiny_config(
+        tmp_path / "run",
+        tracking={"uri": mlflow_server, "experiment": "trainer-config-uri", "model_name": name},
+        train={"max_steps": 5},
+    )
+    result = run_trainer("train", "--config", str(config), env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert summary["model_uri"] == f"models:/{name}/1" and summary["alias_moved"] is True
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    assert client.get_model_version_by_alias(name, "champion").run_id == summary["run_id"]
+    files = {item.path for item in client.list_artifacts(summary["run_id"], "model")}
+    assert files == {f"model/{WEIGHTS_FILE}", f"model/{CONFIG_FILE}", f"model/{TOKENIZER_FILE}"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]

@@ -27,7 +27,18 @@ def test_lr_warms_up_linearly_then_decays_to_min_lr() -> None:
 
 @pytest.mark.parametrize(
     ("codes", "expected"),
-    [([0, 0], 0), ([0, 1], 1), ([-9, 1], 137), ([1, 2], 2), ([None, 143], 143), ([None, None], 0)],
+    [
+        ([0, 0], 0),
+        ([0, 1], 1),
+        ([-9, 1], 137),
+        ([1, 2], 2),
+        ([None, 143], 143),
+        ([None, None], 0),
+        ([0, 3], 3),
+        ([3, 3], 3),
+        ([3, 2], 2),
+        ([None, 3], 3),
+    ],
 )
 def test_launcher_exit_code(codes: list[int | None], expected: int) -> None:
     assert exit_code(codes) == expected
