@@ -22,7 +22,7 @@ def test_pulumi_environment_installs_only_the_pinned_pulumi_packages() -> None:
     assert project["runtime"]["name"] == "python"
     assert project["runtime"]["options"]["toolchain"] == "pip"
     requirements = [
-        line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+        line.strip() for line in (ROOT / "infra" / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]  # fmt: skip
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -60,7 +60,7 @@ def test_installed_pulumi_matches_the_pins() -> None:
     from importlib.metadata import version
 
     pins = dict(
-        line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+        line.split("==") for line in (ROOT / "infra" / "requirements.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     )  # fmt: skip
     for package, pinned in pins.items():
