@@ -12,6 +12,14 @@ APP_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
+# Annotations that make `pulumi up` return once the API server has stored the object, without waiting for it to
+# become ready (a Job to complete, a Deployment to become Available). Not `pulumi.com/skipAwait`: for Jobs and
+# Deployments the provider then also skips waiting for their *deletion*, so a replacement, or an `up` right after
+# a `destroy`, creates the object while the old one (same name) still terminates and fails with "object is being
+# deleted: ... already exists". A `waitFor` condition replaces only the readiness await.
+AWAIT_CREATED_ONLY = {"pulumi.com/waitFor": "jsonpath={.metadata.uid}"}
+
+
 def selector_labels(name: str, instance: str) -> dict[str, str]:
     """The stable subset of the recommended labels, used in selectors (never change these on a live object)."""
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": instance}

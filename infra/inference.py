@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.common import (
+    AWAIT_CREATED_ONLY,
     checkov_skips,
     container_security_context,
     http_service_spec,
@@ -109,7 +110,7 @@ class InferenceService(pulumi.ComponentResource):
                 labels=meta_labels,
                 annotations={
                     **checkov_skips(images=[args.image], pull_policy=args.image_pull_policy),
-                    **({} if args.await_ready else {"pulumi.com/skipAwait": "true"}),
+                    **({} if args.await_ready else AWAIT_CREATED_ONLY),
                 },
             ),
             spec=k8s.apps.v1.DeploymentSpecArgs(

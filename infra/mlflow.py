@@ -80,7 +80,12 @@ class Mlflow(pulumi.ComponentResource):
         selector = selector_labels("mlflow", args.instance)
         service_name = "mlflow"
 
-        env = [k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")]
+        env = [
+            k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
+            # MLflow >= 3.x starts background job workers (three more Python processes, ~1.1 GB) unless told not to:
+            # the pod was OOMKilled at its limit every ~15 s on the real cluster. The platform runs no MLflow jobs.
+            k8s.core.v1.EnvVarArgs(name="MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value="false"),
+        ]
         init_containers: list[k8s.core.v1.ContainerArgs] = []
         extra_mounts: list[k8s.core.v1.VolumeMountArgs] = []
         extra_volumes: list[k8s.core.v1.VolumeArgs] = []

@@ -11,6 +11,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from infra.common import (
+    AWAIT_CREATED_ONLY,
     checkov_skips,
     container_security_context,
     labels,
@@ -167,9 +168,8 @@ class TrainingJob(pulumi.ComponentResource):
             )
         else:
             # A training run takes hours; `pulumi up` returns once the API server has the Job (follow it with
-            # kubectl or MLflow). Not skipAwait: for Jobs that also skips waiting for deletion, and a replacement
-            # would then create the new Job while the old one (same name) still terminates.
-            job_annotations["pulumi.com/waitFor"] = "jsonpath={.metadata.uid}"
+            # kubectl or MLflow), and a replacement still waits for the old Job to be gone.
+            job_annotations.update(AWAIT_CREATED_ONLY)
         job_labels = dict(meta_labels)
         if args.kueue_queue:
             job_labels["kueue.x-k8s.io/queue-name"] = args.kueue_queue

@@ -332,6 +332,38 @@ def node_object(name: str, *, cpu: str, memory: str, gpus: int = 0) -> dict[str,
     }
 
 
+# Inference pods answer /readyz only once a model version carries the alias; until training registers one they
+# run but stay unready. kwok's general pod-ready stage would make them Ready at once and hide what `pulumi up`
+# does on a fresh cluster, so these pods get a stage of their own that starts them without readiness.
+NEVER_READY_LABEL = ("app.kubernetes.io/name", "inference")
+
+
+def stages_with_unready_pods(stages_yaml: str, label: tuple[str, str]) -> str:
+    """kwok's stages, with pods carrying `label` moved from the pod-ready stage to a running-but-unready one."""
+    key = f'.metadata.labels["{label[0]}"]'
+    stages = list(yaml.safe_load_all(stages_yaml))
+    out = []
+    for stage in stages:
+        if not stage:
+            continue
+        out.append(stage)
+        if stage["metadata"]["name"] != "pod-ready":
+            continue
+        unready = json.loads(json.dumps(stage))
+        stage["spec"]["selector"]["matchExpressions"].append({"key": key, "operator": "NotIn", "values": [label[1]]})
+        unready["metadata"]["name"] = "pod-running-unready"
+        unready["spec"]["selector"]["matchExpressions"].append({"key": key, "operator": "In", "values": [label[1]]})
+        unready["spec"]["delay"] = {"durationMilliseconds": 500}
+        unready["spec"].pop("weightFrom", None)
+        template = unready["spec"]["next"]["statusTemplate"]
+        for was, now in (('status: "True"', 'status: "False"'), ("ready: true", "ready: false")):
+            assert was in template, f"kwok's pod-ready stage changed: no {was!r}"
+            template = template.replace(was, now)
+        unready["spec"]["next"]["statusTemplate"] = template
+        out.append(unready)
+    return yaml.safe_dump_all(out, sort_keys=False)
+
+
 class LocalCluster:
     """Start with `start()`, stop with `stop()` (also a context manager). `kubeconfig` is the admin kubeconfig;
     `api` an admin client."""
@@ -499,11 +531,14 @@ class LocalCluster:
                 "--v=1",
             ],
         )
+        stages = self.workdir / "kwok-stages.yaml"
+        kwok_stages = (self.toolchain / "kwok-stages.yaml").read_text()
+        stages.write_text(stages_with_unready_pods(kwok_stages, NEVER_READY_LABEL))
         self._spawn(
             "kwok",
             [
                 f"--kubeconfig={self.kubeconfig}",
-                f"--config={self.toolchain / 'kwok-stages.yaml'}",
+                f"--config={stages}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
                 "--node-ip=10.244.0.1",

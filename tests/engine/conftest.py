@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.engine.cluster import TOOLS, LocalCluster
+from tests.engine.pulumi_engine import Engine, EngineMissing, find_engine, which_engine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -31,6 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "engine: needs the locally built control plane (make toolchain); excluded from the default run, "
         "run with `make engine-test` or `pytest -m engine tests/engine`",
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if "engine" not in (config.getoption("markexpr") or "") and "engine" not in str(config.args):
+        return None
+    return f"engine tier: {which_engine(toolchain_dir())}"
 
 
 def toolchain_dir() -> Path:
@@ -59,6 +66,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """The Pulumi engine (tests/engine/pulumi_engine.py): the toolchain's, else the pulumi on PATH."""
+    try:
+        found = find_engine(toolchain_dir(), tmp_path_factory.mktemp("pulumi-home"))
+    except EngineMissing as err:
+        pytest.fail(str(err), pytrace=False)
+    print(f"\nengine tier: {found.describe()}", file=sys.stderr)
+    return found
 
 
 RENDER = r"""

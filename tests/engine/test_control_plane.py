@@ -165,10 +165,27 @@ def test_dev_training_job_pods_pass_admission_and_the_job_completes(
     assert not [e for e in failed_creates(cluster, DEV_NS) if "train" in e]
 
 
+def serving_deployments(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Deployments that become Available without a trained model (all but inference)."""
+    return [d for d in only(objects, "Deployment") if d["metadata"]["name"] != "inference"]
+
+
+def assert_inference_waits_for_a_model(cluster: LocalCluster, namespace: str) -> None:
+    """The inference pods are admitted, scheduled and running, but not ready: /readyz answers 503 until a model
+    version carries the alias (the cluster's kwok stage for them, see NEVER_READY_LABEL)."""
+
+    def running_unready() -> list[dict[str, Any]]:
+        pods = cluster.api.items("v1", "Pod", namespace, selector="app.kubernetes.io/name=inference")
+        return [p for p in pods if p["status"].get("phase") == "Running" and condition(p, "Ready") == "False"]
+
+    assert wait_for("inference pods running, unready", running_unready, ROLLOUT_TIMEOUT_S)
+
+
 def test_dev_deployments_become_available(cluster: LocalCluster, dev: list[dict[str, Any]]) -> None:
-    deployments = only(dev, "Deployment")
-    assert {d["metadata"]["name"] for d in deployments} >= {"inference"}
+    deployments = serving_deployments(dev)
+    assert {d["metadata"]["name"] for d in deployments} >= {"mlflow"}
     wait_deployments_available(cluster, deployments)
+    assert_inference_waits_for_a_model(cluster, DEV_NS)
 
 
 def test_admission_is_enforced_in_the_platform_namespace(cluster: LocalCluster, dev: list[dict[str, Any]]) -> None:
@@ -334,7 +351,8 @@ def test_gpu_training_runs_on_the_gpu_node(cluster: LocalCluster, gpu: list[dict
 
 
 def test_gpu_services_come_up_off_the_gpu_node(cluster: LocalCluster, gpu: list[dict[str, Any]]) -> None:
-    wait_deployments_available(cluster, only(gpu, "Deployment"))
+    wait_deployments_available(cluster, serving_deployments(gpu))
+    assert_inference_waits_for_a_model(cluster, GPU_NS)
     (sts,) = only(gpu, "StatefulSet")
     meta = sts["metadata"]
 

@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# Build the local control plane's binaries from Go modules into a cache directory keyed by their versions,
-# or reuse that directory when a previous run completed it. The last line of output is the directory that
-# holds the binaries (tests/engine/conftest.py and `make toolchain` read it).
+# Build the engine tier's binaries from Go modules into a cache directory keyed by their versions, or reuse that
+# directory when a previous run completed it. The last line of output is the directory that holds the binaries
+# (tests/engine/conftest.py and `make toolchain` read it).
 #
 #   tests/engine/toolchain.sh            build what is missing, print the directory
 #   TOOLS="etcd kube-apiserver" tests/engine/toolchain.sh   build only some tools
 #   tests/engine/toolchain.sh --print-dir   print the directory (built or not) and exit
 #
+# Tools: the control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok) and the Pulumi
+# engine (pulumi, pulumi-language-python + pulumi-language-python-exec, pulumi-resource-kubernetes).
+# The Go module proxy serves the pulumi CLI (through the wrapper module gomod/pulumi) but refuses the modules of
+# the language host and of the kubernetes provider; their sources come from
+# ../shared/vendor/pulumi-engine/pulumi-engine-src.tar.xz (checked against VENDOR_SHA256 below). Without that
+# file (a user's machine) the two are skipped with a message, and the engine tests use the pulumi CLI and
+# plugins installed on the machine instead (tests/engine/conftest.py says which).
+#
 # Environment:
 #   ML_PLATFORM_TOOLCHAIN_CACHE  parent of the keyed directories
 #                                (default ${XDG_CACHE_HOME:-$HOME/.cache}/ml-platform/toolchain)
-#   TOOLS                        tools to build (default: all of etcd kube-apiserver kube-controller-manager
-#                                kube-scheduler kwok)
+#   TOOLS                        tools to build (default: all of ALL_TOOLS below)
+#   PULUMI_ENGINE_SRC            the vendored source tarball (default: ../shared/vendor/pulumi-engine/... beside
+#                                the checkout)
 #   NICE                         priority prefix for the builds (default "nice -n 19")
 #   GOPATH, GOCACHE, GOMODCACHE  as usual; point them at empty directories to measure a cold build
 #
-# Versions are pinned by the wrapper modules in tests/engine/gomod/*/go.mod (+ go.sum). The key includes the
-# Go version and a hash of those files, so bumping a version builds a new directory.
-#
-# Not built here: the pulumi CLI, pulumi-language-python and pulumi-resource-kubernetes. The Go module proxy
-# this project can reach refuses github.com/pulumi/pulumi/pkg/v3 at v3.261.0 and newer (3.272.0 included),
-# every version of github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 and every version of
-# github.com/pulumi/pulumi-kubernetes/provider/v4 (HTTP 403); see docs/engine.md.
+# Versions are pinned by the wrapper modules in tests/engine/gomod/*/go.mod (+ go.sum) and by the vendored
+# tarball's hash. The key includes the Go version and a hash of those, so bumping a version builds a new
+# directory.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,16 +35,24 @@ GOMOD="$HERE/gomod"
 K8S_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
-ALL_TOOLS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok"
+# The CLI and language host must be one release; the provider must match the Python SDK pulumi-kubernetes pin
+# in infra/requirements.txt (the SDK asks the engine for exactly its own version of the plugin).
+PULUMI_VERSION=v3.259.0
+PULUMI_K8S_VERSION=4.32.0
+VENDOR_SHA256=06067d8a49ddaaf028fc73d01b7d43fa9532a473f4ae0c6e217485a48ce82f95
+ALL_TOOLS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok pulumi pulumi-language-python
+pulumi-resource-kubernetes"
 TOOLS="${TOOLS:-$ALL_TOOLS}"
+PULUMI_ENGINE_SRC="${PULUMI_ENGINE_SRC:-$HERE/../../../shared/vendor/pulumi-engine/pulumi-engine-src.tar.xz}"
 NICE="${NICE:-nice -n 19}"
 
 command -v go >/dev/null || { echo "toolchain: go is not on PATH" >&2; exit 1; }
 GO_VERSION="$(go env GOVERSION)"
 # Bump BUILD_REV when the build flags below change; go.mod/go.sum changes change the hash by themselves.
-BUILD_REV=1
-SRC_HASH="$(cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum | sha256sum | cut -c1-12)"
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_${GO_VERSION}_r${BUILD_REV}_${SRC_HASH}"
+BUILD_REV=2
+SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum; echo "$VENDOR_SHA256") | sha256sum | cut -c1-12)"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_pulumi-${PULUMI_VERSION}_k8sprov-${PULUMI_K8S_VERSION}"
+KEY+="_${GO_VERSION}_r${BUILD_REV}_${SRC_HASH}"
 CACHE="${ML_PLATFORM_TOOLCHAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ml-platform/toolchain}"
 DIR="$CACHE/$KEY"
 
@@ -63,8 +76,9 @@ k8s_ldflags() {
     echo "-s -w$x"
 }
 
-build() {  # build TOOL MODULE_DIR PACKAGE LDFLAGS
+build() {  # build TOOL MODULE_DIR PACKAGE LDFLAGS  (MODULE_DIR: under gomod/, or an absolute path)
     local tool="$1" mod="$2" pkg="$3" ldflags="$4"
+    [[ "$mod" == /* ]] || mod="$GOMOD/$mod"
     if [[ -x "$DIR/$tool" ]]; then
         echo "toolchain: $tool: cached" >&2
         return 0
@@ -73,12 +87,38 @@ build() {  # build TOOL MODULE_DIR PACKAGE LDFLAGS
     local start end
     start=$(date +%s)
     # Build beside the target and rename: a binary in the directory is always complete, even if two runs race.
-    (cd "$GOMOD/$mod" && $NICE go build -ldflags "$ldflags" -o "$DIR/.$tool.$$.tmp" "$pkg") >&2
+    (cd "$mod" && $NICE go build -ldflags "$ldflags" -o "$DIR/.$tool.$$.tmp" "$pkg") >&2
     mv "$DIR/.$tool.$$.tmp" "$DIR/$tool"
     end=$(date +%s)
     echo "$tool $((end - start))" >> "$DIR/build-seconds.txt"
     echo "toolchain: $tool: built in $((end - start)) s" >&2
 }
+
+# The vendored sources, unpacked once per tarball hash beside the keyed directories (the provider's schema
+# generator writes into its tree, so it cannot build from a read-only place).
+vendor_src() {
+    local src="$CACHE/src-$VENDOR_SHA256"
+    if [[ ! -f "$src/.complete" ]]; then
+        [[ -f "$PULUMI_ENGINE_SRC" ]] || return 1
+        local got
+        got="$(sha256sum "$PULUMI_ENGINE_SRC" | cut -d' ' -f1)"
+        if [[ "$got" != "$VENDOR_SHA256" ]]; then
+            echo "toolchain: $PULUMI_ENGINE_SRC has sha256 $got, expected $VENDOR_SHA256" >&2
+            return 2
+        fi
+        rm -rf "$src" && mkdir -p "$src"
+        tar -xJf "$PULUMI_ENGINE_SRC" -C "$src"
+        touch "$src/.complete"
+    fi
+    echo "$src"
+}
+
+no_vendor() {
+    echo "toolchain: $1: skipped: its Go module is refused by the module proxy and the vendored sources" \
+        "($PULUMI_ENGINE_SRC) are not here; the engine tests will use the $1 installed on this machine" >&2
+}
+
+PULUMI_VERSION_LDFLAGS="-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION"
 
 for tool in $TOOLS; do
     case "$tool" in
@@ -90,6 +130,27 @@ for tool in $TOOLS; do
         kwok)
             build kwok kwok sigs.k8s.io/kwok/cmd/kwok \
                 "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}" ;;
+        pulumi)
+            # Served by the proxy, but of no use to the tests without the language host and provider.
+            vendor_src >/dev/null || { [[ $? == 1 ]] && { no_vendor "$tool"; continue; }; exit 1; }
+            build pulumi pulumi github.com/pulumi/pulumi/pkg/v3/cmd/pulumi "$PULUMI_VERSION_LDFLAGS" ;;
+        pulumi-language-python)
+            src="$(vendor_src)" || { [[ $? == 1 ]] && { no_vendor "$tool"; continue; }; exit 1; }
+            build pulumi-language-python "$src/langhost" . "$PULUMI_VERSION_LDFLAGS"
+            # The language host runs this script to start the program; it ships in the sdk/v3 module.
+            if [[ ! -x "$DIR/pulumi-language-python-exec" ]]; then
+                sdk="$(cd "$src/langhost" && go list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)"
+                install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$DIR/pulumi-language-python-exec"
+            fi ;;
+        pulumi-resource-kubernetes)
+            src="$(vendor_src)" || { [[ $? == 1 ]] && { no_vendor "$tool"; continue; }; exit 1; }
+            if [[ ! -x "$DIR/$tool" ]]; then
+                # Embeds the schema (shipped as schema.json) into the provider's Go sources.
+                (cd "$src/k8s/provider/cmd/pulumi-resource-kubernetes" && VERSION=$PULUMI_K8S_VERSION \
+                    GOFLAGS="-mod=readonly -buildvcs=false" $NICE go run ./generate.go) >&2
+            fi
+            build pulumi-resource-kubernetes "$src/k8s/provider" ./cmd/pulumi-resource-kubernetes \
+                "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$PULUMI_K8S_VERSION" ;;
         *)
             echo "toolchain: unknown tool $tool (known: $ALL_TOOLS)" >&2
             exit 2 ;;
@@ -120,6 +181,8 @@ cat > "$DIR/versions.txt" <<EOF
 kubernetes $K8S_VERSION
 etcd $ETCD_VERSION
 kwok $KWOK_VERSION
+pulumi $PULUMI_VERSION
+pulumi-resource-kubernetes $PULUMI_K8S_VERSION
 go $GO_VERSION
 EOF
 echo "$DIR"

@@ -303,11 +303,14 @@ def test_changed_training_config_changes_the_pod_template() -> None:
 def test_wait_for_training_awaits_job_and_inference(dev_objects: list[dict[str, Any]]) -> None:
     objects = objects_of(render_stack("dev", waitForTraining=True))
     assert not {"pulumi.com/skipAwait", "pulumi.com/waitFor"} & set(find(objects, "Job")["metadata"]["annotations"])
-    assert "pulumi.com/skipAwait" not in find(objects, "Deployment", "inference")["metadata"]["annotations"]
+    awaits = {"pulumi.com/skipAwait", "pulumi.com/waitFor"}
+    assert not awaits & set(find(objects, "Deployment", "inference")["metadata"]["annotations"])
     assert "pulumi.com/skipAwait" not in (find(objects, "Service", "inference")["metadata"].get("annotations") or {})
     # Without it, nothing waits for the inference pods, which stay unready until training registers a model: the
     # provider would wait for the Deployment to become Available and for the Service to get ready endpoints.
-    assert find(dev_objects, "Deployment", "inference")["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    # The Deployment returns once created, but not by skipAwait, which would also skip awaiting its deletion.
+    deployment = find(dev_objects, "Deployment", "inference")["metadata"]["annotations"]
+    assert deployment["pulumi.com/waitFor"] == "jsonpath={.metadata.uid}" and "pulumi.com/skipAwait" not in deployment
     assert find(dev_objects, "Service", "inference")["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
 
 
@@ -355,3 +358,9 @@ def test_names_that_matter_for_dns_are_explicit(stack: str) -> None:
         ("Job", "run-1-train"),
         ("Service", "run-1-workers"),
     } <= names
+
+
+def test_mlflow_runs_without_its_job_workers(stack_objects: list[dict[str, Any]]) -> None:
+    # They take ~1.1 GB beside the server: over the pod's limit (OOMKilled on the real cluster, tests/cluster).
+    container = find(stack_objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
