@@ -37,8 +37,10 @@ install: $(STAMP) $(CHECKOV_STAMP) ## create .venv (tests, trainer, inference, i
 demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DDP training, inference, a completion
 	$(BIN)/python -m infra.local $(DEMO_ARGS)
 
-test: $(STAMP) $(CHECKOV_STAMP) ## set up (venvs, and the engine toolchain from Go modules) and run the whole test suite
-	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && ML_PLATFORM_TOOLCHAIN="$$dir" $(BIN)/python -m pytest -m "engine or not engine"
+test: $(STAMP) $(CHECKOV_STAMP) ## set up (venvs, toolchains from Go modules, Debian packages, images) and run every tier
+	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && node="$$(bash tests/cluster/toolchain.sh | tail -n 1)" \
+	&& ML_PLATFORM_TOOLCHAIN="$$dir" ML_PLATFORM_CLUSTER_TOOLCHAIN="$$node" \
+	$(BIN)/python -m pytest -m "engine or cluster or not engine"
 
 test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training) and the engine tier
 	$(BIN)/python -m pytest -m "not slow and not engine"
@@ -87,3 +89,12 @@ cluster-local: $(STAMP) ## start the local control plane (kwok CPU + GPU nodes),
 
 engine-test: $(STAMP) ## build or reuse the toolchain, then run the engine tests (pytest -m engine) on a fresh control plane
 	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && ML_PLATFORM_TOOLCHAIN="$$dir" $(BIN)/python -m pytest -m engine tests/engine
+
+# --- cluster tier: a real single-node cluster in a network namespace of its own (docs/cluster.md; needs root) --
+.PHONY: cluster-real
+
+cluster-real: $(STAMP) ## build or reuse the toolchains and the platform image, start a real cluster with it; Ctrl-C stops it
+	@cp="$$(TOOLS='etcd kube-apiserver kube-controller-manager kube-scheduler' bash $(TOOLCHAIN_SH) | tail -n 1)" \
+	&& node="$$(bash tests/cluster/toolchain.sh | tail -n 1)" \
+	&& ref="$$($(BIN)/python -m tests.cluster.images platform | tail -n 1)" \
+	&& $(BIN)/python -m tests.cluster.realcluster --toolchain "$$cp" --node-toolchain "$$node" --image "$$ref=$(IMAGE)"

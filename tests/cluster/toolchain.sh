@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Build (or reuse) what the real-cluster tier needs beyond the engine tier's control plane, and install the
+# Debian packages it runs on. The last line of output is the directory that holds the binaries
+# (tests/cluster/conftest.py and `make cluster-real` read it).
+#
+#   tests/cluster/toolchain.sh              install missing packages, build what is missing, print the directory
+#   tests/cluster/toolchain.sh --print-dir  print the directory (built or not) and exit
+#
+# Built from Go modules (wrapper modules in tests/cluster/gomod/*, pinned by their go.mod + go.sum):
+#   kubelet, kube-proxy, kubectl   k8s.io/kubernetes v1.35.4 (gomod/node: the staging replaces of
+#                                  tests/engine/gomod/kubernetes)
+#   coredns                        github.com/coredns/coredns v1.14.7 (gomod/coredns)
+#   pause                          build/pause/linux/pause.c of the k8s.io/kubernetes module, gcc -static
+# Debian packages (apt-get, only when missing): containerd, runc, containernetworking-plugins, iptables,
+# conntrack, socat, debootstrap, podman, uidmap, gcc + libc6-dev (for pause).
+# The control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) is tests/engine/toolchain.sh's.
+#
+# Environment:
+#   ML_PLATFORM_TOOLCHAIN_CACHE  parent of the keyed directories, shared with tests/engine/toolchain.sh
+#                                (default ${XDG_CACHE_HOME:-$HOME/.cache}/ml-platform/toolchain)
+#   NICE                         priority prefix for the builds (default "nice -n 10")
+#   SKIP_APT=1                   do not install Debian packages (fail later if they are missing)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+GOMOD="$HERE/gomod"
+
+K8S_VERSION=v1.35.4
+COREDNS_VERSION=v1.14.7
+PAUSE_VERSION=3.10
+NICE="${NICE:-nice -n 10}"
+APT_PACKAGES="containerd runc containernetworking-plugins iptables conntrack socat debootstrap podman uidmap gcc
+libc6-dev"
+
+command -v go >/dev/null || { echo "cluster toolchain: go is not on PATH" >&2; exit 1; }
+GO_VERSION="$(go env GOVERSION)"
+# Bump BUILD_REV when the build flags below change; go.mod/go.sum changes change the hash by themselves.
+BUILD_REV=1
+SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum; echo "pause-$PAUSE_VERSION") | sha256sum | cut -c1-12)"
+KEY="cluster_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}_${GO_VERSION}_r${BUILD_REV}_${SRC_HASH}"
+CACHE="${ML_PLATFORM_TOOLCHAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ml-platform/toolchain}"
+DIR="$CACHE/$KEY"
+
+if [[ "${1:-}" == "--print-dir" ]]; then
+    echo "$DIR"
+    exit 0
+fi
+
+# --- Debian packages ----------------------------------------------------------------------------------------
+missing=()
+for pkg in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if (( ${#missing[@]} )); then
+    if [[ "${SKIP_APT:-}" == 1 ]]; then
+        echo "cluster toolchain: missing Debian packages: ${missing[*]} (SKIP_APT=1: not installing)" >&2
+    elif [[ "$(id -u)" != 0 ]]; then
+        echo "cluster toolchain: missing Debian packages: ${missing[*]}; install them as root" >&2
+        exit 1
+    else
+        echo "cluster toolchain: installing ${missing[*]}" >&2
+        # Services stay stopped: the cluster starts its own containerd in its own network namespace.
+        timeout 600 apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    fi
+fi
+
+# --- Go-built binaries --------------------------------------------------------------------------------------
+mkdir -p "$DIR"
+export GOTOOLCHAIN=local
+export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
+export CGO_ENABLED=0
+
+k8s_ldflags() {
+    local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+    local x=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        x+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    echo "-s -w$x"
+}
+
+record() {  # record TOOL START
+    local end; end=$(date +%s)
+    echo "$1 $((end - $2))" >> "$DIR/build-seconds.txt"
+    echo "cluster toolchain: $1: built in $((end - $2)) s" >&2
+}
+
+build() {  # build TOOL MODULE PACKAGE LDFLAGS
+    local tool="$1" mod="$GOMOD/$2" pkg="$3" ldflags="$4"
+    if [[ -x "$DIR/$tool" ]]; then
+        echo "cluster toolchain: $tool: cached" >&2
+        return 0
+    fi
+    echo "cluster toolchain: $tool: building $pkg" >&2
+    local start; start=$(date +%s)
+    # Build beside the target and rename: a binary in the directory is always complete, even if two runs race.
+    (cd "$mod" && $NICE go build -ldflags "$ldflags" -o "$DIR/.$tool.$$.tmp" "$pkg") >&2
+    mv "$DIR/.$tool.$$.tmp" "$DIR/$tool"
+    record "$tool" "$start"
+}
+
+for tool in kubelet kube-proxy kubectl; do
+    build "$tool" node "k8s.io/kubernetes/cmd/$tool" "$(k8s_ldflags)"
+done
+build coredns coredns github.com/coredns/coredns \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
+
+# The sandbox ("pause") container's binary, from the Kubernetes module's own source; the cluster packs it into
+# the image localhost/pause:$PAUSE_VERSION at start (tests/cluster/realcluster.py).
+if [[ -x "$DIR/pause" ]]; then
+    echo "cluster toolchain: pause: cached" >&2
+else
+    start=$(date +%s)
+    k8s_src="$(cd "$GOMOD/node" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+    if [[ -z "$k8s_src" || ! -f "$k8s_src/build/pause/linux/pause.c" ]]; then
+        (cd "$GOMOD/node" && go mod download k8s.io/kubernetes) >&2
+        k8s_src="$(cd "$GOMOD/node" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+    fi
+    gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-ml-platform" \
+        -o "$DIR/.pause.$$.tmp" "$k8s_src/build/pause/linux/pause.c"
+    strip "$DIR/.pause.$$.tmp"
+    mv "$DIR/.pause.$$.tmp" "$DIR/pause"
+    record pause "$start"
+fi
+
+cat > "$DIR/versions.txt" <<EOF
+kubernetes $K8S_VERSION (kubelet, kube-proxy, kubectl)
+coredns $COREDNS_VERSION
+pause $PAUSE_VERSION
+go $GO_VERSION
+EOF
+echo "$DIR"
