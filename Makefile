@@ -81,7 +81,7 @@ clean: ## remove build outputs (not .venv, not .state)
 # --- engine tier: a local Kubernetes control plane built from Go modules (docs/engine.md) -------------------
 .PHONY: toolchain cluster-local engine-test
 
-toolchain: ## build or reuse etcd, kube-apiserver/-controller-manager/-scheduler, kwok; last line: their directory
+toolchain: ## build or reuse etcd, kube-apiserver/-controller-manager/-scheduler, kwok and the Pulumi engine; last line: their directory
 	@bash $(TOOLCHAIN_SH)
 
 cluster-local: $(STAMP) ## start the local control plane (kwok CPU + GPU nodes), print the kubeconfig path; Ctrl-C stops it
