@@ -509,6 +509,8 @@ class LocalCluster:
                 "--controllers=*",
                 "--concurrent-job-syncs=5",
                 "--pvclaimbinder-sync-period=2s",
+                # Its default, /usr/libexec/kubernetes/..., would be created on the machine.
+                f"--flex-volume-plugin-dir={self.workdir / 'flexvolume'}",
                 "--profiling=false",
                 "--v=1",
             ],
