@@ -66,15 +66,7 @@ export GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
 export CGO_ENABLED=0
 
-k8s_ldflags() {
-    local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-    local x=""
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        x+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-        x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-    done
-    echo "-s -w$x"
-}
+source "$HERE/k8s-ldflags.sh"
 
 build() {  # build TOOL MODULE_DIR PACKAGE LDFLAGS  (MODULE_DIR: under gomod/, or an absolute path)
     local tool="$1" mod="$2" pkg="$3" ldflags="$4"
