@@ -35,7 +35,7 @@ $(CHECKOV_STAMP):
 install: $(STAMP) $(CHECKOV_STAMP) ## create .venv (tests, trainer, inference, infra) and .venv-checkov
 
 demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DDP training, inference, a completion
-	$(BIN)/python -m infra.local $(DEMO_ARGS)
+	$(BIN)/python -m demo $(DEMO_ARGS)
 
 test: $(STAMP) $(CHECKOV_STAMP) ## set up (venvs, toolchains from Go modules, Debian packages, images) and run every tier
 	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && node="$$(bash tests/cluster/toolchain.sh | tail -n 1)" \

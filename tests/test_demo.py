@@ -1,4 +1,4 @@
-"""The local platform demo (`make demo` = `python -m infra.local`): real MLflow server, 2-rank DDP training,
+"""The local platform demo (`make demo` = `python -m demo`): real MLflow server, 2-rank DDP training,
 inference service, an openai-client completion; and it cleans up after itself, also when interrupted."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def demo_command(state: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "infra.local", "--state-dir", str(state), "--mlflow-port", str(free_port()),
+    return [sys.executable, "-m", "demo", "--state-dir", str(state), "--mlflow-port", str(free_port()),
             "--inference-port", str(free_port()), *extra]  # fmt: skip
 
 
@@ -76,7 +76,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "infra.local", "--state-dir", str(tmp_path), "--mlflow-port", str(port)],
+            [sys.executable, "-m", "demo", "--state-dir", str(tmp_path), "--mlflow-port", str(port)],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 1

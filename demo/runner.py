@@ -1,4 +1,4 @@
-"""`python -m infra.local`: the platform's pieces on this machine, no cluster needed (`make demo`).
+"""`python -m demo`: the platform's pieces on this machine, no cluster needed (`make demo`).
 
 The same processes the cluster runs, started as local processes with embedded defaults:
 
@@ -11,7 +11,8 @@ The same processes the cluster runs, started as local processes with embedded de
 then it stops what it started (or keeps the servers up with `--keep-running` until Ctrl-C). Every process runs
 in its own process group and is stopped on exit, Ctrl-C or SIGTERM, so nothing outlives the demo.
 
-This module only starts processes and talks HTTP; it imports neither the trainer nor the inference package.
+This package only starts processes and talks HTTP (MLflow's client, the `openai` client); it imports neither the
+trainer nor the inference package, and nothing imports it.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.local", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".state" / "demo", help="where everything is kept")
     parser.add_argument("--mlflow-port", type=int, default=5000)
     parser.add_argument("--inference-port", type=int, default=8092)
@@ -274,7 +275,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything the demo started is stopped", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
