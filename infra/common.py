@@ -1,16 +1,33 @@
-"""Pieces every component uses: recommended labels, the restricted security contexts, resource requirements."""
+"""Pieces every component uses: recommended labels, the restricted security contexts, resource requirements.
+
+The dict forms of these live in `workloads.pod` (the pure builders use them); the typed `*Args` forms here are for
+components that build their children from pulumi_kubernetes' classes. tests/infra/test_stacks.py checks that every
+rendered pod carries exactly the `workloads.pod` contexts, whichever form built it.
+"""
 
 from __future__ import annotations
 
 import pulumi_kubernetes as k8s
 
-from infra.config import Resources
+from workloads.pod import (
+    APP_UID,
+    GPU_RESOURCE,
+    PART_OF,
+    Resources,
+    checkov_skips,
+    recommended_labels,
+    selector_labels,
+)
+from workloads.pod import resource_requirements as workload_resource_requirements
 
-PART_OF = "ml-platform"
-# The non-root identity every platform container runs as (the Dockerfile creates this user).
-APP_UID = 10001
-GPU_RESOURCE = "nvidia.com/gpu"
+__all__ = [
+    "APP_UID", "AWAIT_CREATED_ONLY", "GPU_RESOURCE", "MANAGED_BY", "PART_OF", "checkov_skips",
+    "container_security_context", "http_service_spec", "labels", "pod_security_context", "pod_security_labels",
+    "resource_requirements", "selector_labels", "tmp_volume",
+]  # fmt: skip
 
+# Value of `app.kubernetes.io/managed-by` on what the Pulumi program creates.
+MANAGED_BY = "pulumi"
 
 # Annotations that make `pulumi up` return once the API server has stored the object, without waiting for it to
 # become ready (a Job to complete, a Deployment to become Available). Not `pulumi.com/skipAwait`: for Jobs and
@@ -20,19 +37,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 AWAIT_CREATED_ONLY = {"pulumi.com/waitFor": "jsonpath={.metadata.uid}"}
 
 
-def selector_labels(name: str, instance: str) -> dict[str, str]:
-    """The stable subset of the recommended labels, used in selectors (never change these on a live object)."""
-    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": instance}
-
-
 def labels(name: str, instance: str, component: str) -> dict[str, str]:
-    """Kubernetes' recommended `app.kubernetes.io/*` labels."""
-    return {
-        **selector_labels(name, instance),
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": "pulumi",
-    }
+    """Kubernetes' recommended `app.kubernetes.io/*` labels of an object the Pulumi program manages."""
+    return recommended_labels(name, instance, component, MANAGED_BY)
 
 
 def pod_security_labels(level: str = "restricted") -> dict[str, str]:
@@ -67,12 +74,8 @@ def container_security_context() -> k8s.core.v1.SecurityContextArgs:
 
 
 def resource_requirements(res: Resources) -> k8s.core.v1.ResourceRequirementsArgs:
-    requests = {"cpu": res.cpu_request, "memory": res.memory_request}
-    limits = {"cpu": res.cpu_limit, "memory": res.memory_limit}
-    if res.gpus:
-        # Extended resources must have request == limit.
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
-    return k8s.core.v1.ResourceRequirementsArgs(requests=requests, limits=limits)
+    resources = workload_resource_requirements(res)
+    return k8s.core.v1.ResourceRequirementsArgs(requests=resources["requests"], limits=resources["limits"])
 
 
 def http_service_spec(
@@ -96,20 +99,3 @@ def http_service_spec(
 def tmp_volume(name: str = "tmp", size: str = "256Mi") -> k8s.core.v1.VolumeArgs:
     """A writable scratch directory for a container whose root filesystem is read-only."""
     return k8s.core.v1.VolumeArgs(name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size))
-
-
-def checkov_skips(*, images: list[str], pull_policy: str) -> dict[str, str]:
-    """checkov skip annotations (`checkov.io/skipN: CHECK=why`) for the checks these settings cannot pass, each
-    with its reason, on the object they apply to. docs/security.md lists them."""
-    reasons = []
-    if pull_policy != "Always":
-        reasons.append(
-            "CKV_K8S_15=imagePullPolicy comes from the stack: a kind-loaded image exists only on the node, "
-            "so Always could never pull it"
-        )
-    if any("@sha256:" not in image for image in images):
-        reasons.append(
-            "CKV_K8S_43=images are pinned by release tag (the policy pack forbids :latest and untagged); "
-            "set the image to repo@sha256:... to pin by digest"
-        )
-    return {f"checkov.io/skip{i}": reason for i, reason in enumerate(reasons, start=1)}

@@ -20,6 +20,7 @@ from infra.common import (
 from infra.config import Resources
 
 MLFLOW_PORT = 5000
+SERVICE_NAME = "mlflow"
 POSTGRES_PORT = 5432
 # Secret files are mounted here; the official postgres image reads POSTGRES_PASSWORD_FILE.
 PASSWORD_DIR = "/etc/postgres"
@@ -63,6 +64,11 @@ class MlflowArgs:
     """subPath of the claim to mount at /mlflow (host-path volumes), or None for the whole volume."""
 
 
+def tracking_uri(namespace: str) -> str:
+    """The tracking server's in-cluster URL in `namespace` (what `Mlflow.tracking_uri` resolves to)."""
+    return f"http://{SERVICE_NAME}.{namespace}.svc.cluster.local:{MLFLOW_PORT}"
+
+
 class Mlflow(pulumi.ComponentResource):
     """One MLflow server with `--serve-artifacts`, so trainers upload and inference pods download artifacts over
     HTTP and need no shared filesystem. One replica with the Recreate strategy: sqlite and an RWO volume admit
@@ -78,7 +84,7 @@ class Mlflow(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = labels("mlflow", args.instance, "tracking")
         selector = selector_labels("mlflow", args.instance)
-        service_name = "mlflow"
+        service_name = SERVICE_NAME
 
         env = [
             k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),

@@ -5,17 +5,20 @@ from __future__ import annotations
 import pulumi
 import yaml
 
+from infra.common import MANAGED_BY
 from infra.config import MLFLOW_RESOURCES, POSTGRES_RESOURCES, StackConfig
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
-from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs
+from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs, tracking_uri
 from infra.namespace import Namespace, NamespaceArgs
 from infra.network import NetworkPolicies, NetworkPoliciesArgs
 from infra.rbac import TrainerRbac, TrainerRbacArgs
 from infra.storage import Storage, StorageArgs, VolumeClaim
 from infra.tls import Tls, TlsArgs
-from infra.training import CHECKPOINT_MOUNT, TrainingArgs, TrainingJob, threads_per_rank
+from infra.training import TrainingArgs, TrainingJob
+from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, threads_per_rank
 
 TRAINER_SERVICE_ACCOUNT = "trainer"
+CHECKPOINT_CLAIM = "checkpoints"
 
 
 def train_yaml(config: StackConfig) -> dict[str, dict[str, object]]:
@@ -42,6 +45,32 @@ def train_yaml(config: StackConfig) -> dict[str, dict[str, object]]:
         section, key = path.split(".", 1)
         sections.setdefault(section, {})[key] = yaml.safe_load(raw) if raw else ""
     return sections
+
+
+def training_spec(config: StackConfig, checkpoint_sub_path: str | None) -> TrainingJobSpec:
+    """The training run the stack declares; `checkpoint_sub_path` is where Storage puts the claim's data."""
+    t = config.training
+    return TrainingJobSpec(
+        run_name=t.run_name,
+        namespace=config.namespace.name,
+        image=config.image,
+        image_pull_policy=config.image_pull_policy,
+        workers=t.workers,
+        master_port=t.master_port,
+        discovery=t.discovery,
+        backoff_limit=t.backoff_limit,
+        train_config=train_yaml(config),
+        tracking_uri=tracking_uri(config.namespace.name),
+        service_account_name=TRAINER_SERVICE_ACCOUNT,
+        checkpoint_claim=CHECKPOINT_CLAIM,
+        checkpoint_sub_path=checkpoint_sub_path,
+        resources=t.resources,
+        shm_size=t.shm_size,
+        node_selector=t.node_selector,
+        tolerations=t.tolerations,
+        kueue_queue=t.kueue_queue,
+        managed_by=MANAGED_BY,
+    )
 
 
 def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
@@ -82,7 +111,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             host_path=config.storage.host_path,
             storage_class=config.storage.storage_class,
             claims=(
-                VolumeClaim("checkpoints", config.storage.checkpoint_size, config.storage.access_mode),
+                VolumeClaim(CHECKPOINT_CLAIM, config.storage.checkpoint_size, config.storage.access_mode),
                 VolumeClaim("mlflow", config.storage.mlflow_size, "ReadWriteOnce"),
             ),
             instance=instance,
@@ -125,27 +154,10 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
     training = TrainingJob(
         "training",
         TrainingArgs(
-            namespace=ns.name,
-            run_name=t.run_name,
-            image=config.image,
-            image_pull_policy=config.image_pull_policy,
-            workers=t.workers,
-            backend=t.backend,
-            master_port=t.master_port,
-            discovery=t.discovery,
-            backoff_limit=t.backoff_limit,
-            train_yaml=train_yaml(config),
-            tracking_uri=mlflow.tracking_uri,
-            service_account_name=rbac.service_account_name,
-            checkpoint_claim=storage.claim_names["checkpoints"],
-            checkpoint_sub_path=storage.sub_paths["checkpoints"],
-            resources=t.resources,
-            shm_size=t.shm_size,
-            node_selector=t.node_selector,
-            tolerations=t.tolerations,
+            spec=training_spec(config, storage.sub_paths[CHECKPOINT_CLAIM]),
+            depends_on=[ns.namespace, rbac.service_account, storage.claims[CHECKPOINT_CLAIM], mlflow.service],
             wait=t.wait,
             timeout_minutes=t.timeout_minutes,
-            kueue_queue=t.kueue_queue,
         ),
         opts=pulumi.ResourceOptions(depends_on=[ns, mlflow]),
     )

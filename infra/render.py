@@ -18,6 +18,7 @@ from typing import Any
 
 import pulumi
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 
 from infra.config import PROJECT_FILE, SECRET_KEYS, ConfigError, project_name
 
@@ -46,11 +47,39 @@ class RecordedResource:
     """Inputs as the engine would receive them (camelCase Kubernetes fields)."""
 
 
+@dataclass(frozen=True)
+class RecordedOptions:
+    """The resource options of one resource, as the engine receives them (what `pulumi up` acts on)."""
+
+    parent: str
+    """Logical name of the parent ("" for the stack itself)."""
+    dependencies: frozenset[str]
+    """Logical names of every resource it waits for: `dependsOn`, and those whose outputs its inputs use."""
+    protect: bool
+    """`protect`: destroy and replace stop with an error."""
+    delete_before_replace: bool
+    """`deleteBeforeReplace`."""
+    custom_timeouts: dict[str, str]
+    """`customTimeouts` that are set (create, update, delete)."""
+    ignore_changes: tuple[str, ...]
+    """`ignoreChanges`."""
+    replace_on_changes: tuple[str, ...]
+    """`replaceOnChanges`."""
+    retain_on_delete: bool
+    """`retainOnDelete`."""
+
+
+def _logical_name(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
-    """Records every resource and echoes its inputs back as outputs."""
+    """Records every resource and echoes its inputs back as outputs; with `RecordingMonitor`, also the options."""
 
     def __init__(self) -> None:
         self.resources: list[RecordedResource] = []
+        self.options: dict[tuple[str, str], RecordedOptions] = {}
+        """(type token, logical name) -> the resource's options."""
 
     def new_resource(self, args: Any) -> tuple[str, dict[str, Any]]:
         self.resources.append(RecordedResource(args.typ, args.name, dict(args.inputs)))
@@ -66,6 +95,38 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def others(self) -> list[RecordedResource]:
         return [r for r in self.resources if not is_kubernetes_object(r.type)]
+
+    def options_of(self, type_token: str, name: str) -> RecordedOptions:
+        return self.options[(type_token, name)]
+
+
+class RecordingMonitor(MockMonitor):
+    """The SDK's mock monitor, which also records the options of every resource registration into the mocks (the
+    mocks alone see only inputs)."""
+
+    mocks: RecordingMocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        if request.type != "pulumi:pulumi:Stack":
+            timeouts = request.customTimeouts
+            self.mocks.options[(request.type, request.name)] = RecordedOptions(
+                parent=_logical_name(request.parent) if request.parent else "",
+                dependencies=frozenset(_logical_name(urn) for urn in request.dependencies),
+                protect=bool(request.protect),
+                delete_before_replace=request.deleteBeforeReplace,
+                custom_timeouts={
+                    key: getattr(timeouts, key) for key in ("create", "update", "delete") if getattr(timeouts, key)
+                },
+                ignore_changes=tuple(request.ignoreChanges),
+                replace_on_changes=tuple(request.replaceOnChanges),
+                retain_on_delete=bool(request.retainOnDelete),
+            )
+        return super().RegisterResource(request)
+
+
+def use_mocks(mocks: RecordingMocks, project: str, stack: str) -> None:
+    """Make `mocks` (and a monitor recording every resource's options) the runtime of the next program."""
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=RecordingMonitor(mocks))
 
 
 def is_kubernetes_object(type_token: str) -> bool:
@@ -142,7 +203,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> R
     from infra.program import build
 
     mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project=project_name(), stack=stack, preview=False)
+    use_mocks(mocks, project_name(), stack)
     pulumi.runtime.set_all_config(config, secret_keys)
 
     @pulumi.runtime.test

@@ -65,7 +65,8 @@ class Storage(pulumi.ComponentResource):
         self.sub_paths = {}
         data = pulumi.ResourceOptions(parent=self, protect=args.protect_data)
         self.volumes: list[k8s.core.v1.PersistentVolume] = []
-        self.claims: list[k8s.core.v1.PersistentVolumeClaim] = []
+        self.claims: dict[str, k8s.core.v1.PersistentVolumeClaim] = {}
+        """The PVC per volume role (depend on it where only its name is passed on)."""
         for claim in args.claims:
             meta_labels = labels(claim.role, args.instance, "storage")
             volume_name: pulumi.Input[str] | None = None
@@ -113,6 +114,6 @@ class Storage(pulumi.ComponentResource):
                 ),
                 opts=data,
             )
-            self.claims.append(pvc)
+            self.claims[claim.role] = pvc
             self.claim_names[claim.role] = pvc.metadata.name
         self.register_outputs({"claim_names": self.claim_names, "sub_paths": self.sub_paths})

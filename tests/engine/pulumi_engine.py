@@ -27,7 +27,7 @@ from pulumi import automation as auto
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.gpu.yaml")
-PROJECT_DIRS = ("infra", "policy")
+PROJECT_DIRS = ("infra", "workloads", "policy")  # infra imports workloads (its pure manifest builders)
 ENGINE_TOOLS = ("pulumi", "pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-kubernetes")
 # The provider the Python SDK pin (infra/requirements.txt) asks for; toolchain.sh builds this version.
 KUBERNETES_PROVIDER_VERSION = "4.32.0"

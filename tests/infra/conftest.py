@@ -10,7 +10,7 @@ import pulumi
 import pytest
 
 from infra.config import project_name
-from infra.render import RecordingMocks, redact_secrets, run_program, stack_config
+from infra.render import RecordingMocks, redact_secrets, run_program, stack_config, use_mocks
 
 PROJECT = project_name()
 
@@ -65,7 +65,7 @@ def component() -> Callable[[Callable[[], Any]], RecordingMocks]:
 
     def run(build: Callable[[], Any]) -> RecordingMocks:
         mocks = RecordingMocks()
-        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="test", preview=False)
+        use_mocks(mocks, PROJECT, "test")
 
         @pulumi.runtime.test
         def program() -> Any:

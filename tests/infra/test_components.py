@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from infra.config import Resources, Toleration
+from infra.config import Resources
 from infra.inference import InferenceArgs, InferenceService, IngressArgs
 from infra.mlflow import Mlflow, MlflowArgs, PostgresArgs
 from infra.namespace import Namespace, NamespaceArgs
@@ -16,7 +16,6 @@ from infra.rbac import TrainerRbac, TrainerRbacArgs
 from infra.render import RecordingMocks, redact_secrets
 from infra.storage import Storage, StorageArgs, VolumeClaim
 from infra.tls import Tls, TlsArgs
-from infra.training import TrainingArgs, TrainingJob, threads_per_rank
 
 from .conftest import find
 
@@ -120,33 +119,6 @@ def test_mlflow_component(component: Run, postgres: bool) -> None:
     assert pod["containers"][0]["startupProbe"]["httpGet"]["path"] == "/health"
     assert ("initContainers" in pod) == postgres
     assert "s3cret-pw" not in repr(objects)
-
-
-def test_training_component_outputs_and_threads(component: Run) -> None:
-    args = TrainingArgs(
-        namespace="team-a", run_name="exp", image="img:1", image_pull_policy="IfNotPresent", workers=3,
-        backend="gloo", master_port=29400, discovery="dns", backoff_limit=1,
-        train_yaml={"train": {"max_steps": 5}}, tracking_uri="http://mlflow:5000", service_account_name="trainer",
-        checkpoint_claim="checkpoints", resources=Resources("1500m", "2500m", "1Gi", "2Gi"), shm_size="1Gi",
-        tolerations=(Toleration("dedicated", "ml", "NoSchedule"),),
-    )  # fmt: skip
-
-    def build() -> Any:
-        job = TrainingJob("train", args)
-        return pulumi.Output.all(job.job_name, job.rank0_address).apply(
-            lambda v: assert_equal(v, ["exp-train", "exp-train-0.exp-workers.team-a.svc.cluster.local:29400"])
-        )
-
-    mocks = component(build)
-    assert types(mocks)[0] == "mlplatform:training:TrainingJob"
-    children_named(mocks, "train")
-    job = find(mocks.objects(), "Job")
-    pod = job["spec"]["template"]["spec"]
-    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["OMP_NUM_THREADS"] == "2"
-    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
-    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
-    assert threads_per_rank("500m") == 1 and threads_per_rank("4") == 4
 
 
 @pytest.mark.parametrize("ingress", [None, "http", "https"])

@@ -1,0 +1,141 @@
+"""The typed result of a stack's configuration: one frozen dataclass per part of the platform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workloads.pod import Resources, Toleration
+
+# Sizes of the supporting servers (not tunable per stack; the quota check counts them).
+MLFLOW_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="1Gi")
+POSTGRES_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="256Mi", memory_limit="1Gi")
+
+
+@dataclass(frozen=True)
+class NamespaceSettings:
+    name: str
+    """The namespace itself."""
+    quota_cpu: str
+    """Sum of cpu limits allowed."""
+    quota_memory: str
+    """Sum of memory limits allowed."""
+    quota_pods: int
+    """Pods allowed."""
+    quota_gpus: int
+    """nvidia.com/gpu requests allowed (0: no GPU quota line)."""
+    defaults: Resources
+    """LimitRange defaults for containers that declare nothing."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    mode: str
+    """hostPath or storageClass."""
+    host_path: str
+    """Directory on the kind node (hostPath mode)."""
+    storage_class: str
+    """StorageClass of the PVCs ("" = cluster default)."""
+    access_mode: str
+    """Access mode of the checkpoint volume."""
+    checkpoint_size: str
+    """Checkpoint volume size."""
+    mlflow_size: str
+    """MLflow volume size."""
+    protect_data: bool
+    """Protect the data claims from `pulumi destroy` and replacement."""
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    backend: str
+    """sqlite or postgresql."""
+    node_port: int
+    """NodePort of the MLflow Service (when service_type is NodePort)."""
+    postgres_image: str
+    """PostgreSQL image (postgresql backend)."""
+    postgres_size: str
+    """PostgreSQL volume size."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    enabled: bool
+    """Whether the Ingress terminates TLS with a cert-manager Certificate."""
+    install_cert_manager: bool
+    """Install cert-manager itself."""
+    cert_manager_namespace: str
+    """Where cert-manager runs."""
+    issuer: str
+    """selfSigned or acme."""
+    acme_email: str
+    """ACME account e-mail."""
+    acme_server: str
+    """ACME directory URL."""
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    run_name: str
+    """Run name; the Job is `<run_name>-train`."""
+    workers: int
+    """Pods = WORLD_SIZE."""
+    backend: str
+    """gloo or nccl."""
+    master_port: int
+    """MASTER_PORT."""
+    discovery: str
+    """dns or kubernetes-api."""
+    backoff_limit: int
+    """Retriable failures before the Job fails."""
+    max_steps: int
+    """train.max_steps."""
+    batch_size: int
+    """train.batch_size (global)."""
+    checkpoint_every: int
+    """checkpoint.every."""
+    settings: tuple[tuple[str, str], ...]
+    """Extra train.yaml settings as (section.key, raw value)."""
+    resources: Resources
+    """Per-worker requests and limits."""
+    shm_size: str
+    """/dev/shm size limit."""
+    node_selector: tuple[tuple[str, str], ...]
+    """Required node labels."""
+    tolerations: tuple[Toleration, ...]
+    """Tolerated taints."""
+    wait: bool
+    """Whether `pulumi up` waits for the Job."""
+    timeout_minutes: int
+    """How long it waits."""
+    kueue_queue: str
+    """Kueue LocalQueue ("" = none)."""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    model_name: str
+    """Registered model served."""
+    model_alias: str
+    """Alias followed."""
+    node_port: int
+    """NodePort of the inference Service (NodePort mode)."""
+    resources: Resources
+    """Per-pod requests and limits."""
+    min_replicas: int
+    """HPA minimum."""
+    max_replicas: int
+    """HPA maximum."""
+    cpu_utilization: int
+    """HPA target, percent of the cpu request."""
+    scale_up_window_s: int
+    """HPA scale-up stabilization window."""
+    scale_down_window_s: int
+    """HPA scale-down stabilization window."""
+    ingress_enabled: bool
+    """Create an Ingress."""
+    ingress_host: str
+    """Ingress host name."""
+    ingress_class: str
+    """IngressClass name."""
+    ingress_controller_namespace: str
+    """Namespace of the ingress controller (NetworkPolicy source)."""

@@ -1,0 +1,193 @@
+"""Typed getters over a stack's raw config that collect every problem instead of stopping at the first.
+
+Each getter names the key, the bad value and what is allowed, and returns a harmless value so validation can go
+on; `ConfigError` reports them all at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from workloads.pod import Resources, Toleration
+from workloads.quantity import parse_quantity
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+# Sections of train.yaml a `trainSettings` entry may address (see docs/trainer.md).
+TRAIN_SECTIONS = ("data", "model", "train", "checkpoint", "tracking", "distributed")
+# train.yaml keys the platform itself sets from typed stack config; `trainSettings` must not fight them.
+TRAIN_KEYS_OWNED = {
+    "train.max_steps": "trainMaxSteps",
+    "train.batch_size": "trainBatchSize",
+    "checkpoint.every": "checkpointEvery",
+    "checkpoint.dir": "runName",
+    "tracking.uri": "(the MLflow Service)",
+    "tracking.model_name": "modelName",
+    "tracking.alias": "modelAlias",
+    "distributed.backend": "trainBackend",
+    "distributed.discovery": "rankDiscovery",
+}
+
+
+class ConfigError(ValueError):
+    """Every problem found in a stack's configuration, one per line."""
+
+    def __init__(self, stack: str, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"stack {stack!r} has {len(problems)} configuration problem(s); fix them with "
+            f"`pulumi config set <key> <value> -s {stack}` or in Pulumi.{stack}.yaml:\n{lines}"
+        )
+
+
+class Validator:
+    """Collects every problem; the caller builds its dataclasses from the getters' results and raises ConfigError
+    if `problems` is not empty."""
+
+    def __init__(self, stack: str, raw: Mapping[str, Any], secrets_set: set[str], plain_secrets: set[str]) -> None:
+        self.stack = stack
+        self.raw = raw
+        self.secrets_set = secrets_set
+        self.problems: list[str] = [
+            f"{key}: is set in plain text; it must be a secret: `pulumi config set --secret {key} <value> -s {stack}`"
+            for key in sorted(plain_secrets)
+        ]
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}={self.raw.get(key)!r}: {message}")
+
+    # typed getters: each records a problem and returns a harmless value when the input is wrong
+
+    def string(self, key: str) -> str:
+        value = self.raw.get(key)
+        if not isinstance(value, str):
+            self.problem(key, "must be a string")
+            return ""
+        return value
+
+    def integer(self, key: str, low: int | None = None, high: int | None = None) -> int:
+        value = self.raw.get(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.problem(key, "must be an integer")
+            return low or 0
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}"
+            self.problem(key, f"must be {bounds}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw.get(key)
+        if not isinstance(value, bool):
+            self.problem(key, "must be true or false")
+            return False
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.raw.get(key)
+        if value not in allowed:
+            self.problem(key, f"must be one of {', '.join(allowed)}")
+            return allowed[0]
+        return str(value)
+
+    def quantity(self, key: str, *, positive: bool = True) -> str:
+        value = self.string(key)
+        if not value:
+            return "0"
+        try:
+            amount = parse_quantity(value)
+        except ValueError:
+            self.problem(key, "is not a Kubernetes quantity; use forms like 500m, 2, 512Mi, 4Gi")
+            return "0"
+        if positive and amount <= 0:
+            self.problem(key, "must be greater than zero")
+        return value
+
+    def string_list(self, key: str) -> list[str]:
+        value = self.raw.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(key, "must be a list of strings")
+            return []
+        return value
+
+    def resources(self, prefix: str, gpus: int = 0) -> Resources:
+        res = Resources(
+            cpu_request=self.quantity(f"{prefix}CpuRequest"),
+            cpu_limit=self.quantity(f"{prefix}CpuLimit"),
+            memory_request=self.quantity(f"{prefix}MemoryRequest"),
+            memory_limit=self.quantity(f"{prefix}MemoryLimit"),
+            gpus=gpus,
+        )
+        for kind in ("Cpu", "Memory"):
+            request_key, limit_key = f"{prefix}{kind}Request", f"{prefix}{kind}Limit"
+            try:
+                request = parse_quantity(self.raw[request_key])
+                limit = parse_quantity(self.raw[limit_key])
+            except (ValueError, KeyError):
+                continue  # already reported
+            if request > limit:
+                self.problem(request_key, f"must not exceed {limit_key}={self.raw[limit_key]!r}")
+        return res
+
+    def image(self, key: str) -> str:
+        value = self.string(key)
+        if not _IMAGE.match(value):
+            self.problem(key, "must be an image reference like registry/repo:tag or repo@sha256:...")
+        return value
+
+    def dns_label(self, key: str, what: str = "a DNS-1123 label") -> str:
+        value = self.string(key)
+        if not DNS_LABEL.match(value):
+            self.problem(key, f"must be {what}: lowercase letters, digits and '-', at most 63 characters")
+        return value
+
+    def key_values(self, key: str) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        for item in self.string_list(key):
+            name, sep, value = item.partition("=")
+            if not sep or not _LABEL_KEY.match(name) or not _LABEL_VALUE.match(value):
+                self.problems.append(f"{key}: entry {item!r} must be label-key=label-value")
+                continue
+            pairs.append((name, value))
+        return tuple(pairs)
+
+    def tolerations(self, key: str) -> tuple[Toleration, ...]:
+        result = []
+        for item in self.string_list(key):
+            head, sep, effect = item.rpartition(":")
+            name, eq, value = head.partition("=")
+            if (
+                not sep
+                or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute")
+                or not _LABEL_KEY.match(name)
+                or (eq and not _LABEL_VALUE.match(value))
+            ):
+                self.problems.append(
+                    f"{key}: entry {item!r} must be key[=value]:Effect with Effect one of "
+                    "NoSchedule, PreferNoSchedule, NoExecute"
+                )
+                continue
+            result.append(Toleration(key=name, value=value if eq else None, effect=effect))
+        return tuple(result)
+
+    def train_settings(self, key: str) -> tuple[tuple[str, str], ...]:
+        result = []
+        for item in self.string_list(key):
+            path, sep, value = item.partition("=")
+            section, dot, field = path.partition(".")
+            if not sep or not dot or section not in TRAIN_SECTIONS or not re.match(r"^[a-z_]+$", field):
+                self.problems.append(
+                    f"{key}: entry {item!r} must be section.key=value with section one of " + ", ".join(TRAIN_SECTIONS)
+                )
+            elif path in TRAIN_KEYS_OWNED:
+                self.problems.append(f"{key}: entry {item!r} sets {path}; set {TRAIN_KEYS_OWNED[path]} instead")
+            else:
+                result.append((path, value))
+        return tuple(result)

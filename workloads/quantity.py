@@ -1,0 +1,28 @@
+"""Kubernetes resource quantities (`500m`, `4Gi`, `1e3`) as exact decimals."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$")
+_SUFFIX = {
+    "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50), "Ei": Decimal(2**60), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15),
+    "E": Decimal(10**18), "": Decimal(1),
+}  # fmt: skip
+
+
+def parse_quantity(text: str) -> Decimal:
+    """Value of a Kubernetes quantity (`500m` -> 0.5, `4Gi` -> 4294967296); ValueError if it does not parse."""
+    match = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    number, suffix = match.group(1), match.group(3) or ""
+    try:
+        if suffix[:1] in ("e", "E"):
+            return Decimal(number + suffix)
+        return Decimal(number) * _SUFFIX[suffix]
+    except InvalidOperation as err:  # pragma: no cover - the regex admits only valid decimals
+        raise ValueError(f"{text!r} is not a Kubernetes quantity") from err
