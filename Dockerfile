@@ -38,6 +38,7 @@ WORKDIR /app
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 COPY pyproject.toml README.md ./
+COPY tinygpt ./tinygpt
 COPY trainer ./trainer
 COPY inference ./inference
 # The project itself, with the ranges pyproject.toml declares (DL3013 asks for a pin, which a local path has not).

@@ -34,9 +34,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from inference.decoding import BatchDecoder, SamplingParams, generate  # noqa: E402
-from inference.loading import COMPLETE_MARKER, load_directory  # noqa: E402
-from trainer.model import GPT, GPTConfig, save_model  # noqa: E402
-from trainer.tokenizer import CharTokenizer  # noqa: E402
+from inference.loading import load_directory  # noqa: E402
+from tinygpt import saved  # noqa: E402
+from tinygpt.config import GPTConfig  # noqa: E402
+from tinygpt.model import GPT  # noqa: E402
+from tinygpt.saved import COMPLETE_FILE  # noqa: E402
+from tinygpt.tokenizer import CharTokenizer  # noqa: E402
 
 DEMO_SHAPE = {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128}
 NEW_TOKENS = 64
@@ -63,9 +66,8 @@ def train_demo_model(root: Path, steps: int) -> Path:
         loss.backward()
         optimizer.step()
     directory = root / f"step-{steps:08d}"
-    save_model(model, directory)
-    tokenizer.save(directory / "tokenizer.json")
-    (directory / COMPLETE_MARKER).write_text("")
+    saved.save(model, tokenizer, directory)
+    (directory / COMPLETE_FILE).write_text("")
     return directory
 
 

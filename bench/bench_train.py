@@ -94,9 +94,10 @@ def profile(config: dict[str, Any], threads: int, batch: int, steps: int = 30) -
     from torch.profiler import profile as torch_profile
 
     sys.path.insert(0, str(REPO))
+    from tinygpt.config import GPTConfig
+    from tinygpt.model import GPT
     from trainer.config import TrainConfig
     from trainer.loop import make_optimizer
-    from trainer.model import GPT, GPTConfig
 
     torch.set_num_threads(threads)
     model = GPT(GPTConfig(vocab_size=65, **config["model"]))

@@ -1,4 +1,4 @@
-"""KV-cached batched decoding of `trainer.model.GPT` with sequences joining and leaving between steps.
+"""Batched decoding with sequences joining and leaving between steps, on `tinygpt`'s cached forward.
 
 The decoder owns one key/value cache slot per batch row. Rows are kept contiguous (a finished row's slot is
 filled by moving the last row into it), so every decoding step is one forward pass over rows `[0, n)`.
@@ -8,12 +8,8 @@ Each step, every row contributes exactly one new token:
    token, is run through the model in one padded batch, writing keys and values into their slots;
 2. all rows then run one cached decoding step on their last token, and a token is sampled for each.
 
-Context longer than `block_size`: like nanoGPT's crop, the model only ever sees a window of at most `block_size`
-tokens, with positions counted from the window's start. A prompt is left-truncated to its last `block_size`
-tokens. When a row's cache is full, the window slides: it restarts from the last `block_size // 2` tokens and
-their cache is recomputed (positions shift, so cached keys cannot be reused), after which decoding is cached
-again. So each token is predicted from between `block_size // 2` and `block_size` tokens of context, and
-recomputation costs one prefill per `block_size // 2` generated tokens instead of one per token.
+Context windows follow `tinygpt.generate`: prompts are left-truncated to `block_size` tokens, and a full cache
+slides the window to its last `block_size // 2` tokens (`slid_window_start`), whose cache is then recomputed.
 """
 
 from __future__ import annotations
@@ -21,29 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
-from typing import Protocol, cast
 
 import torch
-from torch.nn import functional as F
 
-from trainer.model import GPT
-from trainer.tokenizer import CharTokenizer
-
-
-class _Attention(Protocol):
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-
-    def project(self, y: torch.Tensor) -> torch.Tensor: ...
-
-
-class _Block(Protocol):
-    """The parts of a `trainer.model` block the decoder runs one by one (nanoGPT's pre-norm layout)."""
-
-    ln_1: Callable[[torch.Tensor], torch.Tensor]
-    attn: _Attention
-    ln_2: Callable[[torch.Tensor], torch.Tensor]
-    mlp: Callable[[torch.Tensor], torch.Tensor]
-
+from tinygpt.generate import sample, slid_window_start
+from tinygpt.model import GPT
+from tinygpt.tokenizer import CharTokenizer
 
 FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
@@ -140,20 +119,13 @@ class BatchDecoder:
     """Runs the rows of a batch one token per step with a per-row KV cache (see the module docstring)."""
 
     def __init__(self, model: GPT, tokenizer: CharTokenizer, max_batch_size: int) -> None:
-        config = model.config
         self.model = model
-        self.blocks = [cast(_Block, block) for block in model.blocks]
         self.tokenizer = tokenizer
-        self.block_size = config.block_size
+        self.block_size = model.config.block_size
         self.max_batch_size = max_batch_size
         self.device = model.wte.weight.device
-        head_dim = config.n_embd // config.n_head
-        shape = (max_batch_size, config.n_head, config.block_size, head_dim)
-        dtype = model.wte.weight.dtype
-        self.keys = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(config.n_layer)]
+        self.cache = model.new_cache(max_batch_size)
         self.rows: list[Sequence] = []
-        self._positions = torch.arange(config.block_size, device=self.device)
         self._pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
         self._shared_generator = torch.Generator(device="cpu")
         self._shared_generator.seed()
@@ -178,8 +150,7 @@ class BatchDecoder:
                 continue
             last = len(self.rows) - 1
             if slot != last:
-                for cache in (*self.keys, *self.values):
-                    cache[slot].copy_(cache[last])
+                self.cache.move(last, slot)
                 self.rows[slot] = self.rows[last]
             self.rows.pop()
             dropped.append(seq)
@@ -206,78 +177,46 @@ class BatchDecoder:
         windows = []
         for slot, seq in todo:
             if seq.cache_len >= self.block_size:
-                seq.window_start = len(seq.tokens) - max(1, self.block_size // 2)
-            windows.append((slot, seq, seq.tokens[seq.window_start : -1]))
+                seq.window_start = slid_window_start(len(seq.tokens), self.block_size)
+            windows.append((slot, seq.tokens[seq.window_start : -1]))
             seq.cache_len = len(seq.tokens) - 1 - seq.window_start
-        windows = [w for w in windows if w[2]]
+        windows = [w for w in windows if w[1]]
         if not windows:
             return
-        length = max(len(w[2]) for w in windows)
+        length = max(len(window) for _, window in windows)
         ids = torch.zeros((len(windows), length), dtype=torch.long)
-        for i, (_, _, window) in enumerate(windows):
+        for i, (_, window) in enumerate(windows):
             ids[i, : len(window)] = torch.tensor(window)
-        ids = ids.to(self.device)
-        slots = torch.tensor([w[0] for w in windows], device=self.device)
-        model = self.model
+        slots = torch.tensor([slot for slot, _ in windows], device=self.device)
         # Right padding is harmless under causal attention: real positions never attend to later padding, and
         # the padding's cache entries lie beyond each row's `cache_len`, so decoding masks or overwrites them.
-        x = model.wte(ids) + model.wpe(self._positions[:length])
-        last = len(self.blocks) - 1
-        for layer, block in enumerate(self.blocks):
-            q, k, v = block.attn.qkv(block.ln_1(x))
-            self.keys[layer][slots, :, :length] = k
-            self.values[layer][slots, :, :length] = v
-            if layer == last:
-                break  # the last block's output is not needed, only its keys and values
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + block.attn.project(y)
-            x = x + block.mlp(block.ln_2(x))
+        self.model(ids.to(self.device), cache=self.cache, slots=slots)
 
     def _decode(self) -> torch.Tensor:
         """One cached step for every row on its last token; returns next-token logits (n, vocab)."""
-        n = len(self.rows)
-        model = self.model
-        last_tokens = torch.tensor([seq.tokens[-1] for seq in self.rows], device=self.device)
+        last_tokens = torch.tensor([[seq.tokens[-1]] for seq in self.rows], device=self.device)
         positions = torch.tensor([seq.cache_len for seq in self.rows], device=self.device)
-        rows = torch.arange(n, device=self.device)
-        span = int(positions.max()) + 1
-        mask = (self._positions[:span] <= positions[:, None])[:, None, None, :]
-        x = (model.wte(last_tokens) + model.wpe(positions))[:, None, :]
-        for layer, block in enumerate(self.blocks):
-            q, k, v = block.attn.qkv(block.ln_1(x))
-            keys, values = self.keys[layer], self.values[layer]
-            keys[rows, :, positions] = k[:, :, 0]
-            values[rows, :, positions] = v[:, :, 0]
-            y = F.scaled_dot_product_attention(q, keys[:n, :, :span], values[:n, :, :span], attn_mask=mask)
-            x = x + block.attn.project(y)
-            x = x + block.mlp(block.ln_2(x))
+        logits, _ = self.model(last_tokens, cache=self.cache, input_pos=positions)
         for seq in self.rows:
             seq.cache_len += 1
-        return model.lm_head(model.ln_f(x[:, 0, :])).float()
+        return logits[:, -1].float()
 
     def _sample(self, logits: torch.Tensor) -> list[int]:
         rows = self.rows
         temperatures = [seq.params.temperature for seq in rows]
         if all(t == 0 for t in temperatures):
             return logits.argmax(dim=-1).tolist()
-        greedy = logits.argmax(dim=-1)
-        temps = torch.tensor(temperatures, device=logits.device).clamp_min(1e-5)[:, None]
-        probs, order = torch.sort(torch.softmax(logits / temps, dim=-1), dim=-1, descending=True)
-        top_p = [seq.params.top_p for seq in rows]
-        if any(p < 1 for p in top_p):
-            cutoff = torch.tensor(top_p, device=logits.device)[:, None]
-            # Keep the smallest prefix of the sorted distribution whose mass reaches top_p (always >= 1 token).
-            probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= cutoff, 0.0)
-        cdf = probs.cumsum(dim=-1)
         uniforms = torch.rand(len(rows), generator=self._shared_generator)
         for i, seq in enumerate(rows):
             if seq.generator is not None:
                 uniforms[i] = torch.rand((), generator=seq.generator)
-        draws = uniforms.to(logits.device)[:, None] * cdf[:, -1:]
-        picks = torch.searchsorted(cdf, draws).clamp_max(cdf.shape[-1] - 1)
-        sampled = order.gather(-1, picks)[:, 0]
-        is_greedy = torch.tensor([t == 0 for t in temperatures], device=logits.device)
-        return torch.where(is_greedy, greedy, sampled).tolist()
+        device = logits.device
+        return sample(
+            logits,
+            torch.tensor(temperatures, device=device),
+            torch.tensor([seq.params.top_p for seq in rows], device=device),
+            uniforms.to(device),
+        ).tolist()
 
 
 def generate(decoder: BatchDecoder, prompts: SequenceOf[SequenceOf[int]], params: SamplingParams) -> list[Sequence]:

@@ -2,6 +2,7 @@
 
 A *source* answers two questions: which version is current (cheap, polled) and where are that version's files
 (may download). The version is an opaque string: the registry's version number, or a checkpoint's directory name.
+What the files are (saved model, checkpoint root, MLflow model) is `tinygpt.saved`'s business.
 """
 
 from __future__ import annotations
@@ -16,18 +17,15 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from inference.settings import MODEL_URI_RE, Settings
-from trainer.model import CONFIG_FILE, GPT, TOKENIZER_FILE, WEIGHTS_FILE, load_model
-from trainer.tokenizer import CharTokenizer
+from tinygpt import saved
+from tinygpt.model import GPT
+from tinygpt.saved import SAVED_MODEL_FILES, SavedModelError, find_saved_model, is_saved_model_dir, latest_checkpoint
+from tinygpt.tokenizer import CharTokenizer
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
-
-COMPLETE_MARKER = "COMPLETE"
-"""A trainer checkpoint directory is finished only once this file exists in it."""
-STEP_PREFIX = "step-"
-
 
 class ModelLoadError(RuntimeError):
     """The model could not be found, fetched or read; the message says which and where."""
@@ -59,28 +57,15 @@ class ModelSource(Protocol):
         ...
 
 
-def is_saved_model_dir(path: Path) -> bool:
-    return all((path / f).is_file() for f in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE))
-
-
-def newest_complete_checkpoint(root: Path) -> Path | None:
-    """The `step-*` directory under `root` with the highest step that has a `COMPLETE` marker."""
-    candidates = []
-    for child in root.iterdir():
-        suffix = child.name.removeprefix(STEP_PREFIX)
-        if child.name.startswith(STEP_PREFIX) and suffix.isdigit() and (child / COMPLETE_MARKER).is_file():
-            candidates.append((int(suffix), child))
-    return max(candidates)[1] if candidates else None
-
-
 class LocalSource:
-    """A saved-model directory (never changes) or a checkpoint root (the newest complete step is current)."""
+    """A saved-model or MLflow model directory (never changes), or a checkpoint root (the newest complete step is
+    current)."""
 
     pollable: bool
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.pollable = not is_saved_model_dir(path)
+        self.pollable = not (is_saved_model_dir(path) or (path / saved.MLMODEL_FILE).is_file())
         self.name = path.resolve().name
 
     def current_version(self) -> str:
@@ -88,11 +73,11 @@ class LocalSource:
             raise ModelLoadError(f"model path {self.path} does not exist or is not a directory")
         if not self.pollable:
             return self.path.name
-        newest = newest_complete_checkpoint(self.path)
+        newest = latest_checkpoint(self.path)
         if newest is None:
             raise ModelLoadError(
-                f"{self.path} is neither a saved-model directory ({WEIGHTS_FILE}, {CONFIG_FILE}, "
-                f"{TOKENIZER_FILE}) nor a checkpoint root with a complete {STEP_PREFIX}* directory"
+                f"{self.path} is neither a saved-model directory ({', '.join(SAVED_MODEL_FILES)}) nor a checkpoint "
+                "root with a complete step-* directory"
             )
         return newest.name
 
@@ -148,7 +133,7 @@ class MlflowSource:
         from mlflow.exceptions import MlflowException
 
         target = self.cache_dir / self.name / version
-        if is_saved_model_dir(target):
+        if target.is_dir():  # only ever renamed into place complete
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         # Download into a fresh temporary directory and rename, so a crash never leaves a half-written version
@@ -166,10 +151,15 @@ class MlflowSource:
                     registry_uri=self.tracking_uri,
                 )
             )
-            if not is_saved_model_dir(downloaded):
-                raise ModelLoadError(
-                    f"models:/{self.name}/{version} holds no saved model ({WEIGHTS_FILE}, {CONFIG_FILE}, "
-                    f"{TOKENIZER_FILE} at its root)"
+            try:
+                found = find_saved_model(downloaded)
+            except SavedModelError as exc:
+                raise ModelLoadError(f"models:/{self.name}/{version}: {exc}") from exc
+            if found == downloaded:
+                log.warning(
+                    "models:/%s/%s holds raw saved-model files from before the MLflow pyfunc model: this server "
+                    "loads it, but MLflow's tools (mlflow.pyfunc.load_model) cannot; retrain or re-register it",
+                    self.name, version,
                 )
             shutil.rmtree(target, ignore_errors=True)
             downloaded.rename(target)
@@ -215,17 +205,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_directory(directory: Path, name: str, version: str, device: torch.device) -> LoadedModel:
-    """Read a saved-model directory and prepare the model for inference on `device`."""
+    """Read the saved model in `directory` (or in the MLflow model there) for inference on `device`."""
     try:
-        model = load_model(directory, map_location=device)
-        tokenizer = CharTokenizer.load(directory / TOKENIZER_FILE)
-    except Exception as exc:  # a corrupt file can raise almost anything from unpickling; report it as unloadable
-        raise ModelLoadError(f"cannot load the model in {directory}: {exc}") from exc
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise ModelLoadError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} characters but the model expects "
-            f"vocab_size={model.config.vocab_size}"
-        )
-    model.to(device).eval()
-    model.requires_grad_(False)
-    return LoadedModel(name=name, version=version, model=model, tokenizer=tokenizer, device=device)
+        found = saved.load(find_saved_model(directory), map_location=device)
+    except SavedModelError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    found.model.requires_grad_(False)
+    return LoadedModel(name=name, version=version, model=found.model, tokenizer=found.tokenizer, device=device)

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
 from inference.engine import Engine
 from inference.loading import LoadedModel, ModelLoadError, ModelSource, load_directory, make_source, resolve_device
 from inference.metrics import Metrics
@@ -57,24 +59,32 @@ class ModelManager:
         self.engine = None
 
     async def _keep_current(self) -> None:
-        retry = FIRST_RETRY_S
+        # Polling must outlive any failure: the current version keeps serving, and the next try waits twice as
+        # long as the last (from FIRST_RETRY_S up to the poll interval) until one succeeds.
         while True:
-            try:
-                if self.source is None:
-                    self.source = make_source(self.settings)
-                await self._refresh(self.source)
-                retry = FIRST_RETRY_S
-                if not self.source.pollable:
-                    return
-                await asyncio.sleep(self.settings.poll_interval_s)
-            except Exception as exc:  # polling must outlive any failure: the current version keeps serving
-                self.metrics.model_load_failures.inc()
-                self.last_error = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "%s; retrying in %.1fs", self.last_error, retry, exc_info=not isinstance(exc, ModelLoadError)
-                )
-                await asyncio.sleep(retry)
-                retry = min(2 * retry, self.settings.poll_interval_s)
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(Exception),
+                wait=wait_exponential(multiplier=FIRST_RETRY_S, max=self.settings.poll_interval_s),
+                before_sleep=self._record_failure,
+            ):
+                with attempt:
+                    if self.source is None:
+                        self.source = make_source(self.settings)
+                    await self._refresh(self.source)
+            assert self.source is not None  # set by the attempt that succeeded
+            if not self.source.pollable:
+                return
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    def _record_failure(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is None:
+            return
+        self.metrics.model_load_failures.inc()
+        self.last_error = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        trace = None if isinstance(exc, ModelLoadError) else exc  # an unexpected error gets its traceback logged
+        log.warning("%s; retrying in %.1fs", self.last_error, delay, exc_info=trace)
 
     async def _refresh(self, source: ModelSource) -> None:
         version = await asyncio.to_thread(source.current_version)

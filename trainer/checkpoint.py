@@ -1,7 +1,7 @@
 """Checkpoints: `<checkpoint.dir>/step-NNNNNNNN/` directories that are also saved-model directories.
 
-Layout of one checkpoint (the first three files are what `trainer.model.load_model` and the inference service
-read, so any checkpoint can be served as is):
+Layout of one checkpoint (the first three files are a saved model, `tinygpt.saved`, so any checkpoint can be
+served as is; the `step-NNNNNNNN` names and the `COMPLETE` marker are tinygpt.saved's checkpoint-root layout):
 
     model.pt, model_config.json, tokenizer.json   the saved model
     optimizer.pt                                   AdamW state
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,14 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.model import CONFIG_FILE, GPT, TOKENIZER_FILE, WEIGHTS_FILE, GPTConfig, save_model
-from trainer.tokenizer import CharTokenizer
+from tinygpt import saved
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT
+from tinygpt.saved import COMPLETE_FILE, complete_checkpoints, step_dir_name
+from tinygpt.tokenizer import CharTokenizer
 
-COMPLETE_FILE = "COMPLETE"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -57,28 +57,6 @@ class TrainingState:
     """Mean training loss of the last step."""
     val_loss: float | None
     """Latest validation loss, if one was measured."""
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """`(step, path)` of every complete checkpoint under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and (path / COMPLETE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root`; incomplete and temporary directories are skipped."""
-    found = complete_checkpoints(root)
-    return found[-1][1] if found else None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -138,10 +116,9 @@ def save_checkpoint(
     tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, tmp)
-    _fsync_file(tmp / WEIGHTS_FILE)
-    _fsync_file(tmp / CONFIG_FILE)
-    _write_synced(tmp / TOKENIZER_FILE, tokenizer.save)
+    saved.save(model, tokenizer, tmp)
+    for name in saved.SAVED_MODEL_FILES:
+        _fsync_file(tmp / name)
     _write_synced(tmp / OPTIMIZER_FILE, lambda path: torch.save(optimizer.state_dict(), path))
     _write_synced(tmp / RNG_FILE, lambda path: torch.save(capture_rng(), path))
     _write_synced(tmp / STATE_FILE, lambda path: path.write_text(json.dumps(asdict(state), indent=2)))
@@ -193,9 +170,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     return Checkpoint(
         path=path,
         state=read_state(path),
-        model_config=GPTConfig.from_json((path / CONFIG_FILE).read_text()),
-        tokenizer=CharTokenizer.load(path / TOKENIZER_FILE),
-        model_state=torch.load(path / WEIGHTS_FILE, map_location=map_location, weights_only=True),
+        model_config=saved.load_config(path),
+        tokenizer=saved.load_tokenizer(path),
+        model_state=saved.load_weights(path, map_location),
         optimizer_state=torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True),
         rng=torch.load(path / RNG_FILE, map_location="cpu", weights_only=True),
     )

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from tinygpt.config import VOCAB_FROM_TOKENIZER, GPTConfig
+
 PYTHON_DOCS = "python-docs"
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -48,32 +50,6 @@ class DataConfig:
         problems: list[str] = []
         _check(problems, bool(self.source), "data.source", self.source, f"'{PYTHON_DOCS}' or a file path")
         _check(problems, 0.0 < self.val_fraction <= 0.5, "data.val_fraction", self.val_fraction, "in (0, 0.5]")
-        _raise(problems)
-
-
-@dataclass(kw_only=True, slots=True)
-class ModelConfig:
-    """Shape of the GPT; the vocabulary size comes from the tokenizer."""
-
-    n_layer: int = 4
-    """Number of transformer blocks (>= 1)."""
-    n_head: int = 4
-    """Attention heads per block (>= 1, divides model.n_embd)."""
-    n_embd: int = 128
-    """Width of the residual stream (>= 1)."""
-    block_size: int = 64
-    """Context length in characters, also the length of every training sequence (>= 1)."""
-    dropout: float = 0.0
-    """Dropout probability while training, in [0, 1)."""
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        for key in ("n_layer", "n_head", "n_embd", "block_size"):
-            value = getattr(self, key)
-            _check(problems, value >= 1, f"model.{key}", value, "must be an integer >= 1")
-        if self.n_head >= 1 and self.n_embd % self.n_head:
-            problems.append(f"model.n_embd={self.n_embd}: must be divisible by model.n_head={self.n_head}")
-        _check(problems, 0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
         _raise(problems)
 
 
@@ -212,8 +188,8 @@ class TrainerConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     """Corpus and split."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """Network shape."""
+    model: GPTConfig = field(default_factory=GPTConfig)
+    """Network shape (the model package's own config; its vocab_size comes from the tokenizer, not from here)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation and evaluation."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -229,12 +205,13 @@ class TrainerConfig:
             f"{section.name}.{key}": value
             for section in dataclasses.fields(self)
             for key, value in dataclasses.asdict(getattr(self, section.name)).items()
+            if key in _field_types(type(getattr(self, section.name)))
         }
 
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
-    "model": ModelConfig,
+    "model": GPTConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "tracking": TrackingConfig,
@@ -248,7 +225,12 @@ def _raise(problems: list[str]) -> None:
 
 
 def _field_types(section_cls: type) -> dict[str, type]:
-    return {f.name: {"int": int, "float": float, "str": str}[str(f.type)] for f in dataclasses.fields(section_cls)}
+    """The keys a config file may set in a section, with their types."""
+    return {
+        f.name: {"int": int, "float": float, "str": str}[str(f.type)]
+        for f in dataclasses.fields(section_cls)
+        if not (section_cls is GPTConfig and f.name == VOCAB_FROM_TOKENIZER)
+    }
 
 
 def _coerce(key: str, value: object, kind: type) -> object:
@@ -344,7 +326,7 @@ def build_config(
             kwargs["uri"] = environ.get("MLFLOW_TRACKING_URI", "")
         try:
             sections[name] = cls(**kwargs)
-        except ConfigError as exc:
+        except ValueError as exc:  # ConfigError, or GPTConfig's ValueError that names its model.* keys too
             problems.append(str(exc))
     _raise(problems)
     return TrainerConfig(**sections)  # type: ignore[arg-type]

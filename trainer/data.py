@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from tinygpt.tokenizer import CharTokenizer
 from trainer.config import PYTHON_DOCS, ConfigError, DataConfig
-from trainer.tokenizer import CharTokenizer
 
 
 def load_text(source: str) -> str:

@@ -22,20 +22,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.checkpoint import (
-    Checkpoint,
-    TrainingState,
-    latest_checkpoint,
-    load_checkpoint,
-    read_state,
-    restore_rng,
-    save_checkpoint,
-    step_dir_name,
-)
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT
+from tinygpt.saved import latest_checkpoint, step_dir_name
+from trainer.checkpoint import Checkpoint, TrainingState, load_checkpoint, read_state, restore_rng, save_checkpoint
 from trainer.config import ConfigError, TrainConfig, TrainerConfig
 from trainer.data import BatchSampler, Corpus, build_corpus, mix_seed
 from trainer.distenv import DistEnv
-from trainer.model import GPT, GPTConfig
 from trainer.progress import Progress, format_metrics
 from trainer.runtime import process_group
 from trainer.tracking import RunLogger, make_logger
@@ -206,7 +199,7 @@ class Trainer:
     def run(self) -> Summary | None:
         cfg = self.config
         corpus = build_corpus(cfg.data, cfg.model.block_size)
-        model_config = GPTConfig(vocab_size=corpus.tokenizer.vocab_size, **asdict(cfg.model))
+        model_config = cfg.model.with_vocab(corpus.tokenizer.vocab_size)
         latest = latest_checkpoint(self.root)
         # Rank 0's checkpoint is the truth; it is sent to the other ranks once they have joined, so they
         # need not share rank 0's filesystem.

@@ -1,21 +1,24 @@
 """Experiment tracking behind a small interface: `NullLogger` (tracking off) and `MlflowLogger`.
 
 Only rank 0 logs. `MlflowLogger` resumes the run whose id the checkpoint recorded, logs metrics with explicit
-steps, and at the end logs the saved model under artifact path `model`, registers it as a new version of
-`tracking.model_name` and moves `tracking.alias` to it when its validation loss is no worse than the current
-holder's. mlflow is imported only when tracking is on.
+steps, and at the end logs the saved model as an MLflow pyfunc model (`tinygpt.pyfunc`) under artifact path
+`model`, registers it as a new version of `tracking.model_name` and moves `tracking.alias` to it when its
+validation loss is no worse than the current holder's. mlflow is imported only when tracking is on.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from tinygpt.pyfunc import save_pyfunc
 from trainer.config import TrackingConfig
-from trainer.model import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -162,8 +165,9 @@ class MlflowLogger:
                 version=version, model_uri=f"models:/{name}/{version}",
                 alias_moved=tags.get(TAG_DECISION) == "promoted", reason=tags.get(TAG_REASON, ""),
             )
-        for file_name in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE):
-            self.client.log_artifact(self._run_id, str(model_dir / file_name), MODEL_ARTIFACT_PATH)
+        with tempfile.TemporaryDirectory(prefix="pyfunc-") as staging:
+            local = save_pyfunc(model_dir, Path(staging) / MODEL_ARTIFACT_PATH)
+            self.client.log_artifacts(self._run_id, str(local), MODEL_ARTIFACT_PATH)
         self._ensure_registered_model(name)
         artifact_uri = self.client.get_run(self._run_id).info.artifact_uri
         version = self.client.create_model_version(
@@ -195,11 +199,15 @@ class MlflowLogger:
                 raise
 
     def _wait_until_ready(self, name: str, version: str, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (status := self.client.get_model_version(name, version).status) == "PENDING_REGISTRATION":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"model version {name}/{version} still {status} after {timeout_s:.0f} s")
-            time.sleep(0.5)
+        poll = Retrying(
+            retry=retry_if_result(lambda status: status == "PENDING_REGISTRATION"),
+            stop=stop_after_delay(timeout_s),
+            wait=wait_fixed(0.5),
+        )
+        try:
+            status = poll(lambda: self.client.get_model_version(name, version).status)
+        except RetryError:
+            raise RuntimeError(f"model version {name}/{version} still pending after {timeout_s:.0f} s") from None
         if status != "READY":
             raise RuntimeError(f"model version {name}/{version} failed to register: {status}")
 

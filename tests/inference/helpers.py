@@ -17,9 +17,11 @@ import httpx
 import torch
 from fastapi.testclient import TestClient
 
-from inference.loading import COMPLETE_MARKER
-from trainer.model import GPT, GPTConfig, save_model
-from trainer.tokenizer import CharTokenizer
+from tinygpt import saved
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT
+from tinygpt.saved import COMPLETE_FILE
+from tinygpt.tokenizer import CharTokenizer
 
 TINY_SHAPE = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}
 CORPUS = "\n".join(topics[key] for key in sorted(topics))
@@ -53,8 +55,7 @@ def _train(directory: Path, *, steps: int, shape: dict[str, int] | None) -> Path
         loss.backward()
         optimizer.step()
     model.eval()
-    save_model(model, directory)
-    tokenizer.save(directory / "tokenizer.json")
+    saved.save(model, tokenizer, directory)
     return directory
 
 
@@ -64,7 +65,7 @@ def add_checkpoint(root: Path, step: int, saved_model: Path, *, complete: bool =
     shutil.copytree(saved_model, directory)
     (directory / "train_state.pt").write_bytes(b"optimizer state is not read by inference")
     if complete:
-        (directory / COMPLETE_MARKER).write_text("")
+        (directory / COMPLETE_FILE).write_text("")
     return directory
 
 

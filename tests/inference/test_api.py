@@ -11,9 +11,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from inference.app import create_app
-from inference.loading import is_saved_model_dir
 from inference.settings import Settings
 from tests.inference.helpers import add_checkpoint, wait_ready
+from tinygpt.saved import is_saved_model_dir
 
 
 def served_model(client: TestClient) -> str:

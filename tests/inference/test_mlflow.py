@@ -1,10 +1,12 @@
 """Serving from a real MLflow registry (`mlflow server` subprocess, sqlite, served artifacts): alias resolution,
-download into the cache, pinned versions, and an alias move picked up by polling."""
+download into the cache, pinned versions, an alias move picked up by polling, versions in the raw layout of
+earlier trainers, and the same completions as MLflow's own pyfunc loader."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +17,11 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from inference.app import create_app
-from inference.loading import is_saved_model_dir
 from inference.settings import Settings
 from tests.inference.helpers import LiveServer, wait_ready
 from tests.mlflow_server import mlflow_server
+from tinygpt.pyfunc import save_pyfunc
+from tinygpt.saved import find_saved_model
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +36,9 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
 
 
-def register(tracking_uri: str, saved_model: Path) -> str:
-    """Register `saved_model` the way the trainer does: run artifacts under `model`, then a model version.
+def register(tracking_uri: str, saved_model: Path, *, raw: bool = False) -> str:
+    """Register `saved_model` the way the trainer does: an MLflow pyfunc model as run artifacts under `model`, then
+    a model version. `raw=True`: the saved model's files themselves, as trainers before the pyfunc model did.
 
     Only through a client bound to the server: MLflow's process-wide tracking URI stays unset, so a code path of
     the service that falls back to it is not rescued by the test's own set-up.
@@ -43,7 +47,11 @@ def register(tracking_uri: str, saved_model: Path) -> str:
     experiment = client.get_experiment_by_name("inference-tests")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("inference-tests")
     run = client.create_run(experiment_id)
-    client.log_artifacts(run.info.run_id, str(saved_model), "model")
+    if raw:
+        client.log_artifacts(run.info.run_id, str(saved_model), "model")
+    else:
+        with tempfile.TemporaryDirectory() as staging:
+            client.log_artifacts(run.info.run_id, str(save_pyfunc(saved_model, Path(staging) / "model")), "model")
     client.set_terminated(run.info.run_id)
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         client.create_registered_model(NAME)
@@ -68,7 +76,7 @@ def test_alias_is_served_and_moving_it_swaps_the_model(
         assert wait_ready(client) == {"status": "ready", "model": NAME, "version": first}
         assert client.get("/v1/models").json()["data"][0]["id"] == NAME
         assert fingerprint(client) == f"{NAME}:{first}"
-        assert (settings.cache_dir / NAME / first / "model.pt").is_file()
+        assert (find_saved_model(settings.cache_dir / NAME / first) / "model.pt").is_file()
 
         second = register(tracking_uri, model_b)
         assert fingerprint(client) == f"{NAME}:{first}", "registering alone must not change what is served"
@@ -115,7 +123,7 @@ def test_the_cache_keeps_only_the_served_version(
             time.sleep(0.1)
         wait_for_cache(cache, {second})
         assert fingerprint(client) == f"{NAME}:{second}"
-        assert is_saved_model_dir(cache / second)
+        assert (find_saved_model(cache / second) / "model.pt").is_file()
 
 
 def test_pinned_version_and_environment_settings(
@@ -159,3 +167,39 @@ def test_inference_tracking_uri_alone_serves_the_registry_model(
     server = live_server(INFERENCE_MODEL_URI=f"models:/{NAME}@only-inference-uri", INFERENCE_TRACKING_URI=tracking_uri)
     assert server.wait_ready(timeout=60) == {"status": "ready", "model": NAME, "version": version}
     assert "not found" not in server.log()
+
+
+def test_a_version_in_the_raw_layout_of_earlier_trainers_is_still_served(
+    tracking_uri: str, model_a: Path, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    version = register(tracking_uri, model_a, raw=True)
+    settings = make_settings(model_uri=f"models:/{NAME}/{version}", tracking_uri=tracking_uri)
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["version"] == version
+        assert fingerprint(client) == f"{NAME}:{version}"
+    warning = next(r.getMessage() for r in caplog.records if "raw saved-model files" in r.getMessage())
+    assert f"models:/{NAME}/{version}" in warning and "mlflow.pyfunc.load_model" in warning
+
+
+def test_the_server_completes_like_mlflow_pyfunc_on_the_same_version(
+    tracking_uri: str, model_a: Path, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One registered thing: MLflow's own loader and the inference service generate the same greedy text."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    version = register(tracking_uri, model_a)
+    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(NAME, "pyfunc-check", version)
+    prompts = ["def f(x):", "The"]
+    # For this test only: the pyfunc loader resolves `models:/` through the environment's registry.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    pyfunc_model = mlflow.pyfunc.load_model(f"models:/{NAME}@pyfunc-check")
+    expected = pyfunc_model.predict(pd.DataFrame({"prompt": prompts}), params={"max_tokens": 40, "temperature": 0.0})
+    settings = make_settings(model_uri=f"models:/{NAME}@pyfunc-check", tracking_uri=tracking_uri)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        body = {"model": NAME, "prompt": prompts, "max_tokens": 40, "temperature": 0.0}
+        response = client.post("/v1/completions", json=body)
+        assert response.status_code == 200, response.text
+        served = [choice["text"] for choice in sorted(response.json()["choices"], key=lambda c: c["index"])]
+    assert served == list(expected["completion"])

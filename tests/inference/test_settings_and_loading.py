@@ -15,10 +15,10 @@ from inference.loading import (
     ModelLoadError,
     load_directory,
     make_source,
-    newest_complete_checkpoint,
 )
 from inference.settings import Settings
 from tests.inference.helpers import add_checkpoint
+from tinygpt.saved import latest_checkpoint
 
 
 def test_settings_come_from_inference_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -78,13 +78,13 @@ def test_cli_reports_configuration_errors_with_exit_code_2(
     assert exited.value.code == 2
 
 
-def test_newest_complete_checkpoint_skips_incomplete_and_foreign_directories(tmp_path: Path, model_a: Path) -> None:
+def test_latest_checkpoint_skips_incomplete_and_foreign_directories(tmp_path: Path, model_a: Path) -> None:
     add_checkpoint(tmp_path, 9, model_a)
     add_checkpoint(tmp_path, 10, model_a)
     add_checkpoint(tmp_path, 11, model_a, complete=False)
     (tmp_path / "step-latest").mkdir()
     (tmp_path / "notes").mkdir()
-    newest = newest_complete_checkpoint(tmp_path)
+    newest = latest_checkpoint(tmp_path)
     assert newest is not None and newest.name == "step-00000010"
     source = LocalSource(tmp_path)
     assert source.pollable and source.current_version() == "step-00000010"

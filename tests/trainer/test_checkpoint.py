@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinygpt import saved
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT
+from tinygpt.saved import COMPLETE_FILE, complete_checkpoints, latest_checkpoint
+from tinygpt.tokenizer import CharTokenizer
 from trainer import checkpoint as ckpt
-from trainer.checkpoint import (
-    COMPLETE_FILE,
-    TrainingState,
-    complete_checkpoints,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from trainer.model import GPT, GPTConfig, load_model
-from trainer.tokenizer import CharTokenizer
+from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 
 TOKENIZER = CharTokenizer(list("abcdef"))
 
@@ -59,7 +55,7 @@ def test_a_checkpoint_is_a_saved_model_directory_and_holds_the_training_state(tm
         "trainer_state.json",
     } == names
     model, optimizer = _model()
-    served = load_model(path)
+    served = saved.load(path).model
     for key, value in model.state_dict().items():
         assert torch.equal(served.state_dict()[key], value)
     assert CharTokenizer.load(path / "tokenizer.json").chars == TOKENIZER.chars

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.conftest import clean_env, run_trainer, summary_of, tiny_config, val_losses
-from trainer.checkpoint import complete_checkpoints
-from trainer.model import load_model
+from tinygpt import saved
+from tinygpt.saved import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def _check_run(stdout: str, checkpoints: Path, max_steps: int) -> dict[str, obje
     assert {"step", "train_loss", "val_loss", "tokens_per_s", "checkpoint"} <= summary.keys()
     assert [step for step, _ in complete_checkpoints(checkpoints)] == [30, 40]  # every 10, keep 2
     assert summary["checkpoint"] == str(checkpoints / "step-00000040")
-    load_model(Path(str(summary["checkpoint"])))  # the final checkpoint is servable as is
+    saved.load(Path(str(summary["checkpoint"])))  # the final checkpoint is servable as is
     return summary
 
 

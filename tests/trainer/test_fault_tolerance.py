@@ -21,7 +21,8 @@ from tests.trainer.conftest import (
     tiny_config,
     wait_for,
 )
-from trainer.checkpoint import COMPLETE_FILE, STATE_FILE, latest_checkpoint
+from tinygpt.saved import COMPLETE_FILE, latest_checkpoint
+from trainer.checkpoint import STATE_FILE
 
 pytestmark = pytest.mark.slow
 

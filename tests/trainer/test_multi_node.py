@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.conftest import REPO, clean_env, run_trainer, summary_of, tiny_config, val_losses
-from trainer.checkpoint import complete_checkpoints
+from tinygpt.saved import complete_checkpoints
 from trainer.cli import EXIT_CONFIG, main
 from trainer.config import ConfigError, DistributedConfig
 from trainer.distenv import DistEnv, parse_env

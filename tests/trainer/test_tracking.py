@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.conftest import REPO, clean_env, run_trainer, sigterm_once_logged, summary_of, tiny_config
-from trainer.model import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model
+from tinygpt import saved
+from tinygpt.saved import MLMODEL_FILE, find_saved_model
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +71,17 @@ def test_runs_are_logged_registered_and_the_alias_moves_only_on_improvement(
             artifact_uri=f"models:/{name}@champion", dst_path=str(tmp_path / "download")
         )
     )
-    assert {WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE} <= {p.name for p in downloaded.iterdir()}
-    load_model(downloaded)
+    assert (downloaded / MLMODEL_FILE).is_file()
+    served = saved.load(find_saved_model(downloaded))
+    # MLflow's own loader runs the registered version: a python_function model with a signature.
+    import mlflow.pyfunc
+    import pandas as pd
+
+    pyfunc_model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert pyfunc_model.metadata.signature.inputs.input_names() == ["prompt"]
+    prompt = served.tokenizer.decode([0, 1, 2])
+    predicted = pyfunc_model.predict(pd.DataFrame({"prompt": [prompt]}), params={"max_tokens": 7, "temperature": 0.0})
+    assert len(predicted["completion"][0]) == 7
 
     # A worse model (a few steps) gets a version but not the alias, and the run says why.
     worse = run_trainer(
@@ -116,5 +126,5 @@ def test_tracking_uri_from_the_config_alone_is_used_for_every_call(tmp_path: Pat
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert client.get_model_version_by_alias(name, "champion").run_id == summary["run_id"]
     files = {item.path for item in client.list_artifacts(summary["run_id"], "model")}
-    assert files == {f"model/{WEIGHTS_FILE}", f"model/{CONFIG_FILE}", f"model/{TOKENIZER_FILE}"}
+    assert {f"model/{MLMODEL_FILE}", "model/data", "model/code"} <= files
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]

@@ -1,4 +1,4 @@
-"""Character-level tokenizer built from the training corpus and saved with the model."""
+"""Character-level tokenizer built from the training corpus and saved with the model (`tokenizer.json`)."""
 
 from __future__ import annotations
 
