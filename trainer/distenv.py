@@ -19,7 +19,9 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, retry_if_result, wait_exponential
 
 from trainer.config import ConfigError, DistributedConfig
 
@@ -151,16 +153,8 @@ def node_env(
     )
 
 
-def backoff_delays(first: float = 0.1, factor: float = 1.5, cap: float = 1.0) -> Callable[[], float]:
-    """A function returning 0.1, 0.15, 0.225, ... seconds: exponential backoff capped at `cap`."""
-    delay = first / factor
-
-    def next_delay() -> float:
-        nonlocal delay
-        delay = min(cap, delay * factor)
-        return delay
-
-    return next_delay
+RETRY_WAIT = wait_exponential(multiplier=0.1, exp_base=1.5, max=1.0)
+"""0.1, 0.15, 0.225, ... s between attempts, at most 1 s: quick while rank 0 starts, gentle on DNS and the API."""
 
 
 def retry_until(
@@ -174,29 +168,36 @@ def retry_until(
 ) -> str:
     """Call `attempt` until it returns a value; it returns None or raises OSError to mean "not yet".
 
-    Raises RendezvousError naming `what`, the seconds waited and the last error once `deadline` (a `clock`
-    time) has passed.
+    Waits `RETRY_WAIT` between attempts, never past `deadline` (a `clock` time); once it has passed, raises
+    RendezvousError naming `what`, the seconds waited, the attempts and the last error seen.
     """
     start = clock() if started is None else started
-    next_delay = backoff_delays()
-    attempts = 0
-    last_error = "no answer yet"
-    while True:
-        attempts += 1
-        try:
-            result = attempt()
-        except OSError as exc:
-            result = None
-            last_error = f"{type(exc).__name__}: {exc}"
-        if result is not None:
-            return result
-        now = clock()
-        if now >= deadline:
-            raise RendezvousError(
-                f"{what}: gave up after waiting {now - start:.1f} s ({attempts} attempts); last error: "
-                f"{last_error}"
-            )
-        sleep(min(next_delay(), max(0.0, deadline - now)))
+    last_error = ["no answer yet"]
+
+    def remember_error(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if error is not None:
+            last_error[0] = f"{type(error).__name__}: {error}"
+
+    def give_up(state: RetryCallState) -> NoReturn:
+        raise RendezvousError(
+            f"{what}: gave up after waiting {clock() - start:.1f} s ({state.attempt_number} attempts); last error: "
+            f"{last_error[0]}"
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(OSError) | retry_if_result(lambda result: result is None),
+        # The clock is injectable (tests run on simulated time), so stop and wait read it rather than
+        # tenacity's own stop_after_delay, which reads time.monotonic.
+        stop=lambda state: clock() >= deadline,
+        wait=lambda state: min(RETRY_WAIT(state), max(0.0, deadline - clock())),
+        sleep=sleep,
+        after=remember_error,
+        retry_error_callback=give_up,
+    )
+    result = retrying(attempt)
+    assert result is not None  # a None result is retried until give_up raises
+    return result
 
 
 def resolve_host(host: str, port: int) -> str:
