@@ -84,10 +84,16 @@ class TrainingJobSpec:
     """Tolerated taints."""
     kueue_queue: str = ""
     """Kueue LocalQueue name ("" = none)."""
+    priority_class_name: str = ""
+    """PriorityClass of the pods ("" = the cluster's default)."""
     managed_by: str
     """Value of `app.kubernetes.io/managed-by` on every object: who creates them (pulumi, an operator)."""
     job_annotations: tuple[tuple[str, str], ...] = ()
     """Annotations the creator adds to the Job for its own tooling (e.g. how Pulumi awaits it)."""
+    extra_labels: tuple[tuple[str, str], ...] = ()
+    """Labels the creator adds to every object and pod (e.g. an operator's link back to its resource)."""
+    pod_annotations: tuple[tuple[str, str], ...] = ()
+    """Annotations the creator adds to the pod template (besides the train.yaml checksum)."""
 
     @property
     def job_name(self) -> str:
@@ -139,7 +145,7 @@ def train_config_text(train_config: Mapping[str, Mapping[str, object]]) -> str:
 
 
 def training_manifests(spec: TrainingJobSpec) -> TrainingManifests:
-    labels = recommended_labels("trainer", spec.run_name, "training", spec.managed_by)
+    labels = {**recommended_labels("trainer", spec.run_name, "training", spec.managed_by), **dict(spec.extra_labels)}
     train_yaml = train_config_text(spec.train_config)
 
     def metadata(name: str, **extra: Any) -> dict[str, Any]:
@@ -196,7 +202,10 @@ def training_manifests(spec: TrainingJobSpec) -> TrainingManifests:
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {CONFIG_CHECKSUM_ANNOTATION: hashlib.sha256(train_yaml.encode()).hexdigest()},
+                    "annotations": {
+                        **dict(spec.pod_annotations),
+                        CONFIG_CHECKSUM_ANNOTATION: hashlib.sha256(train_yaml.encode()).hexdigest(),
+                    },
                 },
                 "spec": _pod_spec(spec),
             },
@@ -266,6 +275,8 @@ def _pod_spec(spec: TrainingJobSpec) -> dict[str, Any]:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod["tolerations"] = [toleration(t) for t in spec.tolerations]
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
     pod["containers"] = [container]
     pod["volumes"] = [
         {"name": "config", "configMap": {"name": spec.config_map_name}},

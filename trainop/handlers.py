@@ -1,0 +1,227 @@
+"""Reconciliation of TrainingJobs: Kopf triggers it (on every watch event of a TrainingJob, and on a timer that
+follows its children), `Reconciler.reconcile` reads the resource afresh, acts, and writes the whole status.
+
+A restart is two reconciliations: the first only records the decision in the status (attempt + 1, the counter,
+Restarting, when it may start); the next deletes the earlier attempt's children and, once the backoff has passed,
+creates the new attempt's. The status is the only memory, so an operator killed at any point repeats nothing and
+counts nothing twice: creation is create-or-adopt and every decision is taken again from what is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from lightkube import ApiError
+
+from trainop import metrics
+from trainop.decide import CONFIG_ERROR, TERMINAL, Observation, Transition, conditions, observe, transition
+from trainop.kube import Kube, OwnedElsewhere
+from trainop.progress import ProgressCache
+from trainop.settings import Settings
+from trainop.validate import run_shape, spec_problems
+from workloads.trainingjob import GROUP, PLURAL, VERSION, attempt_manifests, job_name
+
+log = logging.getLogger(__name__)
+WARNING_REASONS = {
+    "InvalidSpec",
+    "ConfigError",
+    "RestartLimitExceeded",
+    "DeadlineExceeded",
+    "WorkerFailed",
+    "Preempted",
+    "Conflict",
+}
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: Settings, progress: ProgressCache) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.progress = progress
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def reconcile(self, name: str) -> None:
+        """One reconciliation of the TrainingJob `name`, never two of the same one at once."""
+        began = time.monotonic()
+        async with self._locks[name]:
+            try:
+                result = await self._reconcile(name)
+            except (ApiError, OwnedElsewhere) as err:
+                metrics.RECONCILIATIONS.labels("error").inc()
+                raise kopf.TemporaryError(f"reconciling {name}: {err}", delay=self.settings.interval_s) from err
+        metrics.RECONCILIATIONS.labels(result).inc()
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - began)
+
+    async def _reconcile(self, name: str) -> str:
+        tj = await self.kube.training_job(name)  # afresh: Kopf's copy may predate our last status patch
+        if tj is None or tj["metadata"].get("deletionTimestamp"):
+            return "gone"
+        spec, status, uid = tj["spec"], dict(tj.get("status") or {}), tj["metadata"]["uid"]
+        now = dt.datetime.now(dt.UTC)
+        if status.get("phase") in TERMINAL:
+            return await self._finished(tj, status, now)
+        if problems := spec_problems(tj, gpus_available=self.settings.gpus_available):
+            step = Transition("Failed", "InvalidSpec", "; ".join(problems), 0, 0, 0)
+            await self._write(tj, status, step, now, completed=True)
+            return "invalid"
+        attempt = int(status.get("attempt", 0))
+        await self.kube.delete_other_attempts(name, attempt)
+        job = await self.kube.job(job_name(tj, attempt))
+        suspend = bool(spec.get("suspend"))
+        deadline = spec.get("activeDeadlineSeconds")
+        started = _time(status.get("startTime"))
+        if deadline and started and not suspend and now > started + dt.timedelta(seconds=int(deadline)):
+            if job is not None:
+                await self.kube.delete_job(job["metadata"]["name"])
+            step = self._same(
+                status,
+                phase="Failed",
+                reason="DeadlineExceeded",
+                message=f"running for more than activeDeadlineSeconds={deadline}",
+            )
+            await self._write(tj, status, step, now, completed=True)
+            return "deadline"
+        if job is None:
+            restart_after = _time(status.get("restartAfter"))
+            if status.get("phase") == "Restarting" and restart_after and now < restart_after:
+                return "backoff"
+            try:
+                for obj in attempt_manifests(tj, attempt, self.settings.platform, suspend=suspend):
+                    await self.kube.create_or_adopt(obj, uid)
+            except OwnedElsewhere as err:
+                step = self._same(status, phase="Failed", reason="Conflict", message=str(err))
+                await self._write(tj, status, step, now, completed=True)
+                return "conflict"
+            if suspend:
+                step = self._same(status, phase="Suspended", reason="Suspended", message="spec.suspend is true")
+            else:
+                step = self._same(
+                    status,
+                    phase="Pending",
+                    reason="Created",
+                    message=f"attempt {attempt}: Job {job_name(tj, attempt)} created",
+                )
+                status.setdefault("startTime", _stamp(now))
+            await self._write(tj, status, step, now)
+            return "created"
+        if bool((job.get("spec") or {}).get("suspend")) != suspend:
+            job = await self.kube.suspend_job(job["metadata"]["name"], suspend)
+            if not suspend:  # as a Job does: the deadline counts from the resume
+                status["startTime"] = _stamp(now)
+        pods = await self.kube.pods(job["metadata"]["name"])
+        seen = observe(job, pods)
+        if seen.state == CONFIG_ERROR and seen.message.endswith("(configuration error)"):
+            seen = await self._with_log(seen, pods)
+        step = transition(
+            status,
+            seen,
+            max_restarts=int(spec.get("maxRestarts", 3)),
+            now=now,
+            backoff_base_s=self.settings.restart_backoff_s,
+        )
+        if step.restarts > int(status.get("restarts", 0)):
+            metrics.RESTARTS.labels("failure").inc()
+        if step.preemptions > int(status.get("preemptions", 0)):
+            metrics.RESTARTS.labels("preemption").inc()
+        await self._write(tj, status, step, now, completed=step.phase in TERMINAL)
+        return step.phase.lower()
+
+    async def _finished(self, tj: Mapping[str, Any], status: Mapping[str, Any], now: dt.datetime) -> str:
+        ttl = tj["spec"].get("ttlSecondsAfterFinished")
+        done = _time(status.get("completionTime"))
+        if ttl is not None and done is not None and now >= done + dt.timedelta(seconds=int(ttl)):
+            kopf.event(dict(tj), type="Normal", reason="Deleted", message=f"ttlSecondsAfterFinished={ttl} passed")
+            await self.kube.delete_training_job(tj["metadata"]["name"])
+            metrics.record_phase(tj["metadata"]["uid"], None)
+            self.progress.forget(tj["metadata"]["uid"])
+            return "ttl-deleted"
+        metrics.record_phase(tj["metadata"]["uid"], str(status["phase"]))
+        if status.get("phase") == "Succeeded":  # the last metrics may land after the Job completes
+            await self._write(tj, dict(status), self._same(status), now)
+        return "finished"
+
+    async def _with_log(self, seen: Observation, pods: list[dict[str, Any]]) -> Observation:
+        """A config error without a termination message: the trainer's last log lines say what is wrong."""
+        name = seen.message.split(":", 1)[0].removeprefix("pod ")
+        tail = await self.kube.log_tail(name) if any(p["metadata"]["name"] == name for p in pods) else ""
+        return Observation(seen.state, f"{seen.message}: {tail}") if tail else seen
+
+    @staticmethod
+    def _same(status: Mapping[str, Any], *, phase: str = "", reason: str = "", message: str = "") -> Transition:
+        """The status' own phase and counters, with a new phase, reason and message where given."""
+        old = {c["type"]: c for c in status.get("conditions") or []}
+        current = status.get("phase") or "Pending"
+        fallback = next((c for c in old.values() if c["status"] == "True" and c["type"] != "Created"), {})
+        return Transition(
+            phase=phase or current,
+            reason=reason or fallback.get("reason", "Created"),
+            message=message or fallback.get("message", ""),
+            attempt=int(status.get("attempt", 0)),
+            restarts=int(status.get("restarts", 0)),
+            preemptions=int(status.get("preemptions", 0)),
+        )
+
+    async def _write(
+        self,
+        tj: Mapping[str, Any],
+        status: dict[str, Any],
+        step: Transition,
+        now: dt.datetime,
+        *,
+        completed: bool = False,
+    ) -> None:
+        """Write the whole status in one merge patch (only when something changed), and an Event on a transition."""
+        meta = tj["metadata"]
+        new = {
+            **status,
+            "phase": step.phase,
+            "attempt": step.attempt,
+            "jobName": job_name(tj, step.attempt),
+            "restarts": step.restarts,
+            "preemptions": step.preemptions,
+            "observedGeneration": meta.get("generation", 0),
+            "conditions": conditions(status.get("conditions") or [], step.phase, step.reason, step.message, now),
+        }
+        if step.restart_after is not None:
+            new["restartAfter"] = _stamp(step.restart_after)
+        if completed:
+            new.setdefault("completionTime", _stamp(now))
+        new.update(self.progress.get(meta["uid"], run_shape(tj)))
+        metrics.record_phase(meta["uid"], step.phase)
+        if new == status:
+            return
+        await self.kube.patch_status(meta["name"], new)
+        if step.phase != status.get("phase") or step.reason != self._same(status).reason:
+            kind = "Warning" if step.reason in WARNING_REASONS else "Normal"
+            kopf.event(dict(tj), type=kind, reason=step.reason, message=step.message[:1000] or step.phase)
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval_s: float) -> None:
+    """Reconcile on every change of a TrainingJob, and every `interval_s` to follow its Job and pods."""
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def changed(event: Mapping[str, Any], name: str, uid: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            metrics.record_phase(uid, None)
+            reconciler.progress.forget(uid)
+            return
+        await reconciler.reconcile(name)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=interval_s, registry=registry)
+    async def follow(name: str, **_: Any) -> None:
+        await reconciler.reconcile(name)

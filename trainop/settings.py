@@ -1,0 +1,86 @@
+"""The operator's settings, from its environment (names in workloads.trainingjob, so the Pulumi program sets the
+same ones). See docs/operator.md for each."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from workloads.trainingjob import (
+    ENV_CHECKPOINT_CLAIM,
+    ENV_CHECKPOINT_SUB_PATH,
+    ENV_GPUS_AVAILABLE,
+    ENV_HEALTH_PORT,
+    ENV_IMAGE_PULL_POLICY,
+    ENV_METRICS_PORT,
+    ENV_MLFLOW_TRACKING_URI,
+    ENV_PLATFORM_IMAGE,
+    ENV_RECONCILE_INTERVAL_S,
+    ENV_TRAINER_SERVICE_ACCOUNT,
+    ENV_WATCH_NAMESPACE,
+    HEALTH_PORT,
+    METRICS_PORT,
+    Platform,
+)
+
+ENV_RESTART_BACKOFF_S = "RESTART_BACKOFF_S"
+
+
+class SettingsError(ValueError):
+    """A missing or malformed setting; the message names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    platform: Platform
+    """What every TrainingJob's children get from the platform (namespace, image, MLflow, checkpoint claim)."""
+    gpus_available: bool
+    """Whether the cluster has nvidia.com/gpu nodes; without them a GPU request is an InvalidSpec."""
+    health_port: int
+    """Port of the liveness endpoint (/healthz)."""
+    metrics_port: int
+    """Port of the Prometheus metrics (/metrics)."""
+    interval_s: float
+    """How often each TrainingJob is reconciled besides on its own changes (its children are polled)."""
+    restart_backoff_s: float
+    """First whole-gang restart delay; doubles with each restart, at most 300 s."""
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    problems = [
+        f"{k} is required" for k in (ENV_WATCH_NAMESPACE, ENV_PLATFORM_IMAGE, ENV_CHECKPOINT_CLAIM) if not env.get(k)
+    ]
+
+    def number(key: str, default: float) -> float:
+        try:
+            value = float(env.get(key) or default)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            problems.append(f"{key}={env.get(key)!r}: must be a number > 0")
+        return value
+
+    gpus = (env.get(ENV_GPUS_AVAILABLE) or "false").lower()
+    if gpus not in ("true", "false"):
+        problems.append(f"{ENV_GPUS_AVAILABLE}={gpus!r}: true or false")
+    settings = Settings(
+        platform=Platform(
+            namespace=env.get(ENV_WATCH_NAMESPACE, ""),
+            image=env.get(ENV_PLATFORM_IMAGE, ""),
+            image_pull_policy=env.get(ENV_IMAGE_PULL_POLICY) or "IfNotPresent",
+            tracking_uri=env.get(ENV_MLFLOW_TRACKING_URI, ""),
+            checkpoint_claim=env.get(ENV_CHECKPOINT_CLAIM, ""),
+            checkpoint_sub_path=env.get(ENV_CHECKPOINT_SUB_PATH) or None,
+            service_account_name=env.get(ENV_TRAINER_SERVICE_ACCOUNT) or "default",
+        ),
+        gpus_available=gpus == "true",
+        health_port=int(number(ENV_HEALTH_PORT, HEALTH_PORT)),
+        metrics_port=int(number(ENV_METRICS_PORT, METRICS_PORT)),
+        interval_s=number(ENV_RECONCILE_INTERVAL_S, 5.0),
+        restart_backoff_s=number(ENV_RESTART_BACKOFF_S, 10.0),
+    )
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return settings

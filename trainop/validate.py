@@ -1,0 +1,69 @@
+"""What the CRD schema cannot check: the train.yaml sections (with the trainer's own rules, trainer.config, which
+imports no torch), the global batch against the world size, keys the resource owns, and GPUs on a stack without
+them. Every problem names its field; any problem makes the TrainingJob Failed (InvalidSpec) before anything is
+created."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from trainer.config import ConfigError, build_config
+from workloads.trainingjob import RUN_NAME_MAX, run_name
+
+# train.yaml keys the resource decides itself, and the spec field to use instead.
+OWNED_KEYS = {
+    ("checkpoint", "dir"): "spec.checkpointDir",
+    ("tracking", "uri"): "the operator's MLFLOW_TRACKING_URI",
+    ("tracking", "experiment"): "spec.tracking.experiment",
+    ("tracking", "model_name"): "spec.tracking.modelName",
+    ("tracking", "alias"): "spec.tracking.alias",
+    ("tracking", "tags"): "nothing (the operator tags the run with the resource's uid)",
+    ("distributed", "backend"): "spec.backend",
+}
+
+
+def spec_problems(tj: Mapping[str, Any], *, gpus_available: bool) -> list[str]:
+    """Every problem of a TrainingJob's spec, each naming its field; empty when the run can be created."""
+    spec = tj["spec"]
+    problems: list[str] = []
+    if len(run_name(tj)) > RUN_NAME_MAX:
+        problems.append(f"spec.runName: {run_name(tj)!r} is longer than {RUN_NAME_MAX} characters")
+    gpus = int(spec.get("gpusPerWorker", 0))
+    if gpus and not gpus_available:
+        problems.append(f"spec.gpusPerWorker={gpus}: this platform has no GPUs (GPUS_AVAILABLE=false)")
+    train = spec.get("train") or {}
+    if not isinstance(train, Mapping):
+        return [*problems, "spec.train: must be a mapping of train.yaml sections"]
+    user_sections: dict[str, Any] = {}
+    for section, values in train.items():
+        if isinstance(values, Mapping):
+            for key in values:
+                if (section, key) in OWNED_KEYS:
+                    problems.append(f"spec.train.{section}.{key}: set {OWNED_KEYS[section, key]} instead")
+            values = {k: v for k, v in values.items() if (section, k) not in OWNED_KEYS}
+        user_sections[section] = values
+    try:
+        config = build_config(user_sections, environ={})
+    except ConfigError as err:
+        return [*problems, *(f"spec.train.{p.strip()}" for p in str(err).split("; "))]
+    world = int(spec.get("workers", 1)) * max(1, gpus)
+    if config.train.batch_size % world:
+        problems.append(
+            f"spec.train.train.batch_size={config.train.batch_size}: must divide evenly across the world size "
+            f"{world} (workers x max(1, gpusPerWorker))"
+        )
+    return problems
+
+
+def run_shape(tj: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(train.max_steps, tokens per step = batch_size x block_size) of a valid spec, for progress and ETA."""
+    try:
+        sections = {
+            s: {k: v for k, v in (vals or {}).items() if (s, k) not in OWNED_KEYS}
+            for s, vals in (tj["spec"].get("train") or {}).items()
+        }
+        config = build_config(sections, environ={})
+    except (ConfigError, AttributeError, TypeError):
+        return None
+    return config.train.max_steps, config.train.batch_size * config.model.block_size

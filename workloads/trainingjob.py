@@ -1,0 +1,406 @@
+"""The TrainingJob custom resource: its CustomResourceDefinition, the operator's Role, and the run it stands for.
+
+`crd()` and `operator_role_rules()` are what the Pulumi program installs (and what the tests apply), so the schema
+and the least-privilege rules exist once. `attempt_manifests(tj, attempt, platform)` turns a validated TrainingJob
+into the objects of one attempt through `workloads.training.training_manifests`, the builder the stack's own run
+uses; the operator (trainop/) creates them. Every attempt is a new Job (`<runName>-a<attempt>-train`), all
+attempts share the checkpoint directory, so a restarted gang resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workloads.pod import Resources, Toleration
+from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, training_manifests
+
+GROUP = "ml-platform.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+SHORT_NAME = "tj"
+MANAGED_BY = "trainop"
+# Labels on every child: which TrainingJob (by name) and which attempt it belongs to.
+TRAININGJOB_LABEL = f"{GROUP}/trainingjob"
+ATTEMPT_LABEL = f"{GROUP}/attempt"
+# The trainer puts these tags on its MLflow run: the resource's uid (given in train.yaml's tracking.tags), and at
+# every checkpoint the checkpoint's path and step.
+UID_TAG = f"{GROUP}/trainingjob-uid"
+CHECKPOINT_PATH_TAG = "ml-platform.checkpoint.path"
+CHECKPOINT_STEP_TAG = "ml-platform.checkpoint.step"
+MODEL_VERSION_TAG = "registered_model_version"
+RUN_NAME_MAX = 40  # + "-a<attempt>-train" and the pod index keeps pod host names within 63 characters
+MASTER_PORT = 29500
+# The operator's ports and settings (environment variables), for its Deployment.
+HEALTH_PORT = 8080
+METRICS_PORT = 9090
+HEALTH_PATH = "/healthz"
+ENV_WATCH_NAMESPACE = "WATCH_NAMESPACE"
+ENV_PLATFORM_IMAGE = "PLATFORM_IMAGE"
+ENV_IMAGE_PULL_POLICY = "IMAGE_PULL_POLICY"
+ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_CHECKPOINT_CLAIM = "CHECKPOINT_CLAIM"
+ENV_CHECKPOINT_SUB_PATH = "CHECKPOINT_SUB_PATH"
+ENV_TRAINER_SERVICE_ACCOUNT = "TRAINER_SERVICE_ACCOUNT"
+ENV_GPUS_AVAILABLE = "GPUS_AVAILABLE"
+ENV_HEALTH_PORT = "HEALTH_PORT"
+ENV_METRICS_PORT = "METRICS_PORT"
+ENV_RECONCILE_INTERVAL_S = "RECONCILE_INTERVAL_S"
+PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+DEFAULT_RESOURCES = Resources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi")
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+_DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Platform:
+    """What the platform decides for every TrainingJob (the operator's settings)."""
+
+    namespace: str
+    """Namespace of the TrainingJobs and their children."""
+    image: str
+    """Image when spec.image is not set."""
+    image_pull_policy: str
+    """Pull policy of the training pods."""
+    tracking_uri: str
+    """MLflow tracking URI given to the trainer."""
+    checkpoint_claim: str
+    """PVC holding every run's checkpoints (mounted at /checkpoints)."""
+    checkpoint_sub_path: str | None
+    """subPath of the claim (host-path stacks), or None."""
+    service_account_name: str
+    """ServiceAccount of the training pods."""
+    shm_size: str = "1Gi"
+    """Size limit of each pod's in-memory /dev/shm."""
+
+
+def _str(**kw: Any) -> dict[str, Any]:
+    return {"type": "string", **kw}
+
+
+def _int(minimum: int, maximum: int | None = None, **kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "integer", "minimum": minimum, **kw}
+    if maximum is not None:
+        out["maximum"] = maximum
+    return out
+
+
+def _compute(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["cpu", "memory"],
+        "properties": {"cpu": _str(pattern=_QUANTITY), "memory": _str(pattern=_QUANTITY)},
+    }
+
+
+def _immutable(field: str) -> dict[str, str]:
+    old, new = (f"(has({s}.{field}) ? {s}.{field} : '')" for s in ("oldSelf", "self"))
+    return {"rule": f"{new} == {old}", "message": f"spec.{field} is immutable", "fieldPath": f".{field}"}
+
+
+def _spec_schema() -> dict[str, Any]:
+    frozen_unless_suspended = " && ".join(
+        [f"self.{f} == oldSelf.{f}" for f in ("workers", "gpusPerWorker", "backend", "train")]
+        + ["(has(self.image) ? self.image : '') == (has(oldSelf.image) ? oldSelf.image : '')"]
+    )
+    return {
+        "type": "object",
+        "properties": {
+            "image": _str(minLength=1, description="Training image (default: the platform's)."),
+            "workers": _int(1, 64, default=1, description="Pods of the gang (Indexed Job completions)."),
+            "gpusPerWorker": _int(0, 8, default=0, description="nvidia.com/gpu per pod; one rank per GPU."),
+            "resources": {
+                "type": "object",
+                "description": "cpu and memory of each worker.",
+                "required": ["requests", "limits"],
+                "properties": {"requests": _compute("Requests."), "limits": _compute("Limits.")},
+                "x-kubernetes-validations": [
+                    {
+                        "rule": f"quantity(self.limits.{r}).compareTo(quantity(self.requests.{r})) >= 0",
+                        "message": f"resources.limits.{r} must be >= resources.requests.{r}",
+                    }
+                    for r in ("cpu", "memory")
+                ],
+            },
+            "backend": _str(enum=["gloo", "nccl"], default="gloo", description="torch.distributed backend."),
+            "train": {
+                "type": "object",
+                "default": {},
+                "x-kubernetes-preserve-unknown-fields": True,
+                "description": "train.yaml sections (data, model, train, checkpoint, distributed); validated by "
+                "the operator with the trainer's own rules.",
+            },
+            "runName": _str(maxLength=RUN_NAME_MAX, pattern=_DNS_LABEL, description="Default: metadata.name."),
+            "checkpointDir": _str(
+                maxLength=200,
+                pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
+                description="Directory on the checkpoint volume (default: trainingjobs/<runName>).",
+            ),
+            "tracking": {
+                "type": "object",
+                "properties": {
+                    "experiment": _str(minLength=1, maxLength=200),
+                    "modelName": _str(minLength=1, maxLength=200),
+                    "alias": _str(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", maxLength=100),
+                },
+            },
+            "suspend": {"type": "boolean", "default": False},
+            "activeDeadlineSeconds": _int(1),
+            "ttlSecondsAfterFinished": _int(0),
+            "maxRestarts": _int(0, 100, default=3, description="Whole-gang restarts after retriable failures."),
+            "nodeSelector": {"type": "object", "additionalProperties": _str()},
+            "tolerations": {
+                "type": "array",
+                "maxItems": 20,
+                "items": {
+                    "type": "object",
+                    "required": ["key", "effect"],
+                    "properties": {
+                        "key": _str(minLength=1),
+                        "value": _str(description="Absent: tolerate any value (operator Exists)."),
+                        "effect": _str(enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
+                    },
+                },
+            },
+            "priorityClassName": _str(maxLength=253),
+            "queueName": _str(maxLength=63, pattern=_DNS_LABEL, description="Kueue LocalQueue."),
+            "podAnnotations": {"type": "object", "additionalProperties": _str()},
+        },
+        "x-kubernetes-validations": [
+            _immutable("runName"),
+            _immutable("checkpointDir"),
+            {
+                "rule": f"oldSelf.suspend || ({frozen_unless_suspended})",
+                "message": "workers, gpusPerWorker, backend, train and image change only while suspended",
+            },
+            {
+                "rule": "self.backend != 'nccl' || self.gpusPerWorker > 0",
+                "message": "backend nccl needs GPUs",
+                "fieldPath": ".backend",
+            },
+        ],
+    }
+
+
+def _status_schema() -> dict[str, Any]:
+    num = {"type": "number"}
+    return {
+        "type": "object",
+        "properties": {
+            "phase": _str(enum=list(PHASES)),
+            "attempt": _int(0),
+            "jobName": _str(),
+            "restarts": _int(0),
+            "preemptions": _int(0),
+            "startTime": _str(format="date-time"),
+            "completionTime": _str(format="date-time"),
+            "restartAfter": _str(format="date-time"),
+            "observedGeneration": {"type": "integer"},
+            "mlflowRunId": _str(),
+            "modelVersion": _str(),
+            "latestCheckpoint": {"type": "object", "properties": {"path": _str(), "step": {"type": "integer"}}},
+            "progress": {
+                "type": "object",
+                "properties": {
+                    "step": {"type": "integer"},
+                    "maxSteps": {"type": "integer"},
+                    "percent": {"type": "integer"},
+                    "trainLoss": num,
+                    "valLoss": num,
+                    "tokensPerSecond": num,
+                    "eta": _str(format="date-time"),
+                },
+            },
+            "conditions": {
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {
+                    "type": "object",
+                    "required": ["type", "status"],
+                    "properties": {
+                        "type": _str(),
+                        "status": _str(enum=["True", "False", "Unknown"]),
+                        "reason": _str(),
+                        "message": _str(),
+                        "lastTransitionTime": _str(format="date-time"),
+                    },
+                },
+            },
+        },
+    }
+
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
+    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent", "description": "percent"},
+    {"name": "Val loss", "type": "number", "jsonPath": ".status.progress.valLoss"},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition of TrainingJob (apiextensions.k8s.io/v1)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": "trainingjob",
+                "shortNames": [SHORT_NAME],
+                "listKind": f"{KIND}List",
+                "categories": ["ml-platform"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {"spec": _spec_schema(), "status": _status_schema()},
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"has(self.spec.runName) || self.metadata.name.size() <= {RUN_NAME_MAX}",
+                                    "message": f"a metadata.name over {RUN_NAME_MAX} characters needs spec.runName",
+                                }
+                            ],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def operator_role_rules() -> list[dict[str, Any]]:
+    """The operator's namespaced Role: its own resource, the children it creates, pods to observe, events."""
+    return [
+        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch", "delete"]},
+        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "list", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]
+
+
+def run_name(tj: Mapping[str, Any]) -> str:
+    return str(tj["spec"].get("runName") or tj["metadata"]["name"])
+
+
+def checkpoint_dir(tj: Mapping[str, Any]) -> str:
+    """The run's directory under /checkpoints, the same for every attempt."""
+    return f"{CHECKPOINT_MOUNT}/{tj['spec'].get('checkpointDir') or f'trainingjobs/{run_name(tj)}'}"
+
+
+def attempt_run_name(tj: Mapping[str, Any], attempt: int) -> str:
+    return f"{run_name(tj)}-a{attempt}"
+
+
+def job_name(tj: Mapping[str, Any], attempt: int) -> str:
+    return f"{attempt_run_name(tj, attempt)}-train"
+
+
+def train_config(tj: Mapping[str, Any], *, tracking_uri: str) -> dict[str, dict[str, Any]]:
+    """train.yaml of the run: spec.train plus what the resource decides (checkpoint dir, tracking, backend)."""
+    spec = tj["spec"]
+    config = {k: dict(v or {}) for k, v in copy.deepcopy(dict(spec.get("train") or {})).items()}
+    config.setdefault("checkpoint", {})["dir"] = checkpoint_dir(tj)
+    config.setdefault("distributed", {})["backend"] = spec.get("backend", "gloo")
+    tracking = config.setdefault("tracking", {})
+    tracking["uri"] = tracking_uri
+    names = {"experiment": "experiment", "modelName": "model_name", "alias": "alias"}
+    tracking.update({key: spec["tracking"][field] for field, key in names.items() if field in spec.get("tracking", {})})
+    tracking["tags"] = {UID_TAG: tj["metadata"]["uid"]}
+    return config
+
+
+def resources(spec: Mapping[str, Any]) -> Resources:
+    res = spec.get("resources")
+    gpus = int(spec.get("gpusPerWorker", 0))
+    if not res:
+        return Resources(**{**DEFAULT_RESOURCES.__dict__, "gpus": gpus})
+    req, lim = res["requests"], res["limits"]
+    return Resources(
+        cpu_request=str(req["cpu"]),
+        cpu_limit=str(lim["cpu"]),
+        memory_request=str(req["memory"]),
+        memory_limit=str(lim["memory"]),
+        gpus=gpus,
+    )
+
+
+def training_spec(tj: Mapping[str, Any], attempt: int, platform: Platform) -> TrainingJobSpec:
+    """The TrainingJobSpec of one attempt. The Job gets no per-pod retries: any failure fails it, and the operator
+    restarts the whole gang (a new attempt)."""
+    spec, meta = tj["spec"], tj["metadata"]
+    tolerations = tuple(
+        Toleration(key=t["key"], value=t.get("value"), effect=t["effect"]) for t in spec.get("tolerations") or ()
+    )
+    return TrainingJobSpec(
+        run_name=attempt_run_name(tj, attempt),
+        namespace=platform.namespace,
+        image=spec.get("image") or platform.image,
+        image_pull_policy=platform.image_pull_policy,
+        workers=int(spec.get("workers", 1)),
+        master_port=MASTER_PORT,
+        discovery="dns",
+        backoff_limit=0,
+        train_config=train_config(tj, tracking_uri=platform.tracking_uri),
+        tracking_uri=platform.tracking_uri,
+        service_account_name=platform.service_account_name,
+        checkpoint_claim=platform.checkpoint_claim,
+        checkpoint_sub_path=platform.checkpoint_sub_path,
+        resources=resources(spec),
+        shm_size=platform.shm_size,
+        node_selector=tuple(sorted((spec.get("nodeSelector") or {}).items())),
+        tolerations=tolerations,
+        kueue_queue=spec.get("queueName", ""),
+        priority_class_name=spec.get("priorityClassName", ""),
+        managed_by=MANAGED_BY,
+        extra_labels=((TRAININGJOB_LABEL, meta["name"]), (ATTEMPT_LABEL, str(attempt))),
+        pod_annotations=tuple(sorted((spec.get("podAnnotations") or {}).items())),
+    )
+
+
+def owner_reference(tj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = tj["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def attempt_manifests(
+    tj: Mapping[str, Any], attempt: int, platform: Platform, *, suspend: bool
+) -> list[dict[str, Any]]:
+    """ConfigMap, headless Service and Job of one attempt, in creation order, owned by the TrainingJob (deleting
+    it deletes them); the Job starts suspended when `suspend`."""
+    objects = training_manifests(training_spec(tj, attempt, platform)).objects()
+    for obj in objects:
+        obj["metadata"]["ownerReferences"] = [owner_reference(tj)]
+    objects[-1]["spec"]["suspend"] = suspend
+    return objects
