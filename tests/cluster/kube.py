@@ -1,4 +1,4 @@
-"""Small helpers over tests.engine.cluster.Api for the real-cluster tests: namespaces, pods, waiting with a
+"""Small helpers over tests.engine.cluster.Api (lightkube) for the real-cluster tests: namespaces, pods, waiting with a
 diagnosis (pod status, events, kubelet log tail) when something does not happen."""
 
 from __future__ import annotations

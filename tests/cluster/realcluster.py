@@ -449,7 +449,7 @@ class RealCluster:
         server = f"https://127.0.0.1:{self.api_port}"
         self.kubeconfig = write_kubeconfig(self.workdir / "kubeconfig", server, pki.ca_cert, *admin, user="admin")
         self.api = Api(server, pki.ca_cert, *admin)
-        self._wait("kube-apiserver /readyz", lambda: self.api.http.get("/readyz").status_code == 200, 180)
+        self._wait("kube-apiserver /readyz", self.api.ready, 180)
 
         cm = self._kubeconfig(pki, "controller-manager", "system:kube-controller-manager")
         self._spawn(
@@ -852,10 +852,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                    timeout=timeout, check=check)  # fmt: skip
 
     def pod_logs(self, namespace: str, name: str, container: str | None = None) -> str:
-        params = {"container": container} if container else {}
-        response = self.api.http.get(f"/api/v1/namespaces/{namespace}/pods/{name}/log", params=params)
-        response.raise_for_status()
-        return response.text
+        return self.api.logs(namespace, name, container)
 
     # --- stop ---------------------------------------------------------------------------------------------
     def stop(self) -> list[str]:
