@@ -70,6 +70,8 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
     preempted rank fail too, and that is the preemption's doing, not the run's)."""
     if job is None:
         return Observation(MISSING)
+    if (job.get("spec") or {}).get("suspend"):  # its pods are being deleted: their ends are not failures
+        return Observation(SUSPENDED)
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
     for pod in failed:
         end = _terminated(pod)
@@ -90,8 +92,6 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
         return Observation(SUCCEEDED)
     if cond := _true(job, "Failed"):
         return Observation(FAILED, f"Job failed: {cond.get('reason', '')}: {cond.get('message', '')}")
-    if (job.get("spec") or {}).get("suspend"):
-        return Observation(SUSPENDED)
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
         return Observation(RUNNING)
     return Observation(PENDING)

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -26,6 +27,7 @@ from trainop.kube import Kube, OwnedElsewhere
 from trainop.progress import ProgressCache
 from trainop.settings import Settings
 from trainop.validate import run_shape, spec_problems
+from workloads.training import CONFIG_CHECKSUM_ANNOTATION
 from workloads.trainingjob import GROUP, PLURAL, VERSION, attempt_manifests, job_name
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,17 @@ class Reconciler:
                 status.setdefault("startTime", _stamp(now))
             await self._write(tj, status, step, now)
             return "created"
+        if not suspend and (job.get("spec") or {}).get("suspend") and self._changed(tj, attempt, job):
+            # workers/train/image changed while suspended (the CRD allows only that): the Job's template is
+            # immutable, so the run resumes as a new attempt, from the same checkpoints.
+            step = self._same(
+                status,
+                phase="Pending",
+                reason="SpecChanged",
+                message=f"spec changed while suspended: attempt {attempt + 1} replaces {attempt}",
+            )
+            await self._write(tj, status, replace(step, attempt=attempt + 1), now)
+            return "spec-changed"
         if bool((job.get("spec") or {}).get("suspend")) != suspend:
             job = await self.kube.suspend_job(job["metadata"]["name"], suspend)
             if not suspend:  # as a Job does: the deadline counts from the resume
@@ -140,6 +153,20 @@ class Reconciler:
             metrics.RESTARTS.labels("preemption").inc()
         await self._write(tj, status, step, now, completed=step.phase in TERMINAL)
         return step.phase.lower()
+
+    def _changed(self, tj: Mapping[str, Any], attempt: int, job: Mapping[str, Any]) -> bool:
+        """Whether the live Job differs from what the spec now asks for (gang size, train.yaml, image)."""
+        want = attempt_manifests(tj, attempt, self.settings.platform, suspend=True)[-1]
+
+        def key(j: Mapping[str, Any]) -> tuple[Any, ...]:
+            template = j["spec"]["template"]
+            return (
+                j["spec"]["completions"],
+                (template["metadata"].get("annotations") or {}).get(CONFIG_CHECKSUM_ANNOTATION),
+                template["spec"]["containers"][0]["image"],
+            )
+
+        return key(want) != key(job)
 
     async def _finished(self, tj: Mapping[str, Any], status: Mapping[str, Any], now: dt.datetime) -> str:
         ttl = tj["spec"].get("ttlSecondsAfterFinished")
@@ -206,6 +233,8 @@ class Reconciler:
         if new == status:
             return
         await self.kube.patch_status(meta["name"], new)
+        if step.phase != status.get("phase"):
+            log.info("%s: %s -> %s (%s) %s", meta["name"], status.get("phase"), step.phase, step.reason, step.message)
         if step.phase != status.get("phase") or step.reason != self._same(status).reason:
             kind = "Warning" if step.reason in WARNING_REASONS else "Normal"
             kopf.event(dict(tj), type=kind, reason=step.reason, message=step.message[:1000] or step.phase)

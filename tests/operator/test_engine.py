@@ -1,0 +1,271 @@
+"""The operator as a real process (`python -m trainop`, as a ServiceAccount bound to exactly the operator's Role)
+against the local control plane: kube-apiserver, controller-manager (the Job controller, garbage collection) and
+kwok's simulated pods. Pod failures are written into pod status as a kubelet would write them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.engine.cluster import ApiError, LocalCluster, wait_for
+from tests.operator.harness import OperatorProcess, prepare_namespace, terminate_pod, training_job
+from workloads.trainingjob import API_VERSION, ATTEMPT_LABEL, KIND, PLURAL, TRAININGJOB_LABEL, crd
+
+pytestmark = pytest.mark.engine
+NS = "trainop-e2e"
+TIMEOUT_S = 90
+RUNNING_LONG = {"pod-complete.stage.kwok.x-k8s.io/delay": "1h"}  # kwok: pods stay Running until a test ends them
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    cluster.api.apply(crd())
+    wait_for("the TrainingJob CRD served", lambda: cluster.api.resource(API_VERSION, KIND), 60)
+    workdir = tmp_path_factory.mktemp("trainop")
+    proc = OperatorProcess(prepare_namespace(cluster, NS, workdir), NS, workdir / "operator.log")
+    proc.start()
+    yield proc
+    proc.stop()
+    print(proc.tail(200))
+
+
+@pytest.fixture(autouse=True)
+def stop_live_runs(cluster: LocalCluster) -> Iterator[None]:
+    """After each test, delete its runs that still have pods, so the next test shares the machine with none."""
+    yield
+    for tj in cluster.api.items(API_VERSION, KIND, NS):
+        if (tj.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            cluster.api.delete(API_VERSION, KIND, tj["metadata"]["name"], NS)
+
+
+def tj_status(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    return dict((cluster.api.get(API_VERSION, KIND, name, NS) or {}).get("status") or {})
+
+
+def wait_status(cluster: LocalCluster, op: OperatorProcess, name: str, what: str, check: Any) -> dict[str, Any]:
+    def ok() -> dict[str, Any] | None:
+        assert op.alive(), f"the operator exited:\n{op.tail()}"
+        status = tj_status(cluster, name)
+        return status if check(status) else None
+
+    try:
+        return dict(wait_for(f"{name}: {what}", ok, TIMEOUT_S))
+    except TimeoutError as err:
+        raise AssertionError(f"{err}\nstatus: {tj_status(cluster, name)}\noperator:\n{op.tail()}") from None
+
+
+def children(cluster: LocalCluster, name: str, kind: str, api_version: str = "v1") -> list[dict[str, Any]]:
+    return cluster.api.items(api_version, kind, NS, f"{TRAININGJOB_LABEL}={name}")
+
+
+def running_pods(cluster: LocalCluster, job: str, count: int) -> list[dict[str, Any]]:
+    seen: list[Any] = []
+
+    def running() -> list[dict[str, Any]] | None:
+        pods = cluster.api.items("v1", "Pod", NS, f"batch.kubernetes.io/job-name={job}")
+        seen[:] = [(p["metadata"]["name"], (p.get("status") or {}).get("phase")) for p in pods]
+        up = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        return up if len(up) == count else None
+
+    try:
+        return list(wait_for(f"{count} running pods of {job}", running, TIMEOUT_S))
+    except TimeoutError as err:
+        live = cluster.api.get("batch/v1", "Job", job, NS)
+        raise AssertionError(f"{err}: pods {seen}; job status {(live or {}).get('status')}") from None
+
+
+def reasons(cluster: LocalCluster, name: str) -> list[str]:
+    events = cluster.api.events(NS)
+    return [e.get("reason", "") for e in events if (e.get("involvedObject") or {}).get("name") == name]
+
+
+def test_a_run_creates_owned_children_and_succeeds(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("ok", NS, podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "2s"}))
+    status = wait_status(cluster, operator, "ok", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    uid = cluster.api.get(API_VERSION, KIND, "ok", NS)["metadata"]["uid"]  # type: ignore[index]
+    for kind, api_version in (("ConfigMap", "v1"), ("Service", "v1"), ("Job", "batch/v1")):
+        (obj,) = children(cluster, "ok", kind, api_version)
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["uid"], ref["controller"]) == (KIND, uid, True), obj["metadata"]
+    (job,) = children(cluster, "ok", "Job", "batch/v1")
+    assert job["metadata"]["name"] == "ok-a0-train" and job["spec"]["completions"] == 2
+    assert job["spec"]["backoffLimitPerIndex"] == 0, "no per-pod retries: the operator restarts the gang"
+    (cm,) = children(cluster, "ok", "ConfigMap")
+    assert f"ml-platform.dev/trainingjob-uid: {uid}" in cm["data"]["train.yaml"]
+    assert "dir: /checkpoints/trainingjobs/ok" in cm["data"]["train.yaml"]
+    assert (status["restarts"], status["preemptions"], status["attempt"]) == (0, 0, 0)
+    assert status["startTime"] and status["completionTime"] and status["observedGeneration"] == 1
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Created"]["status"] == "True"
+    assert conds["Running"]["status"] == "False"
+    wait_for("Succeeded event", lambda: "Completed" in reasons(cluster, "ok"), 30)
+
+
+def test_printer_columns_through_the_table_output(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    wait_status(cluster, operator, "ok", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    table = cluster.api._plain.get(
+        f"/apis/{API_VERSION}/namespaces/{NS}/{PLURAL}/ok",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
+    table.raise_for_status()
+    body = table.json()
+    names = [c["name"] for c in body["columnDefinitions"]]
+    assert names == ["Name", "Phase", "Workers", "Progress", "Val loss", "Restarts", "Age"]
+    row = body["rows"][0]["cells"]
+    assert row[:3] == ["ok", "Succeeded", 2] and row[5] == 0
+
+
+def test_exit_code_1_restarts_the_whole_gang(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("flaky", NS, podAnnotations=RUNNING_LONG))
+    pods = running_pods(cluster, "flaky-a0-train", 2)
+    terminate_pod(cluster, pods[1], 1, "RuntimeError: NCCL watchdog")
+    status = wait_status(cluster, operator, "flaky", "restart", lambda s: s.get("attempt") == 1)
+    assert (status["restarts"], status["preemptions"]) == (1, 0)
+    assert "exit code 1" in {c["type"]: c for c in status["conditions"]}["Restarting"]["message"]
+    new = running_pods(cluster, "flaky-a1-train", 2)
+    assert {p["metadata"]["labels"][ATTEMPT_LABEL] for p in new} == {"1"}
+    wait_for("attempt 0's Job gone", lambda: [j["metadata"]["name"] for j in
+             children(cluster, "flaky", "Job", "batch/v1")] == ["flaky-a1-train"], TIMEOUT_S)  # fmt: skip
+    status = wait_status(cluster, operator, "flaky", "Running", lambda s: s.get("phase") == "Running")
+    assert status["restarts"] == 1
+    assert "WorkerFailed" in reasons(cluster, "flaky")
+
+
+def test_exit_code_2_fails_at_once_with_the_trainers_message(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("badcfg", NS, podAnnotations=RUNNING_LONG))
+    pods = running_pods(cluster, "badcfg-a0-train", 2)
+    terminate_pod(cluster, pods[0], 2, "train.lr=-1.0: must be > 0")
+    status = wait_status(cluster, operator, "badcfg", "Failed", lambda s: s.get("phase") == "Failed")
+    failed = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert failed["reason"] == "ConfigError" and "train.lr=-1.0: must be > 0" in failed["message"]
+    assert (status["restarts"], status["attempt"]) == (0, 0)
+    assert [j["metadata"]["name"] for j in children(cluster, "badcfg", "Job", "batch/v1")] == ["badcfg-a0-train"]
+
+
+def test_a_preemption_is_counted_apart(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("preempted", NS, podAnnotations=RUNNING_LONG))
+    pods = running_pods(cluster, "preempted-a0-train", 2)
+    terminate_pod(cluster, pods[0], 137, disruption="PreemptionByScheduler")
+    status = wait_status(cluster, operator, "preempted", "restart", lambda s: s.get("attempt") == 1)
+    assert (status["preemptions"], status["restarts"]) == (1, 0)
+    running_pods(cluster, "preempted-a1-train", 2)
+
+
+def test_suspend_and_resume(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    tj = training_job("pausable", NS, podAnnotations=RUNNING_LONG)
+    cluster.api.apply(tj)
+    running_pods(cluster, "pausable-a0-train", 2)
+    tj["spec"]["suspend"] = True
+    cluster.api.apply(tj)
+    wait_status(cluster, operator, "pausable", "Suspended", lambda s: s.get("phase") == "Suspended")
+    assert cluster.api.get("batch/v1", "Job", "pausable-a0-train", NS)["spec"]["suspend"] is True  # type: ignore[index]
+    wait_for("pods gone while suspended", lambda: not cluster.api.items(
+        "v1", "Pod", NS, "batch.kubernetes.io/job-name=pausable-a0-train"), TIMEOUT_S)  # fmt: skip
+    tj["spec"]["workers"] = 4  # allowed while suspended (the CEL rule); the run resumes as a new attempt
+    cluster.api.apply(tj)
+    tj["spec"]["suspend"] = False
+    cluster.api.apply(tj)
+    status = wait_status(cluster, operator, "pausable", "Running", lambda s: s.get("phase") == "Running")
+    assert (status["restarts"], status["preemptions"], status["attempt"]) == (0, 0, 1)
+    running_pods(cluster, "pausable-a1-train", 4)
+    assert "Suspended" in reasons(cluster, "pausable")
+
+
+def test_invalid_train_config_fails_before_anything_is_created(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    cluster.api.apply(training_job("odd", NS, workers=3, train={"train": {"batch_size": 4, "warmup": 5}}))
+    status = wait_status(cluster, operator, "odd", "Failed", lambda s: s.get("phase") == "Failed")
+    failed = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert failed["reason"] == "InvalidSpec"
+    assert "spec.train.train.warmup: unknown key" in failed["message"], failed
+    cluster.api.apply(training_job("indivisible", NS, workers=3, train={"train": {"batch_size": 4}}))
+    status = wait_status(cluster, operator, "indivisible", "Failed", lambda s: s.get("phase") == "Failed")
+    assert "spec.train.train.batch_size=4" in {c["type"]: c for c in status["conditions"]}["Failed"]["message"]
+    cluster.api.apply(training_job("gpu", NS, gpusPerWorker=1, backend="nccl"))
+    status = wait_status(cluster, operator, "gpu", "Failed", lambda s: s.get("phase") == "Failed")
+    assert "spec.gpusPerWorker=1" in {c["type"]: c for c in status["conditions"]}["Failed"]["message"]
+    for name in ("odd", "indivisible", "gpu"):
+        assert children(cluster, name, "Job", "batch/v1") == [] and children(cluster, name, "ConfigMap") == []
+
+
+def test_delete_garbage_collects_the_children(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("doomed", NS, podAnnotations=RUNNING_LONG))
+    running_pods(cluster, "doomed-a0-train", 2)
+    cluster.api.delete(API_VERSION, KIND, "doomed", NS)
+
+    def gone() -> bool:
+        kinds = (("Job", "batch/v1"), ("ConfigMap", "v1"), ("Service", "v1"))
+        return all(not children(cluster, "doomed", k, v) for k, v in kinds)
+
+    wait_for("the children garbage-collected", gone, TIMEOUT_S)
+
+
+def test_ttl_deletes_the_finished_resource(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("brief", NS, ttlSecondsAfterFinished=0,
+                                   podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "1s"}))  # fmt: skip
+    wait_for("brief deleted after it finished", lambda: cluster.api.get(API_VERSION, KIND, "brief", NS) is None,
+             TIMEOUT_S)  # fmt: skip
+
+
+def test_killed_operator_restarts_without_duplicates(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("crashy", NS, podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "3s"}))
+    wait_for("crashy's first child", lambda: children(cluster, "crashy", "ConfigMap"), TIMEOUT_S, 0.05)
+    operator.kill()  # mid-reconcile: the Job may or may not exist yet, the status is not written
+    operator.start()
+    status = wait_status(cluster, operator, "crashy", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    assert status["attempt"] == 0 and status["restarts"] == 0
+    for kind, api_version in (("ConfigMap", "v1"), ("Service", "v1"), ("Job", "batch/v1")):
+        assert len(children(cluster, "crashy", kind, api_version)) == 1, kind
+
+
+BAD_SPECS = {
+    "workers below 1": {"workers": 0},
+    "workers not an integer": {"workers": "two"},
+    "unknown backend": {"backend": "mpi"},
+    "nccl without GPUs": {"backend": "nccl"},
+    "negative maxRestarts": {"maxRestarts": -1},
+    "limits below requests": {"resources": {"requests": {"cpu": "2", "memory": "1Gi"},
+                                            "limits": {"cpu": "1", "memory": "1Gi"}}},
+    "memory not a quantity": {"resources": {"requests": {"cpu": "1", "memory": "lots"},
+                                            "limits": {"cpu": "1", "memory": "1Gi"}}},
+    "runName not a DNS label": {"runName": "Big_Run"},
+    "checkpointDir escaping the volume": {"checkpointDir": "../other"},
+    "toleration effect": {"tolerations": [{"key": "gpu", "effect": "Sometimes"}]},
+    "activeDeadlineSeconds zero": {"activeDeadlineSeconds": 0},
+    "unknown spec field": {"gpus": 2},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_the_api_server_refuses_bad_specs(cluster: LocalCluster, operator: OperatorProcess, case: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        cluster.api.create(training_job("bad", NS, **BAD_SPECS[case]))
+    # 422: schema, enum, range and CEL violations; 400: fields the schema does not declare (strict validation).
+    assert refused.value.status in (400, 422), refused.value
+    assert cluster.api.get(API_VERSION, KIND, "bad", NS) is None
+
+
+def test_immutable_fields_stay_while_running(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    tj = training_job("steady", NS, podAnnotations=RUNNING_LONG)
+    cluster.api.apply(tj)
+    for change in ({"workers": 4}, {"train": {"train": {"batch_size": 8}}}, {"runName": "other"},
+                   {"checkpointDir": "elsewhere"}):  # fmt: skip
+        with pytest.raises(ApiError) as refused:
+            cluster.api.apply({**tj, "spec": {**tj["spec"], **change}})
+        assert refused.value.status == 422, change
+        assert "immutable" in str(refused.value) or "only while suspended" in str(refused.value), change
+    long = training_job("a" * 41, NS)
+    with pytest.raises(ApiError, match=r"needs spec\.runName"):
+        cluster.api.apply(long)
+
+
+def test_health_and_metrics_endpoints(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    wait_status(cluster, operator, "ok", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    assert httpx2.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=10).status_code == 200
+    text = httpx2.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).text
+    assert 'trainop_reconciliations_total{result="created"}' in text
+    assert "trainop_reconcile_seconds_bucket" in text and 'trainop_trainingjobs{phase="Succeeded"}' in text
