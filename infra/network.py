@@ -35,6 +35,8 @@ class NetworkPoliciesArgs:
     """Namespace of the ingress controller that forwards to inference (and to ACME HTTP-01 solvers)."""
     acme: bool
     """ACME HTTP-01 solver pods run in the namespace during certificate issuance."""
+    operator: bool = False
+    """The TrainingJob operator runs here: egress to the Kubernetes API and to MLflow (progress)."""
 
 
 def _pods(name: str) -> k8s.meta.v1.LabelSelectorArgs:
@@ -66,7 +68,8 @@ class NetworkPolicies(pulumi.ComponentResource):
     connections on ephemeral ports after the rendezvous on the master port); trainer and inference to MLflow;
     MLflow to PostgreSQL; clients to inference (from anywhere with NodePorts, else from the ingress controller's
     namespace and this namespace); the MLflow UI from outside with NodePorts; the trainer to the Kubernetes API
-    only with API discovery; the ingress controller to ACME solver pods."""
+    only with API discovery; the TrainingJob operator to the Kubernetes API and MLflow; the ingress controller to
+    ACME solver pods."""
 
     policy_names: list[pulumi.Output[str]]
     """Names of every NetworkPolicy created."""
@@ -115,8 +118,9 @@ class NetworkPolicies(pulumi.ComponentResource):
                 egress=[np.NetworkPolicyEgressRuleArgs(to=[_peer_pods("trainer")], ports=all_tcp)],
             ),
         )
-        mlflow_clients = [_peer_pods("trainer"), _peer_pods("inference")]
-        for client in ("trainer", "inference"):
+        clients = ("trainer", "inference", "trainop") if args.operator else ("trainer", "inference")
+        mlflow_clients = [_peer_pods(client) for client in clients]
+        for client in clients:
             policy(
                 f"{client}-to-mlflow",
                 np.NetworkPolicySpecArgs(
@@ -173,6 +177,16 @@ class NetworkPolicies(pulumi.ComponentResource):
                 "trainer-to-kubernetes-api",
                 np.NetworkPolicySpecArgs(
                     pod_selector=_pods("trainer"),
+                    policy_types=["Egress"],
+                    egress=[np.NetworkPolicyEgressRuleArgs(to=_anywhere(), ports=_tcp(443, 6443))],
+                ),
+            )
+        if args.operator:
+            # The operator watches TrainingJobs and creates their Jobs: egress to the API server's ports.
+            policy(
+                "trainop-to-kubernetes-api",
+                np.NetworkPolicySpecArgs(
+                    pod_selector=_pods("trainop"),
                     policy_types=["Egress"],
                     egress=[np.NetworkPolicyEgressRuleArgs(to=_anywhere(), ports=_tcp(443, 6443))],
                 ),

@@ -6,7 +6,7 @@ import pulumi
 import yaml
 
 from infra.common import MANAGED_BY
-from infra.config import MLFLOW_RESOURCES, POSTGRES_RESOURCES, StackConfig
+from infra.config import MLFLOW_RESOURCES, OPERATOR_RESOURCES, POSTGRES_RESOURCES, StackConfig
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
 from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs, tracking_uri
 from infra.namespace import Namespace, NamespaceArgs
@@ -15,6 +15,7 @@ from infra.rbac import TrainerRbac, TrainerRbacArgs
 from infra.storage import Storage, StorageArgs, VolumeClaim
 from infra.tls import Tls, TlsArgs
 from infra.training import TrainingArgs, TrainingJob
+from infra.trainingjobs import OperatorArgs, TrainingJobOperator
 from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, threads_per_rank
 
 TRAINER_SERVICE_ACCOUNT = "trainer"
@@ -100,6 +101,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             node_ports=config.service_type == "NodePort",
             ingress_controller_namespace=config.inference.ingress_controller_namespace,
             acme=config.tls.enabled and config.tls.issuer == "acme",
+            operator=config.operator,
         ),
         opts=after_ns,
     )
@@ -150,6 +152,23 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
         TrainerRbacArgs(namespace=ns.name, service_account_name=TRAINER_SERVICE_ACCOUNT, instance=instance),
         opts=after_ns,
     )
+    if config.operator:
+        TrainingJobOperator(
+            "trainingjobs",
+            OperatorArgs(
+                namespace=config.namespace.name,
+                instance=instance,
+                image=config.image,
+                image_pull_policy=config.image_pull_policy,
+                tracking_uri=mlflow.tracking_uri,
+                checkpoint_claim=storage.claim_names[CHECKPOINT_CLAIM],
+                checkpoint_sub_path=storage.sub_paths[CHECKPOINT_CLAIM],
+                trainer_service_account=TRAINER_SERVICE_ACCOUNT,
+                gpus_available=config.accelerator == "nvidia",
+                resources=OPERATOR_RESOURCES,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage]),
+        )
     t = config.training
     training = TrainingJob(
         "training",

@@ -12,6 +12,7 @@
 from infra.config.schema import PROJECT_FILE, SECRET_KEYS, load_schema, project_name, read_raw_config, secret_keys
 from infra.config.settings import (
     MLFLOW_RESOURCES,
+    OPERATOR_RESOURCES,
     POSTGRES_RESOURCES,
     InferenceSettings,
     MlflowSettings,
@@ -26,8 +27,8 @@ from workloads.pod import Resources, Toleration
 from workloads.quantity import parse_quantity
 
 __all__ = [
-    "ACCESS_MODES", "MLFLOW_RESOURCES", "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS", "TRAIN_KEYS_OWNED",
-    "TRAIN_SECTIONS", "ConfigError", "InferenceSettings", "MlflowSettings", "NamespaceSettings", "Resources",
-    "StackConfig", "StorageSettings", "TlsSettings", "Toleration", "TrainingSettings", "load_schema",
+    "ACCESS_MODES", "MLFLOW_RESOURCES", "OPERATOR_RESOURCES", "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS",
+    "TRAIN_KEYS_OWNED", "TRAIN_SECTIONS", "ConfigError", "InferenceSettings", "MlflowSettings", "NamespaceSettings",
+    "Resources", "StackConfig", "StorageSettings", "TlsSettings", "Toleration", "TrainingSettings", "load_schema",
     "parse_quantity", "project_name", "read_raw_config", "secret_keys",
 ]  # fmt: skip

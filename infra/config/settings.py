@@ -9,6 +9,8 @@ from workloads.pod import Resources, Toleration
 # Sizes of the supporting servers (not tunable per stack; the quota check counts them).
 MLFLOW_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="1Gi")
 POSTGRES_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="256Mi", memory_limit="1Gi")
+# The TrainingJob operator (Kopf, one replica): mostly idle, a few hundred MB with trainer.config imported.
+OPERATOR_RESOURCES = Resources(cpu_request="100m", cpu_limit="500m", memory_request="192Mi", memory_limit="512Mi")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from infra.config.schema import SECRET_KEYS, project_name, read_raw_config
 from infra.config.settings import (
     MLFLOW_RESOURCES,
+    OPERATOR_RESOURCES,
     POSTGRES_RESOURCES,
     InferenceSettings,
     MlflowSettings,
@@ -58,6 +59,8 @@ class StackConfig:
     """The training run."""
     inference: InferenceSettings
     """The inference service."""
+    operator: bool = True
+    """Install the TrainingJob CRD and its operator (trainingJobOperator)."""
 
     @classmethod
     def load(cls) -> StackConfig:
@@ -90,10 +93,13 @@ def _check_quota(v: Validator, config: StackConfig) -> None:
     t, inf = config.training, config.inference
     surge_replicas = inf.max_replicas + 1
     postgres = [POSTGRES_RESOURCES] if config.mlflow.backend == "postgresql" else []
-    pods = [*([t.resources] * t.workers), MLFLOW_RESOURCES, *postgres, *([inf.resources] * surge_replicas)]
+    operator = [OPERATOR_RESOURCES] if config.operator else []
+    pods = [
+        *([t.resources] * t.workers), MLFLOW_RESOURCES, *postgres, *operator, *([inf.resources] * surge_replicas)
+    ]
     what = (
-        f"{t.workers} workers + MLflow{' + PostgreSQL' if postgres else ''} + "
-        f"{surge_replicas} inference pods (hpaMaxReplicas + 1 rolling-update surge)"
+        f"{t.workers} workers + MLflow{' + PostgreSQL' if postgres else ''}{' + the operator' if operator else ''}"
+        f" + {surge_replicas} inference pods (hpaMaxReplicas + 1 rolling-update surge)"
     )
     for key, quota, field_ in (
         ("quotaCpu", config.namespace.quota_cpu, "cpu_limit"),
@@ -245,6 +251,7 @@ def _build(v: Validator) -> StackConfig:
             ingress_class=v.string("ingressClassName"),
             ingress_controller_namespace=v.dns_label("ingressControllerNamespace"),
         ),
+        operator=v.boolean("trainingJobOperator"),
     )
     # The Job name <runName>-train and pod host names <job>-<index> must stay DNS labels.
     if len(config.training.run_name) > 50:

@@ -48,7 +48,7 @@ def test_selectors_match_pod_labels(stack_objects: list[dict[str, Any]]) -> None
 
 
 def test_every_object_has_recommended_labels_and_namespace(stack_objects: list[dict[str, Any]]) -> None:
-    cluster_scoped = {"Namespace", "PersistentVolume"}
+    cluster_scoped = {"Namespace", "PersistentVolume", "CustomResourceDefinition"}
     for obj in stack_objects:
         meta = obj["metadata"]
         assert set(meta.get("labels", {})) >= RECOMMENDED, (obj["kind"], meta["name"])
@@ -186,11 +186,15 @@ def test_every_pod_has_the_one_definition_of_the_restricted_contexts(stack_objec
             assert c["securityContext"] == container_security_context(), (workload["metadata"]["name"], c["name"])
 
 
-def test_only_trainer_pods_may_mount_a_token(stack_objects: list[dict[str, Any]]) -> None:
+def test_only_the_operator_mounts_a_token(stack_objects: list[dict[str, Any]]) -> None:
     for workload, pod in pod_specs(stack_objects):
         if workload["kind"] == "Job":
             assert pod["serviceAccountName"] == "trainer"
             assert pod["automountServiceAccountToken"] is False  # dns discovery needs no API access
+        elif workload["metadata"]["name"] == "trainop":
+            # It watches TrainingJobs and creates Jobs: the API is its job; its own Role bounds what it may do.
+            assert pod["serviceAccountName"] == "trainop"
+            assert pod.get("automountServiceAccountToken", True) is True
         else:
             assert pod["automountServiceAccountToken"] is False, workload["metadata"]["name"]
 
