@@ -166,6 +166,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 trainer_service_account=TRAINER_SERVICE_ACCOUNT,
                 gpus_available=config.accelerator == "nvidia",
                 resources=OPERATOR_RESOURCES,
+                install_crd=config.operator_crd,
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage]),
         )

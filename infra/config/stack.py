@@ -60,7 +60,9 @@ class StackConfig:
     inference: InferenceSettings
     """The inference service."""
     operator: bool = True
-    """Install the TrainingJob CRD and its operator (trainingJobOperator)."""
+    """Install the TrainingJob operator (trainingJobOperator)."""
+    operator_crd: bool = True
+    """Declare the TrainingJob CRD with it (trainingJobCrd)."""
 
     @classmethod
     def load(cls) -> StackConfig:
@@ -252,6 +254,7 @@ def _build(v: Validator) -> StackConfig:
             ingress_controller_namespace=v.dns_label("ingressControllerNamespace"),
         ),
         operator=v.boolean("trainingJobOperator"),
+        operator_crd=v.boolean("trainingJobCrd"),
     )
     # The Job name <runName>-train and pod host names <job>-<index> must stay DNS labels.
     if len(config.training.run_name) > 50:

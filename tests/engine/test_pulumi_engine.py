@@ -31,7 +31,8 @@ GPU_NS = "engine-gpu"
 DEV = {"namespace": DEV_NS, "tlsEnabled": False, "tlsInstallCertManager": False, "ingressEnabled": True,
        "inferenceNodePort": 30192, "mlflowNodePort": 30600}  # fmt: skip
 # No Ingress on gpu: without TLS (no cert-manager here) the policy pack refuses it, as the last test shows.
-GPU = {"namespace": GPU_NS, "tlsEnabled": False, "ingressEnabled": False}
+# The dev stack on the same control plane owns the cluster-wide TrainingJob CRD.
+GPU = {"namespace": GPU_NS, "tlsEnabled": False, "ingressEnabled": False, "trainingJobCrd": False}
 GPU_SECRETS = {"postgresPassword": "engine-tier-pg-password"}
 TIMINGS = Path(__file__).resolve().parents[2] / "build" / "engine-timings.json"
 JOB_TIMEOUT_S = 240

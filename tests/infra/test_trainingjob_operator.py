@@ -69,6 +69,12 @@ def test_network_policies_let_the_operator_reach_the_api_and_mlflow(stack_object
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "trainop"}}} in sources
 
 
+def test_a_second_stack_on_the_cluster_leaves_the_crd_to_the_first() -> None:
+    objects = objects_of(render_stack("gpu", trainingJobCrd=False))
+    assert not [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+    assert find(objects, "Deployment", "trainop")
+
+
 def test_config_key_turns_the_operator_off() -> None:
     objects = objects_of(render_stack("dev", trainingJobOperator=False))
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
