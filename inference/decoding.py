@@ -190,7 +190,7 @@ class BatchDecoder:
         slots = torch.tensor([slot for slot, _ in windows], device=self.device)
         # Right padding is harmless under causal attention: real positions never attend to later padding, and
         # the padding's cache entries lie beyond each row's `cache_len`, so decoding masks or overwrites them.
-        self.model(ids.to(self.device), cache=self.cache, slots=slots)
+        self.model(ids.to(self.device), cache=self.cache, slots=slots, logits=False)
 
     def _decode(self) -> torch.Tensor:
         """One cached step for every row on its last token; returns next-token logits (n, vocab)."""

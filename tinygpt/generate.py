@@ -72,7 +72,7 @@ def generate(
         if cache_len == 0:  # a new or slid window: cache all of it but its last token in one pass
             cache_len = len(tokens) - 1 - window_start
             if cache_len:
-                model(torch.tensor([tokens[window_start:-1]], device=device), cache=cache)
+                model(torch.tensor([tokens[window_start:-1]], device=device), cache=cache, logits=False)
         logits, _ = model(
             torch.tensor([tokens[-1:]], device=device),
             cache=cache,

@@ -42,22 +42,28 @@ class KVCache:
 class _CachedStep:
     """How one cached forward pass reads and writes the cache: the same for every layer."""
 
-    def __init__(self, cache: KVCache, positions: torch.Tensor, slots: torch.Tensor | None) -> None:
+    def __init__(self, cache: KVCache, positions: torch.Tensor, slots: torch.Tensor | None, *, fresh: bool) -> None:
         batch = positions.shape[0]
         self.cache = cache
         self.positions = positions  # (B, T) position of every new token
         self.write_rows = (slots if slots is not None else torch.arange(batch, device=positions.device))[:, None]
-        span = int(positions.max()) + 1
+        # Rows starting at position 0 attend only to their new tokens: plain causal attention, nothing to read back.
+        self.fresh = fresh
+        self.span = positions.shape[1] if fresh else int(positions.max()) + 1
         # Without explicit slots, rows are slots [0, B): a view of the cache, no copy.
         self.read_rows = slots if slots is not None else slice(0, batch)
-        self.span = span
-        key_pos = torch.arange(span, device=positions.device)
-        self.mask = (key_pos <= positions[..., None])[:, None]  # (B, 1, T, span)
+        key_pos = torch.arange(self.span, device=positions.device)
+        self.mask = None if fresh else (key_pos <= positions[..., None])[:, None]  # (B, 1, T, span)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.cache.keys[layer][self.write_rows, :, self.positions] = k.transpose(1, 2)
+        self.cache.values[layer][self.write_rows, :, self.positions] = v.transpose(1, 2)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.write(layer, k, v)
+        if self.fresh:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[self.write_rows, :, self.positions] = k.transpose(1, 2)
-        values[self.write_rows, :, self.positions] = v.transpose(1, 2)
         return F.scaled_dot_product_attention(
             q, keys[self.read_rows, :, : self.span], values[self.read_rows, :, : self.span], attn_mask=self.mask
         )
@@ -74,11 +80,15 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, step: _CachedStep | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: _CachedStep | None = None, *, output: bool = True) -> torch.Tensor | None:
+        """Attention output for `x` (B, T, C); with `output=False` only the cache is written and None returned."""
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         shape = (b, t, self.n_head, c // self.n_head)
         q, k, v = q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+        if step is not None and not output:
+            step.write(self.layer, k, v)
+            return None
         if step is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
@@ -107,8 +117,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, step: _CachedStep | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), step)
+    def forward(self, x: torch.Tensor, step: _CachedStep | None = None, *, output: bool = True) -> torch.Tensor:
+        attended = self.attn(self.ln_1(x), step, output=output)
+        if attended is None:
+            return x
+        x = x + attended
         return x + self.mlp(self.ln_2(x))
 
 
@@ -161,12 +174,15 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         input_pos: torch.Tensor | None = None,
         slots: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position of `idx` (B, T); with `targets`, also the mean cross-entropy loss.
 
         With `cache`, row `r` of `idx` continues the sequence cached in slot `slots[r]` (default `r`) from position
         `input_pos[r]` (default 0): its keys and values are written there and attention sees everything cached
         for that slot before them. Without it, `idx` is a whole sequence starting at position 0.
+        `logits=False` (with a cache) only fills the cache: the last block stops once its keys and values are
+        written, and no logits are computed (a prefill whose outputs nobody reads).
         """
         b, t = idx.shape
         if cache is None:
@@ -177,14 +193,17 @@ class GPT(nn.Module):
         else:
             start = input_pos if input_pos is not None else torch.zeros(b, dtype=torch.long, device=idx.device)
             pos = start[:, None] + torch.arange(t, device=idx.device)
-            step = _CachedStep(cache, pos, slots)
+            step = _CachedStep(cache, pos, slots, fresh=input_pos is None)
             if step.span > self.config.block_size:
                 raise ValueError(f"cached positions reach {step.span}, beyond block_size {self.config.block_size}")
         x = self.drop(self.wte(idx) + self.wpe(pos))
-        for block in self.blocks:
-            x = block(x, step)
-        logits = self.lm_head(self.ln_f(x))
+        last = len(self.blocks) - 1
+        for layer, block in enumerate(self.blocks):
+            x = block(x, step, output=logits or step is None or layer < last)
+        if not logits and step is not None:
+            return None, None
+        out = self.lm_head(self.ln_f(x))
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+            return out, None
+        loss = F.cross_entropy(out.view(-1, out.size(-1)), targets.view(-1))
+        return out, loss

@@ -44,6 +44,17 @@ def test_rows_at_different_positions_and_slots_see_only_their_own_cache(model: G
     torch.testing.assert_close(logits[1, 0], full_logits(model, a)[-1], atol=1e-5, rtol=1e-5)
 
 
+def test_a_prefill_without_logits_fills_the_same_cache(model: GPT) -> None:
+    tokens = torch.randint(model.vocab_size, (2, 10), generator=torch.Generator().manual_seed(5))
+    with_logits, without = model.new_cache(2), model.new_cache(2)
+    with torch.inference_mode():
+        model(tokens, cache=with_logits)
+        assert model(tokens, cache=without, logits=False) == (None, None)
+    for a, b in zip((*with_logits.keys, *with_logits.values), (*without.keys, *without.values), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert bool(without.keys[-1][:, :, :10].abs().sum() > 0), "the last layer's keys must be written too"
+
+
 def test_a_cache_cannot_grow_past_the_context_window(model: GPT) -> None:
     cache = model.new_cache(1)
     with pytest.raises(ValueError, match="beyond block_size"):
