@@ -22,7 +22,17 @@ import kopf
 from lightkube import ApiError
 
 from trainop import metrics
-from trainop.decide import CONFIG_ERROR, TERMINAL, Observation, Transition, conditions, observe, transition
+from trainop.decide import (
+    CONFIG_ERROR,
+    PENDING,
+    SUSPENDED,
+    TERMINAL,
+    Observation,
+    Transition,
+    conditions,
+    observe,
+    transition,
+)
 from trainop.kube import Kube, OwnedElsewhere
 from trainop.progress import ProgressCache
 from trainop.settings import Settings
@@ -85,6 +95,8 @@ class Reconciler:
         await self.kube.delete_other_attempts(name, attempt)
         job = await self.kube.job(job_name(tj, attempt))
         suspend = bool(spec.get("suspend"))
+        # Kueue admits a Job by unsuspending it: with a queue, Jobs start suspended and only suspend is ours.
+        queued = bool(spec.get("queueName"))
         deadline = spec.get("activeDeadlineSeconds")
         started = _time(status.get("startTime"))
         if deadline and started and not suspend and now > started + dt.timedelta(seconds=int(deadline)):
@@ -103,7 +115,7 @@ class Reconciler:
             if status.get("phase") == "Restarting" and restart_after and now < restart_after:
                 return "backoff"
             try:
-                for obj in attempt_manifests(tj, attempt, self.settings.platform, suspend=suspend):
+                for obj in attempt_manifests(tj, attempt, self.settings.platform, suspend=suspend or queued):
                     await self.kube.create_or_adopt(obj, uid)
             except OwnedElsewhere as err:
                 step = self._same(status, phase="Failed", reason="Conflict", message=str(err))
@@ -132,12 +144,14 @@ class Reconciler:
             )
             await self._write(tj, status, replace(step, attempt=attempt + 1), now)
             return "spec-changed"
-        if bool((job.get("spec") or {}).get("suspend")) != suspend:
+        if bool((job.get("spec") or {}).get("suspend")) != suspend and (suspend or not queued):
             job = await self.kube.suspend_job(job["metadata"]["name"], suspend)
             if not suspend:  # as a Job does: the deadline counts from the resume
                 status["startTime"] = _stamp(now)
         pods = await self.kube.pods(job["metadata"]["name"])
         seen = observe(job, pods)
+        if queued and not suspend and seen.state == SUSPENDED:
+            seen = Observation(PENDING, "waiting for Kueue to admit the Job")
         if seen.state == CONFIG_ERROR and seen.message.endswith("(configuration error)"):
             seen = await self._with_log(seen, pods)
         step = transition(

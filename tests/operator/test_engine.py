@@ -4,14 +4,16 @@ kwok's simulated pods. Pod failures are written into pod status as a kubelet wou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
+import yaml
 
 from tests.engine.cluster import ApiError, LocalCluster, wait_for
-from tests.operator.harness import OperatorProcess, prepare_namespace, terminate_pod, training_job
+from tests.operator.harness import ROOT, OperatorProcess, prepare_namespace, terminate_pod, training_job
 from workloads.trainingjob import API_VERSION, ATTEMPT_LABEL, KIND, PLURAL, TRAININGJOB_LABEL, crd
 
 pytestmark = pytest.mark.engine
@@ -269,3 +271,23 @@ def test_health_and_metrics_endpoints(cluster: LocalCluster, operator: OperatorP
     text = httpx2.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).text
     assert 'trainop_reconciliations_total{result="created"}' in text
     assert "trainop_reconcile_seconds_bucket" in text and 'trainop_trainingjobs{phase="Succeeded"}' in text
+
+
+def test_the_example_is_accepted_and_started(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    example = yaml.safe_load((ROOT / "examples" / "trainingjob.yaml").read_text())
+    example["metadata"]["namespace"] = NS
+    cluster.api.create(example)
+    name = example["metadata"]["name"]
+    status = wait_status(cluster, operator, name, "started", lambda s: s.get("phase") in ("Pending", "Running"))
+    assert status["jobName"] == f"{name}-a0-train"
+
+
+def test_a_queued_run_waits_for_kueue(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    cluster.api.apply(training_job("queued", NS, queueName="team-a"))
+    status = wait_status(cluster, operator, "queued", "Pending", lambda s: s.get("phase") == "Pending")
+    live = cluster.api.get("batch/v1", "Job", "queued-a0-train", NS)
+    assert live is not None and live["spec"]["suspend"] is True, "Kueue admits it by unsuspending it"
+    assert live["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    time.sleep(3)  # three reconciliations (RECONCILE_INTERVAL_S=1): the operator must not unsuspend it itself
+    assert cluster.api.get("batch/v1", "Job", "queued-a0-train", NS)["spec"]["suspend"] is True  # type: ignore[index]
+    assert status["phase"] == "Pending"
