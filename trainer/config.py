@@ -138,6 +138,8 @@ class TrackingConfig:
     """Registered model that each finished run adds a version to."""
     alias: str = "champion"
     """Alias moved to the new version when its val_loss is no worse than the current holder's."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra tags on the MLflow run (the TrainingJob operator finds its runs by one)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -227,7 +229,7 @@ def _raise(problems: list[str]) -> None:
 def _field_types(section_cls: type) -> dict[str, type]:
     """The keys a config file may set in a section, with their types."""
     return {
-        f.name: {"int": int, "float": float, "str": str}[str(f.type)]
+        f.name: {"int": int, "float": float, "str": str, "dict[str, str]": dict}[str(f.type)]
         for f in dataclasses.fields(section_cls)
         if not (section_cls is GPTConfig and f.name == VOCAB_FROM_TOKENIZER)
     }
@@ -235,6 +237,13 @@ def _field_types(section_cls: type) -> dict[str, type]:
 
 def _coerce(key: str, value: object, kind: type) -> object:
     """Convert a YAML or `--set` value to the field's type, or raise ConfigError naming `key`."""
+    if kind is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+            for k, v in value.items()
+        ):
+            raise ConfigError(f"{key}={value!r}: must be a mapping of names to strings (in the config file)")
+        return {k: str(v) for k, v in value.items()}
     if kind is str:
         if value is None:
             return ""

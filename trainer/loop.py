@@ -345,6 +345,8 @@ class Trainer:
                             keep=cfg.checkpoint.keep,
                         )
                         progress.message(f"checkpoint {path}")
+                        if logger is not None:
+                            logger.log_checkpoint(path, done)
                 if stop_votes and not final:
                     if env.is_distributed:
                         dist.barrier()  # other ranks exit only once the checkpoint is on disk

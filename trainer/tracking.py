@@ -20,6 +20,10 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from tinygpt.pyfunc import save_pyfunc
 from trainer.config import TrackingConfig
 
+# Run tags naming the newest checkpoint; the TrainingJob operator reads them (workloads/trainingjob.py).
+CHECKPOINT_PATH_TAG = "ml-platform.checkpoint.path"
+CHECKPOINT_STEP_TAG = "ml-platform.checkpoint.step"
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -58,6 +62,8 @@ class RunLogger(Protocol):
 
     def publish_model(self, model_dir: Path, *, step: int, val_loss: float) -> Published | None: ...
 
+    def log_checkpoint(self, path: Path, step: int) -> None: ...
+
     def finish(self, status: str) -> None: ...
 
 
@@ -76,6 +82,9 @@ class NullLogger:
 
     def publish_model(self, model_dir: Path, *, step: int, val_loss: float) -> Published | None:
         return None
+
+    def log_checkpoint(self, path: Path, step: int) -> None:
+        pass
 
     def finish(self, status: str) -> None:
         pass
@@ -97,12 +106,14 @@ class MlflowLogger:
         run_id = self._resumable(resume_run_id)
         if run_id is None:
             experiment_id = self._experiment_id()
-            tags = {"mlflow.source.name": "trainer", "mlflow.source.type": "JOB"}
+            tags = {"mlflow.source.name": "trainer", "mlflow.source.type": "JOB", **config.tags}
             if resume_run_id:
                 tags["continues_run"] = resume_run_id
             run_id = self.client.create_run(experiment_id, tags=tags).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
+            for key, value in config.tags.items():
+                self.client.set_tag(run_id, key, value)
             self.resumed = True
         self._run_id: str = run_id
 
@@ -226,6 +237,11 @@ class MlflowLogger:
         if val_loss <= float(held):
             return True, f"val_loss {val_loss:.4f} <= {float(held):.4f} of version {current.version}"
         return False, f"val_loss {val_loss:.4f} > {float(held):.4f} of version {current.version}, which keeps '{alias}'"
+
+    def log_checkpoint(self, path: Path, step: int) -> None:
+        """The newest checkpoint, as run tags (what the TrainingJob operator shows as latestCheckpoint)."""
+        self.client.set_tag(self._run_id, CHECKPOINT_PATH_TAG, str(path))
+        self.client.set_tag(self._run_id, CHECKPOINT_STEP_TAG, str(step))
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self._run_id, status=status)

@@ -128,3 +128,36 @@ def test_tracking_uri_from_the_config_alone_is_used_for_every_call(tmp_path: Pat
     files = {item.path for item in client.list_artifacts(summary["run_id"], "model")}
     assert {f"model/{MLMODEL_FILE}", "model/data", "model/code"} <= files
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_tracking_tags_and_the_newest_checkpoint_are_on_the_run(tmp_path: Path, mlflow_server: str) -> None:
+    """What the TrainingJob operator reads: its uid tag on the run, and the newest checkpoint as run tags."""
+    from mlflow import MlflowClient
+
+    from trainer.tracking import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG
+    from workloads import trainingjob
+
+    assert (CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG) == (
+        trainingjob.CHECKPOINT_PATH_TAG, trainingjob.CHECKPOINT_STEP_TAG,
+    )  # fmt: skip
+    tags = {trainingjob.UID_TAG: "0b6c6f0e-uid", "team": "vision"}
+    tracking = {"experiment": "trainer-tags", "model_name": "trainer-tags-model", "tags": tags}
+    config = tiny_config(tmp_path, tracking=tracking, train={"max_steps": 30}, checkpoint={"every": 10})
+    done = run_trainer("train", "--config", str(config), env=clean_env(MLFLOW_TRACKING_URI=mlflow_server))
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(done.stdout)
+    run = MlflowClient(mlflow_server).get_run(summary["run_id"])
+    assert tags.items() <= run.data.tags.items()
+    assert run.data.tags[CHECKPOINT_STEP_TAG] == "30"
+    assert run.data.tags[CHECKPOINT_PATH_TAG] == summary["checkpoint"]
+    found = MlflowClient(mlflow_server).search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`{trainingjob.UID_TAG}` = '0b6c6f0e-uid'"
+    )
+    assert [r.info.run_id for r in found] == [summary["run_id"]]
+
+
+def test_tracking_tags_must_be_a_mapping_of_strings(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, tracking={"tags": ["not", "a", "mapping"]})
+    bad = run_trainer("train", "--config", str(config), env=clean_env())
+    assert bad.returncode == 2, bad.stderr
+    assert "tracking.tags=" in bad.stderr and "mapping of names to strings" in bad.stderr
