@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -245,11 +246,26 @@ def find_rank0(
         if discover_pod_ip is None:
             raise ConfigError("MASTER_ADDR is not set and no Kubernetes API discovery is available")
         host = wait(discover_pod_ip, "rank 0's pod IP from the Kubernetes API")
-    addr = wait(lambda: resolve(host, env.master_port), f"resolving rank 0's address {host!r}")
-    wait(
-        lambda: probe(addr, env.master_port),
-        f"waiting for rank 0 at {host} ({addr}) port {env.master_port} to accept connections",
-    )
+    resolved: list[str] = []
+
+    def reachable() -> str | None:
+        # Resolved again at every try: after a restart of the gang the name may still point at the old rank 0's
+        # address for a moment, and waiting on that address would never succeed.
+        addr = resolve(host, env.master_port)
+        resolved[:] = [addr]
+        return probe(addr, env.master_port)
+
+    try:
+        addr = wait(reachable, f"waiting for rank 0 at {host} port {env.master_port} to accept connections")
+    except RendezvousError as err:
+        if not resolved:
+            raise RendezvousError(f"resolving rank 0's address {host!r}: {err}") from None
+        raise RendezvousError(f"{err} (last resolved to {resolved[0]})") from None
+    # One line per rendezvous in the pod's log: which name resolved to which address, and how long it took.
+    print(
+        f"rank {env.rank}: rank 0 is {host} = {addr}:{env.master_port} (found in {clock() - start:.1f} s)",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
     return dataclasses.replace(env, master_addr=addr)
 
 

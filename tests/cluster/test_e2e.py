@@ -223,10 +223,13 @@ def test_training_survives_a_sigkilled_rank_and_resumes(real_cluster: RealCluste
     assert succeeded["1"]["metadata"]["uid"] != victim["metadata"]["uid"]
     assert deployed.facts["job"]["status"].get("failed", 0) >= 1, deployed.facts["job"]["status"]
 
-    # Rank 1 found rank 0 by its stable DNS name through the headless Service (no API access is granted).
+    # Rank 1 found rank 0 by its stable DNS name through the headless Service (no API access is granted): the
+    # name resolved to the pod IP of the rank 0 it trained with.
     env = {e["name"]: e.get("value") for e in succeeded["1"]["spec"]["containers"][0]["env"]}
     assert env["MASTER_ADDR"].startswith(f"{job}-0."), env
     assert succeeded["1"]["spec"]["automountServiceAccountToken"] is False
+    rank0_ip = succeeded["0"]["status"]["podIP"]
+    assert f"rank 1: rank 0 is {env['MASTER_ADDR']} = {rank0_ip}:" in logs["1"], logs["1"][-2000:]
 
     # The restarted rank 0 resumed from a checkpoint at or after the one seen before the kill, and finished.
     rank0 = logs["0"].splitlines()

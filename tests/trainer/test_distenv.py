@@ -153,6 +153,23 @@ def test_dns_is_retried_with_backoff_until_it_resolves() -> None:
     assert len(time.sleeps) == 2 and time.sleeps[1] > time.sleeps[0]
 
 
+def test_a_stale_address_is_resolved_again_until_the_new_rank0_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """After a gang restart the name may point at the old rank 0 for a moment: the next try resolves again."""
+    time = FakeClock()
+    answers = iter(["10.0.0.5", "10.0.0.5", "10.0.0.9"])  # the old pod's address twice, then the new one
+
+    def probe(addr: str, port: int) -> str | None:
+        if addr == "10.0.0.5":
+            raise ConnectionRefusedError("the old rank 0 is gone")
+        return addr
+
+    env = find_rank0(
+        _job_env(1), DNS, resolve=lambda h, p: next(answers), probe=probe, clock=time.clock, sleep=time.sleep
+    )
+    assert env.master_addr == "10.0.0.9"
+    assert "rank 1: rank 0 is train-0.train = 10.0.0.9:29500" in capsys.readouterr().err
+
+
 def test_an_address_that_never_resolves_fails_stating_the_time_waited() -> None:
     time = FakeClock()
 
