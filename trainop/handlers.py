@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from lightkube import ApiError
@@ -186,7 +186,9 @@ class Reconciler:
         ttl = tj["spec"].get("ttlSecondsAfterFinished")
         done = _time(status.get("completionTime"))
         if ttl is not None and done is not None and now >= done + dt.timedelta(seconds=int(ttl)):
-            kopf.event(dict(tj), type="Normal", reason="Deleted", message=f"ttlSecondsAfterFinished={ttl} passed")
+            kopf.event(
+                cast(kopf.Body, tj), type="Normal", reason="Deleted", message=f"ttlSecondsAfterFinished={ttl} passed"
+            )
             await self.kube.delete_training_job(tj["metadata"]["name"])
             metrics.record_phase(tj["metadata"]["uid"], None)
             self.progress.forget(tj["metadata"]["uid"])
@@ -207,7 +209,9 @@ class Reconciler:
         """The status' own phase and counters, with a new phase, reason and message where given."""
         old = {c["type"]: c for c in status.get("conditions") or []}
         current = status.get("phase") or "Pending"
-        fallback = next((c for c in old.values() if c["status"] == "True" and c["type"] != "Created"), {})
+        fallback: Mapping[str, Any] = next(
+            (c for c in old.values() if c["status"] == "True" and c["type"] != "Created"), {}
+        )
         return Transition(
             phase=phase or current,
             reason=reason or fallback.get("reason", "Created"),
@@ -251,7 +255,7 @@ class Reconciler:
             log.info("%s: %s -> %s (%s) %s", meta["name"], status.get("phase"), step.phase, step.reason, step.message)
         if step.phase != status.get("phase") or step.reason != self._same(status).reason:
             kind = "Warning" if step.reason in WARNING_REASONS else "Normal"
-            kopf.event(dict(tj), type=kind, reason=step.reason, message=step.message[:1000] or step.phase)
+            kopf.event(cast(kopf.Body, tj), type=kind, reason=step.reason, message=step.message[:1000] or step.phase)
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval_s: float) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2
 from lightkube import ApiError, AsyncClient, codecs
+from lightkube.core.client import LabelValue
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Pod, Service
@@ -53,7 +54,7 @@ class Kube:
             raise
 
     async def pods(self, job_name: str) -> list[dict[str, Any]]:
-        labels = {"batch.kubernetes.io/job-name": job_name}
+        labels: dict[str, LabelValue] = {"batch.kubernetes.io/job-name": job_name}
         return [dict(p.to_dict()) async for p in self.client.list(Pod, namespace=self.ns, labels=labels)]
 
     async def create_or_adopt(self, obj: Mapping[str, Any], owner_uid: str) -> dict[str, Any]:
@@ -63,7 +64,7 @@ class Kube:
         except ApiError as err:
             if err.status.code != 409:
                 raise
-        kind = {"ConfigMap": ConfigMap, "Service": Service, "Job": Job}[obj["kind"]]
+        kind: Any = {"ConfigMap": ConfigMap, "Service": Service, "Job": Job}[obj["kind"]]
         live = dict((await self.client.get(kind, obj["metadata"]["name"], namespace=self.ns)).to_dict())
         owners = [o["uid"] for o in live["metadata"].get("ownerReferences") or [] if o.get("controller")]
         if owners != [owner_uid]:
@@ -73,8 +74,10 @@ class Kube:
     async def delete_other_attempts(self, tj_name: str, attempt: int) -> list[str]:
         """Delete the children of this TrainingJob's earlier attempts (their pods go with their Job)."""
         deleted = []
-        for kind in (Job, Service, ConfigMap):
-            async for obj in self.client.list(kind, namespace=self.ns, labels={TRAININGJOB_LABEL: tj_name}):
+        kinds: tuple[Any, ...] = (Job, Service, ConfigMap)
+        for kind in kinds:
+            selector: dict[str, LabelValue] = {TRAININGJOB_LABEL: tj_name}
+            async for obj in self.client.list(kind, namespace=self.ns, labels=selector):
                 labels = obj.metadata.labels or {}
                 if labels.get(ATTEMPT_LABEL) != str(attempt) and obj.metadata.deletionTimestamp is None:
                     await self.delete(kind, obj.metadata.name)

@@ -224,7 +224,7 @@ def test_killed_operator_restarts_without_duplicates(cluster: LocalCluster, oper
         assert len(children(cluster, "crashy", kind, api_version)) == 1, kind
 
 
-BAD_SPECS = {
+BAD_SPECS: dict[str, dict[str, Any]] = {
     "workers below 1": {"workers": 0},
     "workers not an integer": {"workers": "two"},
     "unknown backend": {"backend": "mpi"},
@@ -254,8 +254,10 @@ def test_the_api_server_refuses_bad_specs(cluster: LocalCluster, operator: Opera
 def test_immutable_fields_stay_while_running(cluster: LocalCluster, operator: OperatorProcess) -> None:
     tj = training_job("steady", NS, podAnnotations=RUNNING_LONG)
     cluster.api.apply(tj)
-    for change in ({"workers": 4}, {"train": {"train": {"batch_size": 8}}}, {"runName": "other"},
-                   {"checkpointDir": "elsewhere"}):  # fmt: skip
+    changes: list[dict[str, Any]] = [
+        {"workers": 4}, {"train": {"train": {"batch_size": 8}}}, {"runName": "other"}, {"checkpointDir": "elsewhere"}
+    ]  # fmt: skip
+    for change in changes:
         with pytest.raises(ApiError) as refused:
             cluster.api.apply({**tj, "spec": {**tj["spec"], **change}})
         assert refused.value.status == 422, change
