@@ -1,0 +1,450 @@
+"""What the API does, over the cluster: submit, list, stop, logs, volumes. Every object of a user carries the
+user's hash label and exact name (workloads/task.py); every read selects on the label and checks the name, so a
+user never sees, stops, reads or mounts what is not theirs. Nothing is kept in memory between requests."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+import string
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from lightkube import ApiError
+
+from skyrun.kube import Kube
+from skyrun.models import (
+    NodeInfo,
+    SubmitResponse,
+    TaskInfo,
+    TaskStatus,
+    VolumeCreate,
+    VolumeInfo,
+)
+from skyrun.settings import Settings
+from skyrun.status import Derived, derive
+from workloads.quantity import parse_quantity
+from workloads.task import (
+    CONTAINER,
+    KIND_LABEL,
+    NAME_ANNOTATION,
+    NODE_INDEX_LABEL,
+    STATE_ACTIVE,
+    STATE_DONE,
+    STATE_LABEL,
+    TASK_ID_LABEL,
+    TASK_ID_RE,
+    TASK_LABEL,
+    USER_ANNOTATION,
+    USER_HASH_LABEL,
+    FieldError,
+    Launch,
+    TaskInvalid,
+    parse_task,
+    task_manifests,
+    task_object_name,
+    user_hash,
+    volume_claim,
+)
+
+ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod")
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+class Problem(Exception):
+    """A request the launcher refuses: an HTTP status and a detail (a message, or a list of field problems)."""
+
+    def __init__(self, status: int, detail: str | list[dict[str, str]]) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(str(detail))
+
+
+def invalid(errors: list[FieldError]) -> Problem:
+    return Problem(400, [{"field": e.field, "message": e.message} for e in errors])
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id() -> str:
+    return secrets.choice(string.ascii_lowercase) + "".join(secrets.choice(_ALPHABET) for _ in range(7))
+
+
+@dataclass
+class Snapshot:
+    """One user's (or everyone's) task objects, read in one list call per kind."""
+
+    records: list[dict[str, Any]]
+    jobs: dict[str, dict[str, Any]]
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Launcher:
+    def __init__(self, kube: Kube, settings: Settings) -> None:
+        self.kube = kube
+        self.settings = settings
+
+    # --- tasks -------------------------------------------------------------------------------------------
+    async def submit(self, user: str, task_yaml: str, envs: Mapping[str, str]) -> SubmitResponse:
+        try:
+            document = yaml.safe_load(task_yaml)
+        except yaml.YAMLError as err:
+            raise invalid([FieldError("task_yaml", f"not valid YAML: {err}")]) from None
+        try:
+            parsed = parse_task(document, env_overrides=envs)
+        except TaskInvalid as err:
+            raise invalid(err.errors) from None
+        task = parsed.task
+        owned = {v["metadata"]["annotations"][NAME_ANNOTATION]: v for v in await self._volumes_of(user)}
+        claims, missing = [], []
+        for path, name in task.volumes:
+            if name in owned:
+                claims.append((path, owned[name]["metadata"]["name"]))
+            else:
+                missing.append(FieldError(f"volumes.{path}", f"you have no volume named {name!r} (`volumes list`)"))
+        if missing:
+            raise invalid(missing)
+        active = await self._active_count(user)
+        if active >= self.settings.max_active_tasks_per_user:
+            raise Problem(
+                409,
+                f"you have {active} pending or running tasks, the most allowed is "
+                f"{self.settings.max_active_tasks_per_user}: wait for one to finish or stop one",
+            )
+        for _ in range(5):
+            task_id = new_id()
+            launch = Launch(
+                task_id=task_id,
+                user=user,
+                namespace=self.settings.namespace,
+                default_image=self.settings.image,
+                image_pull_policy=self.settings.image_pull_policy,
+                default_cpus=self.settings.default_cpus,
+                default_memory=self.settings.default_memory,
+                claims=tuple(claims),
+                ttl_seconds_after_finished=self.settings.ttl_seconds_after_finished,
+                service_account_name=self.settings.task_service_account,
+                pod_annotations=tuple(self.settings.pod_annotations.items()),
+                submitted_at=now_utc().strftime("%Y-%m-%dT%H:%M:%SZ"),
+                task_yaml=task_yaml,
+                ignored=parsed.ignored,
+            )
+            manifests = task_manifests(task, launch)
+            try:
+                await self.kube.create(manifests.record)
+            except ApiError as err:
+                if err.status.code == 409:
+                    continue  # an id taken by an older task: draw another
+                raise
+            break
+        else:
+            raise Problem(409, "could not find a free task id; try again")
+        try:
+            await self.kube.create(manifests.service)
+            await self.kube.create(manifests.job)
+        except ApiError as err:
+            await self._remove(task_id)
+            if err.status.code in (400, 403, 422):
+                raise Problem(400, f"the cluster refused the task: {err.status.message}") from None
+            raise
+        message = f"submitted: {task.num_nodes} node(s)"
+        if parsed.ignored:
+            message += f"; ignored on this cluster: {', '.join(parsed.ignored)}"
+        return SubmitResponse(task_id=task_id, status=TaskStatus.PENDING, message=message, ignored=list(parsed.ignored))
+
+    async def _remove(self, task_id: str) -> None:
+        name = task_object_name(task_id)
+        for kind in ("Job", "Service", "ConfigMap"):
+            await self.kube.delete(kind, name)
+
+    async def _snapshot(self, user: str | None, task_id: str | None = None, *, active_only: bool = False) -> Snapshot:
+        selector = {TASK_LABEL: "true"}
+        if user is not None:
+            selector[USER_HASH_LABEL] = user_hash(user)
+        if task_id is not None:
+            selector[TASK_ID_LABEL] = task_id
+        record_selector = {**selector, KIND_LABEL: "task"}
+        if active_only:
+            record_selector[STATE_LABEL] = STATE_ACTIVE
+        records, jobs, pods = await asyncio.gather(
+            self.kube.objects("ConfigMap", record_selector),
+            self.kube.objects("Job", selector),
+            self.kube.objects("Pod", selector),
+        )
+        if user is not None:  # the hash label selects; the exact name decides
+            records = [r for r in records if r["metadata"].get("annotations", {}).get(USER_ANNOTATION) == user]
+        snap = Snapshot(records=records, jobs={j["metadata"]["labels"][TASK_ID_LABEL]: j for j in jobs})
+        for pod in pods:
+            snap.pods.setdefault(pod["metadata"]["labels"][TASK_ID_LABEL], []).append(pod)
+        return snap
+
+    async def _derive_all(self, snap: Snapshot) -> list[tuple[dict[str, Any], Derived]]:
+        now = now_utc()
+        out = []
+        events_read = False
+        for record in snap.records:
+            tid = record["metadata"]["labels"][TASK_ID_LABEL]
+            job, pods = snap.jobs.get(tid), snap.pods.get(tid, [])
+            derived = derive(record, job, pods, [], now)
+            if derived.status is TaskStatus.PENDING and job is not None:
+                if not events_read:  # one list for every pending task of this request
+                    snap.events, events_read = await self.kube.events(), True
+                derived = derive(record, job, pods, snap.events, now)
+            if derived.status.final and not (record.get("data") or {}).get("status"):
+                record = await self._finalize(record, derived)
+            out.append((record, derived))
+        return out
+
+    async def _finalize(self, record: dict[str, Any], derived: Derived) -> dict[str, Any]:
+        """Write a final status on the record once: the Job may be gone after its TTL, the record stays."""
+        patch = {
+            "metadata": {"labels": {STATE_LABEL: STATE_DONE}},
+            "data": {
+                "status": derived.status.value,
+                "message": derived.message,
+                "finished_at": now_utc().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+        }
+        try:
+            return await self.kube.merge_patch("ConfigMap", record["metadata"]["name"], patch)
+        except ApiError as err:
+            if err.status.code == 404:
+                return record
+            raise
+
+    async def _active_count(self, user: str) -> int:
+        snap = await self._snapshot(user, active_only=True)
+        return sum(1 for _, d in await self._derive_all(snap) if not d.status.final)
+
+    async def reconcile(self) -> int:
+        """Finalize every finished task's record (all users); the server runs this periodically."""
+        snap = await self._snapshot(None, active_only=True)
+        return sum(1 for _, d in await self._derive_all(snap) if d.status.final)
+
+    def _info(self, record: Mapping[str, Any], derived: Derived, job: Mapping[str, Any] | None,
+              pods: list[dict[str, Any]]) -> TaskInfo:  # fmt: skip
+        meta, data = record["metadata"], record.get("data") or {}
+        summary = json.loads(data.get("summary") or "{}")
+        volumes = {}
+        for line in (data.get("volumes") or "").splitlines():
+            path, _, claim = line.partition("=")
+            volumes[path] = claim
+        nodes = sorted(
+            (
+                NodeInfo(
+                    index=int(p["metadata"]["labels"].get(NODE_INDEX_LABEL, -1)),
+                    pod=p["metadata"]["name"],
+                    phase=(p.get("status") or {}).get("phase", ""),
+                )
+                for p in pods
+            ),
+            key=lambda n: (n.index, n.pod),
+        )
+        container = ((job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}])[0]
+        limits = (container.get("resources") or {}).get("limits") or {}
+        selector = (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector") or {}
+        gpus = limits.get("nvidia.com/gpu", "")
+        accel = ":".join(x for x in (next(iter(selector.values()), ""), gpus) if x)
+        return TaskInfo(
+            task_id=meta["labels"][TASK_ID_LABEL],
+            name=meta["annotations"].get(NAME_ANNOTATION, ""),
+            user=meta["annotations"].get(USER_ANNOTATION, ""),
+            status=derived.status,
+            message=derived.message,
+            num_nodes=int(data.get("num_nodes") or 1),
+            submitted_at=data.get("submitted_at", ""),
+            finished_at=data.get("finished_at", ""),
+            cpus=summary.get("cpus", limits.get("cpu", "")),
+            memory=summary.get("memory", limits.get("memory", "")),
+            accelerators=summary.get("accelerators", accel),
+            image=summary.get("image", container.get("image", "")),
+            volumes=volumes,
+            ignored=[x for x in (data.get("ignored") or "").splitlines() if x],
+            nodes=nodes,
+        )
+
+    async def list_tasks(self, user: str | None) -> list[TaskInfo]:
+        snap = await self._snapshot(user)
+        infos = [
+            self._info(record, derived, snap.jobs.get(tid := record["metadata"]["labels"][TASK_ID_LABEL]),
+                       snap.pods.get(tid, []))
+            for record, derived in await self._derive_all(snap)
+        ]  # fmt: skip
+        return sorted(infos, key=lambda t: (t.submitted_at, t.task_id), reverse=True)
+
+    async def task(self, user: str, task_id: str) -> TaskInfo:
+        if not TASK_ID_RE.match(task_id):
+            raise Problem(404, f"no task {task_id!r}: task ids are 8 characters ([a-z][a-z0-9]{{7}})")
+        tasks = await self.list_tasks_by_id(user, task_id)
+        if not tasks:
+            raise Problem(404, f"no task {task_id!r} of yours")
+        return tasks[0]
+
+    async def list_tasks_by_id(self, user: str, task_id: str) -> list[TaskInfo]:
+        snap = await self._snapshot(user, task_id)
+        return [
+            self._info(r, d, snap.jobs.get(task_id), snap.pods.get(task_id, []))
+            for r, d in await self._derive_all(snap)
+        ]
+
+    async def stop(self, user: str | None, task_id: str | None) -> list[str]:
+        """Cancel pending or running tasks: record first (so no reader calls them failed), then the Job, its pods
+        (directly, not only through the garbage collector: stop really stops) and the Service."""
+        if task_id is not None and user is not None:
+            info = await self.task(user, task_id)
+            if info.status.final:
+                raise Problem(409, f"task {task_id} is already {info.status.value}")
+        snap = await self._snapshot(user, task_id, active_only=True)
+        stopped = []
+        for record, derived in await self._derive_all(snap):
+            if derived.status.final:
+                continue
+            tid = record["metadata"]["labels"][TASK_ID_LABEL]
+            await self._finalize(record, Derived(TaskStatus.CANCELLED, f"stopped by {user or 'an administrator'}"))
+            name = task_object_name(tid)
+            await self.kube.delete("Job", name)
+            for pod in snap.pods.get(tid, []):
+                await self.kube.delete("Pod", pod["metadata"]["name"], grace_period=10)
+            await self.kube.delete("Service", name)
+            stopped.append(tid)
+        return stopped
+
+    async def logs(self, user: str, task_id: str, *, follow: bool) -> AsyncIterator[str]:
+        """`node-{i} | line` from every node, interleaved as they come; with follow, until every pod ends."""
+        info = await self.task(user, task_id)
+        if not info.nodes and info.status.final:
+            raise Problem(404, f"task {task_id} is {info.status.value} and its pods are gone: no logs remain")
+        return self._follow(task_id, info.num_nodes, follow)
+
+    async def _follow(self, task_id: str, num_nodes: int, follow: bool) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
+
+        async def node(index: int) -> None:
+            try:
+                pod = await self._started_pod(task_id, index, wait=follow)
+                if pod is not None:
+                    async for line in self.kube.log_lines(pod, CONTAINER, follow=follow):
+                        await queue.put(f"node-{index} | {line}\n")
+            except ApiError as err:
+                await queue.put(f"node-{index} | (logs unavailable: {err.status.message})\n")
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(node(i)) for i in range(num_nodes)]
+        ended = 0
+        try:
+            while ended < num_nodes:
+                item = await queue.get()
+                if item is None:
+                    ended += 1
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _started_pod(self, task_id: str, index: int, *, wait: bool) -> str | None:
+        """The pod of node `index` once its container started (or ended); None if the task ends first."""
+        while True:
+            selector = {TASK_LABEL: "true", TASK_ID_LABEL: task_id, NODE_INDEX_LABEL: str(index)}
+            pods = await self.kube.objects("Pod", selector)
+            for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+                if (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
+                    return str(pod["metadata"]["name"])
+            record = await self.kube.get("ConfigMap", task_object_name(task_id))
+            if not wait or record is None or (record.get("data") or {}).get("status"):
+                return None
+            await asyncio.sleep(1.0)
+
+    # --- volumes -----------------------------------------------------------------------------------------
+    async def _volumes_of(self, user: str) -> list[dict[str, Any]]:
+        claims = await self.kube.objects(
+            "PersistentVolumeClaim", {KIND_LABEL: "volume", USER_HASH_LABEL: user_hash(user)}
+        )
+        return [c for c in claims if c["metadata"].get("annotations", {}).get(USER_ANNOTATION) == user]
+
+    async def _mounts(self, user: str) -> dict[str, list[str]]:
+        """claim name -> ids of the user's active tasks that mount it."""
+        snap = await self._snapshot(user, active_only=True)
+        used: dict[str, list[str]] = {}
+        for record, derived in await self._derive_all(snap):
+            if derived.status.final:
+                continue
+            for line in (record.get("data") or {}).get("volumes", "").splitlines():
+                used.setdefault(line.partition("=")[2], []).append(record["metadata"]["labels"][TASK_ID_LABEL])
+        return used
+
+    @staticmethod
+    def _volume_info(claim: Mapping[str, Any], used: Mapping[str, list[str]]) -> VolumeInfo:
+        meta, spec = claim["metadata"], claim.get("spec") or {}
+        return VolumeInfo(
+            volume_id=meta["name"].removeprefix("vol-"),
+            name=meta["annotations"][NAME_ANNOTATION],
+            user=meta["annotations"][USER_ANNOTATION],
+            size=((spec.get("resources") or {}).get("requests") or {}).get("storage", ""),
+            storage_class=spec.get("storageClassName") or "",
+            access_modes=list(spec.get("accessModes") or []),
+            phase=(claim.get("status") or {}).get("phase", ""),
+            in_use_by=sorted(used.get(meta["name"], [])),
+        )
+
+    async def create_volume(self, user: str, request: VolumeCreate) -> VolumeInfo:
+        size = request.size.strip()
+        if size.replace(".", "", 1).isdigit():
+            size = f"{size}Gi"  # SkyPilot's sizes are GiB
+        try:
+            if parse_quantity(size) <= 0:
+                raise ValueError
+        except ValueError:
+            message = f"{request.size!r} is not a size: use GiB (10) or a quantity (10Gi)"
+            raise invalid([FieldError("size", message)]) from None
+        bad_modes = [m for m in request.access_modes if m not in ACCESS_MODES]
+        if bad_modes:
+            raise invalid([FieldError("access_modes", f"{bad_modes} not in {list(ACCESS_MODES)}")])
+        if any(v["metadata"]["annotations"][NAME_ANNOTATION] == request.name for v in await self._volumes_of(user)):
+            raise Problem(409, f"you already have a volume named {request.name!r}")
+        for _ in range(5):
+            claim = volume_claim(
+                volume_id=new_id(),
+                name=request.name,
+                user=user,
+                namespace=self.settings.namespace,
+                size=size,
+                storage_class=request.storage_class,
+                access_modes=tuple(request.access_modes),
+            )
+            try:
+                created = await self.kube.create(claim)
+            except ApiError as err:
+                if err.status.code == 409:
+                    continue
+                if err.status.code in (400, 403, 422):
+                    raise Problem(400, f"the cluster refused the volume: {err.status.message}") from None
+                raise
+            return self._volume_info(created, {})
+        raise Problem(409, "could not find a free volume id; try again")
+
+    async def volumes(self, user: str) -> list[VolumeInfo]:
+        used = await self._mounts(user)
+        return sorted((self._volume_info(c, used) for c in await self._volumes_of(user)), key=lambda v: v.name)
+
+    async def volume(self, user: str, volume_id: str) -> VolumeInfo:
+        for v in await self.volumes(user):
+            if v.volume_id == volume_id:
+                return v
+        raise Problem(404, f"no volume {volume_id!r} of yours")
+
+    async def delete_volume(self, user: str, volume_id: str) -> VolumeInfo:
+        info = await self.volume(user, volume_id)
+        if info.in_use_by:
+            users = ", ".join(info.in_use_by)
+            raise Problem(409, f"volume {info.name} is mounted by active task(s) {users}: stop them first")
+        await self.kube.delete("PersistentVolumeClaim", f"vol-{volume_id}")
+        return info
