@@ -92,7 +92,8 @@ class Reconciler:
             await self._write(tj, status, step, now, completed=True)
             return "invalid"
         attempt = int(status.get("attempt", 0))
-        await self.kube.delete_other_attempts(name, attempt)
+        if attempt:
+            await self.kube.delete_other_attempts(name, attempt)
         job = await self.kube.job(job_name(tj, attempt))
         suspend = bool(spec.get("suspend"))
         # Kueue admits a Job by unsuspending it: with a queue, Jobs start suspended and only suspend is ours.

@@ -13,13 +13,25 @@ import pytest
 import yaml
 
 from tests.engine.cluster import ApiError, LocalCluster, wait_for
+from tests.mlflow_server import mlflow_server
 from tests.operator.harness import ROOT, OperatorProcess, prepare_namespace, terminate_pod, training_job
-from workloads.trainingjob import API_VERSION, ATTEMPT_LABEL, KIND, PLURAL, TRAININGJOB_LABEL, crd
+from workloads.trainingjob import (
+    API_VERSION,
+    ATTEMPT_LABEL,
+    CHECKPOINT_PATH_TAG,
+    CHECKPOINT_STEP_TAG,
+    KIND,
+    PLURAL,
+    TRAININGJOB_LABEL,
+    UID_TAG,
+    crd,
+)
 
 pytestmark = pytest.mark.engine
 NS = "trainop-e2e"
 TIMEOUT_S = 90
-RUNNING_LONG = {"pod-complete.stage.kwok.x-k8s.io/delay": "1h"}  # kwok: pods stay Running until a test ends them
+# kwok: pods stay Running until a test ends them (a jitter below the delay would replace it, so both are set).
+RUNNING_LONG = {"pod-complete.stage.kwok.x-k8s.io/delay": "1h", "pod-complete.stage.kwok.x-k8s.io/jitter-delay": "1h"}
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +39,13 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     cluster.api.apply(crd())
     wait_for("the TrainingJob CRD served", lambda: cluster.api.resource(API_VERSION, KIND), 60)
     workdir = tmp_path_factory.mktemp("trainop")
-    proc = OperatorProcess(prepare_namespace(cluster, NS, workdir), NS, workdir / "operator.log")
-    proc.start()
-    yield proc
-    proc.stop()
-    print(proc.tail(200))
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as tracking_uri:
+        kubeconfig = prepare_namespace(cluster, NS, workdir)
+        proc = OperatorProcess(kubeconfig, NS, workdir / "operator.log", MLFLOW_TRACKING_URI=tracking_uri)
+        proc.start()
+        yield proc
+        proc.stop()
+        print(proc.tail(200))
 
 
 @pytest.fixture(autouse=True)
@@ -293,3 +307,38 @@ def test_a_queued_run_waits_for_kueue(cluster: LocalCluster, operator: OperatorP
     time.sleep(3)  # three reconciliations (RECONCILE_INTERVAL_S=1): the operator must not unsuspend it itself
     assert cluster.api.get("batch/v1", "Job", "queued-a0-train", NS)["spec"]["suspend"] is True  # type: ignore[index]
     assert status["phase"] == "Pending"
+
+
+def test_progress_comes_from_the_run_the_trainer_tags(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    """What the trainer does on a real cluster, done here with MLflow's client against a real `mlflow server`:
+    a run tagged with the TrainingJob's uid, metrics with steps, the checkpoint tags."""
+    from mlflow import MlflowClient
+
+    cluster.api.apply(training_job("tracked", NS, podAnnotations=RUNNING_LONG))
+    uid = cluster.api.get(API_VERSION, KIND, "tracked", NS)["metadata"]["uid"]  # type: ignore[index]
+    client = MlflowClient(operator.env["MLFLOW_TRACKING_URI"])
+    experiment = client.create_experiment("trainop-progress")
+    run = client.create_run(experiment, tags={UID_TAG: uid}).info.run_id
+    for key, value in (("train_loss", 2.5), ("val_loss", 2.75), ("tokens_per_s", 512.0)):
+        client.log_metric(run, key, value, step=5)
+    client.set_tag(run, CHECKPOINT_PATH_TAG, "/checkpoints/trainingjobs/tracked/step-00000005")
+    client.set_tag(run, CHECKPOINT_STEP_TAG, "5")
+    # The operator may read the run between two of these calls; it catches up at its next refresh.
+    status = wait_status(
+        cluster,
+        operator,
+        "tracked",
+        "progress",
+        lambda s: s.get("latestCheckpoint", {}).get("step") == 5 and "eta" in s.get("progress", {}),
+    )
+    assert status["mlflowRunId"] == run
+    assert status["latestCheckpoint"] == {"path": "/checkpoints/trainingjobs/tracked/step-00000005", "step": 5}
+    progress = status["progress"]
+    assert (progress["step"], progress["maxSteps"], progress["percent"]) == (5, 20, 25)
+    assert (progress["trainLoss"], progress["valLoss"], progress["tokensPerSecond"]) == (2.5, 2.75, 512.0)
+    assert progress["eta"]
+    table = cluster.api._plain.get(
+        f"/apis/{API_VERSION}/namespaces/{NS}/{PLURAL}/tracked",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    ).json()
+    assert table["rows"][0]["cells"][3:5] == [25, 2.75], "the Progress and Val loss columns"
