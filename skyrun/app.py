@@ -31,6 +31,24 @@ from skyrun.settings import Settings
 log = logging.getLogger("skyrun")
 
 
+def launcher(request: Request) -> Launcher:
+    return request.app.state.launcher  # type: ignore[no-any-return]
+
+
+async def caller(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_skyrun_user: Annotated[str | None, Header()] = None,
+) -> Caller:
+    auth: Authenticator = request.app.state.auth
+    return await auth.caller(authorization, x_skyrun_user)
+
+
+Me = Annotated[Caller, Depends(caller)]
+Svc = Annotated[Launcher, Depends(launcher)]
+AllUsers = Annotated[bool, Query()]
+
+
 def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,21 +80,6 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     async def kubernetes_error(_: Request, exc: ApiError) -> JSONResponse:
         log.warning("Kubernetes API error: %s", exc.status.message)
         return JSONResponse({"detail": f"Kubernetes API: {exc.status.message}"}, status_code=502)
-
-    def launcher(request: Request) -> Launcher:
-        return request.app.state.launcher  # type: ignore[no-any-return]
-
-    async def caller(
-        request: Request,
-        authorization: Annotated[str | None, Header()] = None,
-        x_skyrun_user: Annotated[str | None, Header()] = None,
-    ) -> Caller:
-        auth: Authenticator = request.app.state.auth
-        return await auth.caller(authorization, x_skyrun_user)
-
-    Me = Annotated[Caller, Depends(caller)]
-    Svc = Annotated[Launcher, Depends(launcher)]
-    AllUsers = Annotated[bool, Query()]
 
     async def scope(request: Request, me: Caller, all_users: bool, verb: str) -> str | None:
         if not all_users:

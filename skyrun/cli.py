@@ -9,6 +9,7 @@ was cancelled, 2 bad input (the server's 400/422), 3 not authenticated or not al
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -18,12 +19,22 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from skyrun.models import StopResponse, SubmitResponse, TaskInfo, TaskList, VolumeInfo, VolumeList, WhoAmI
+from skyrun.models import (
+    StopResponse,
+    SubmitResponse,
+    TaskInfo,
+    TaskList,
+    TaskStatus,
+    VolumeInfo,
+    VolumeList,
+    WhoAmI,
+)
 
 EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_SERVER = 1, 2, 3, 4, 5, 6
 _EXIT_BY_STATUS = {400: EXIT_BAD_INPUT, 422: EXIT_BAD_INPUT, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND,
                    409: EXIT_CONFLICT}  # fmt: skip
 
+UNFINISHED = (TaskStatus.PENDING, TaskStatus.RUNNING)
 app = typer.Typer(help="Run SkyPilot-style tasks on the platform's cluster.", no_args_is_help=True)
 auth_app = typer.Typer(help="Log in with a Kubernetes token.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Submit, list, follow and stop tasks.", no_args_is_help=True)
@@ -149,7 +160,9 @@ def submit(
     if detach:
         return
     api.stream_logs(answer.task_id)
-    _exit_with(TaskInfo.model_validate(api.call("GET", f"/tasks/{answer.task_id}")))
+    while (task := TaskInfo.model_validate(api.call("GET", f"/tasks/{answer.task_id}"))).status in UNFINISHED:
+        time.sleep(1.0)  # the pods' output ended; the Job controller has yet to record the end
+    _exit_with(task)
 
 
 def _exit_with(task: TaskInfo) -> None:

@@ -64,7 +64,13 @@ class Kube:
                 raise
 
     async def log_lines(self, pod: str, container: str, *, follow: bool) -> AsyncIterator[str]:
-        async for line in self.client.log(pod, namespace=self.ns, container=container, follow=follow, newlines=False):
+        if follow:
+            # lightkube 1.0's async follow reads an error answer with a sync call and raises RuntimeError instead
+            # of the API's error; a one-line read first gets the real ApiError (kubelet unreachable, pod gone).
+            async for _ in self.client.log(pod, namespace=self.ns, container=container, tail_lines=1):
+                pass
+        lines = self.client.log(pod, namespace=self.ns, container=container, follow=follow, newlines=False)
+        async for line in lines:
             yield line
 
     async def token_review(self, token: str, audience: str) -> dict[str, Any]:

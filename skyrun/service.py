@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import yaml
 from lightkube import ApiError
 
@@ -334,6 +335,8 @@ class Launcher:
                         await queue.put(f"node-{index} | {line}\n")
             except ApiError as err:
                 await queue.put(f"node-{index} | (logs unavailable: {err.status.message})\n")
+            except httpx2.HTTPError as err:
+                await queue.put(f"node-{index} | (log stream broken: {err})\n")
             finally:
                 await queue.put(None)
 
