@@ -1,0 +1,104 @@
+"""The task launcher component alone under mocks: its children, their links, least privilege."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+
+from infra.launcher import NAME, TaskLauncher, TaskLauncherArgs
+from infra.render import RecordingMocks
+from workloads.pod import Resources, container_security_context, pod_security_context
+from workloads.task import launcher_cluster_role_rules, launcher_role_rules
+
+from .conftest import find
+
+Run = Callable[[Callable[[], Any]], RecordingMocks]
+ARGS = TaskLauncherArgs(
+    namespace="team-a",
+    instance="dev",
+    image="ml-platform:1.0",
+    image_pull_policy="IfNotPresent",
+    resources=Resources(cpu_request="100m", cpu_limit="500m", memory_request="128Mi", memory_limit="256Mi"),
+)
+
+
+def render(component: Run, args: TaskLauncherArgs = ARGS) -> tuple[RecordingMocks, list[dict[str, Any]]]:
+    def build() -> Any:
+        launcher = TaskLauncher("launcher", args)
+        return pulumi.Output.all(launcher.deployment_name, launcher.url).apply(
+            lambda out: assert_outputs(out, args.namespace)
+        )
+
+    mocks = component(build)
+    return mocks, mocks.objects()
+
+
+def assert_outputs(out: list[str], namespace: str) -> None:
+    assert out == [NAME, f"http://{NAME}.{namespace}.svc.cluster.local:8000"]
+
+
+def test_type_token_and_child_names(component: Run) -> None:
+    mocks, objects = render(component)
+    assert mocks.resources[0].type == "mlplatform:launcher:TaskLauncher"
+    assert all(r.name.startswith("launcher") for r in mocks.resources)
+    assert sorted(o["kind"] for o in objects) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Role",
+        "RoleBinding", "Service", "ServiceAccount",
+    ]  # fmt: skip
+
+
+def test_selectors_match_the_pods_and_the_pods_are_restricted(component: Run) -> None:
+    _, objects = render(component)
+    deployment = find(objects, "Deployment")
+    template = deployment["spec"]["template"]
+    pod_labels = template["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == 2
+    for selector in (
+        deployment["spec"]["selector"]["matchLabels"],
+        find(objects, "Service")["spec"]["selector"],
+        find(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        find(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+    ):
+        assert selector.items() <= pod_labels.items()
+    spec = template["spec"]
+    assert spec["securityContext"] == pod_security_context()
+    (container,) = spec["containers"]
+    assert container["securityContext"] == container_security_context()
+    assert set(container["resources"]) == {"requests", "limits"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    assert container["ports"][0]["name"] == "http"
+    assert find(objects, "Service")["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_rbac_is_the_namespaced_rules_plus_only_the_two_reviews(component: Run) -> None:
+    _, objects = render(component)
+    account = find(objects, "ServiceAccount")["metadata"]["name"]
+    assert find(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account
+    role = find(objects, "Role")
+    assert role["metadata"]["namespace"] == "team-a" and role["rules"] == launcher_role_rules()
+    cluster_role = find(objects, "ClusterRole")
+    assert cluster_role["rules"] == launcher_cluster_role_rules()
+    assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"create"}
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "tokenreviews", "subjectaccessreviews",
+    }  # fmt: skip
+    for binding, ref in (("RoleBinding", role), ("ClusterRoleBinding", cluster_role)):
+        b = find(objects, binding)
+        assert b["roleRef"]["name"] == ref["metadata"]["name"]
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "team-a"}]
+
+
+def test_the_server_is_configured_from_the_args(component: Run) -> None:
+    args = TaskLauncherArgs(**{**ARGS.__dict__, "max_active_tasks_per_user": 7, "service_type": "NodePort",
+                               "node_port": 30800})  # fmt: skip
+    _, objects = render(component, args)
+    env = {
+        e["name"]: e.get("value")
+        for e in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["SKYRUN_MAX_ACTIVE_TASKS_PER_USER"] == "7" and env["SKYRUN_IMAGE"] == "ml-platform:1.0"
+    assert env["SKYRUN_HOST"] == "0.0.0.0"
+    assert find(objects, "Service")["spec"]["ports"][0]["nodePort"] == 30800
