@@ -27,6 +27,8 @@ FORBIDDEN = {
     "demo": {"infra", "pulumi"},
     # The TrainingJob operator: builds its objects with workloads; validates train.yaml with trainer's config.
     "trainop": {"infra", "inference", "pulumi"},
+    # The task launcher (API + CLI): builds its objects with workloads; never the Pulumi program or the runtimes.
+    "skyrun": {"infra", "trainer", "inference", "tinygpt", "trainop", "demo", "pulumi"},
 }
 
 
