@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 MAX_STEPS = 150
 # dropout > 0 so that exactness also covers the random masks, not just the data order
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "model": {"dropout": 0.1},
     "train": {"max_steps": MAX_STEPS, "eval_every": 100, "log_every": 50},
     "checkpoint": {"every": 10, "keep": 3},
