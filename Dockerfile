@@ -43,9 +43,10 @@ COPY trainer ./trainer
 COPY inference ./inference
 COPY workloads ./workloads
 COPY trainop ./trainop
+COPY skyrun ./skyrun
 # The project itself, with the ranges pyproject.toml declares (DL3013 asks for a pin, which a local path has not).
 # hadolint ignore=DL3013
-RUN pip install ".[trainer,inference,server,controllers]"
+RUN pip install ".[trainer,inference,server,controllers,launcher]"
 
 USER 10001:10001
 # checkov:skip=CKV_DOCKER_2:Kubernetes ignores HEALTHCHECK; each pod spec has its own probes, and this one image runs three different processes (trainer, inference, MLflow)

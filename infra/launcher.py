@@ -27,7 +27,7 @@ from workloads.pod import (
     selector_labels,
     tmp_volume,
 )
-from workloads.task import launcher_cluster_role_rules, launcher_role_rules
+from workloads.task import TASK_LABEL, launcher_cluster_role_rules, launcher_role_rules
 
 NAME = "skyrun"
 """Name of the launcher's Deployment, Service, ServiceAccount, Role and pods (app.kubernetes.io/name)."""
@@ -211,6 +211,23 @@ class TaskLauncher(pulumi.ComponentResource):
                     # Users reach the API from anywhere the Service is exposed; the bearer token is the gate.
                     "ingress": [{"ports": [{"protocol": "TCP", "port": HTTP_PORT}]}],
                     "egress": [{"ports": [{"protocol": "TCP", "port": p} for p in KUBE_API_PORTS]}],
+                }
+            ),
+            opts=child,
+        )
+        # The tasks' pods (every rank of every task) talk to each other on any port: torchrun's rendezvous and the
+        # collectives open pairwise connections on ephemeral ports. Nothing else reaches them.
+        task_pods = {"matchLabels": {TASK_LABEL: "true"}}
+        all_tcp = [{"protocol": "TCP", "port": 1, "endPort": 65535}]
+        self.task_network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{name}-tasks-netpol",
+            metadata={**metadata(), "name": f"{NAME}-tasks"},
+            spec=_any(
+                {
+                    "podSelector": task_pods,
+                    "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{"from": [{"podSelector": task_pods}], "ports": all_tcp}],
+                    "egress": [{"to": [{"podSelector": task_pods}], "ports": all_tcp}],
                 }
             ),
             opts=child,

@@ -6,8 +6,16 @@ import pulumi
 import yaml
 
 from infra.common import MANAGED_BY
-from infra.config import MLFLOW_RESOURCES, OPERATOR_RESOURCES, POSTGRES_RESOURCES, StackConfig
+from infra.config import (
+    LAUNCHER_REPLICAS,
+    LAUNCHER_RESOURCES,
+    MLFLOW_RESOURCES,
+    OPERATOR_RESOURCES,
+    POSTGRES_RESOURCES,
+    StackConfig,
+)
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
+from infra.launcher import TaskLauncher, TaskLauncherArgs
 from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs, tracking_uri
 from infra.namespace import Namespace, NamespaceArgs
 from infra.network import NetworkPolicies, NetworkPoliciesArgs
@@ -169,6 +177,19 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 install_crd=config.operator_crd,
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage]),
+        )
+    if config.launcher:
+        TaskLauncher(
+            "launcher",
+            TaskLauncherArgs(
+                namespace=config.namespace.name,
+                instance=instance,
+                image=config.image,
+                image_pull_policy=config.image_pull_policy,
+                resources=LAUNCHER_RESOURCES,
+                replicas=LAUNCHER_REPLICAS,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=[ns]),
         )
     t = config.training
     training = TrainingJob(

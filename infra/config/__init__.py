@@ -11,6 +11,8 @@
 
 from infra.config.schema import PROJECT_FILE, SECRET_KEYS, load_schema, project_name, read_raw_config, secret_keys
 from infra.config.settings import (
+    LAUNCHER_REPLICAS,
+    LAUNCHER_RESOURCES,
     MLFLOW_RESOURCES,
     OPERATOR_RESOURCES,
     POSTGRES_RESOURCES,
@@ -27,8 +29,9 @@ from workloads.pod import Resources, Toleration
 from workloads.quantity import parse_quantity
 
 __all__ = [
-    "ACCESS_MODES", "MLFLOW_RESOURCES", "OPERATOR_RESOURCES", "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS",
-    "TRAIN_KEYS_OWNED", "TRAIN_SECTIONS", "ConfigError", "InferenceSettings", "MlflowSettings", "NamespaceSettings",
-    "Resources", "StackConfig", "StorageSettings", "TlsSettings", "Toleration", "TrainingSettings", "load_schema",
-    "parse_quantity", "project_name", "read_raw_config", "secret_keys",
+    "ACCESS_MODES", "LAUNCHER_REPLICAS", "LAUNCHER_RESOURCES", "MLFLOW_RESOURCES", "OPERATOR_RESOURCES",
+    "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS", "TRAIN_KEYS_OWNED", "TRAIN_SECTIONS", "ConfigError",
+    "InferenceSettings", "MlflowSettings", "NamespaceSettings", "Resources", "StackConfig", "StorageSettings",
+    "TlsSettings", "Toleration", "TrainingSettings", "load_schema", "parse_quantity", "project_name",
+    "read_raw_config", "secret_keys",
 ]  # fmt: skip

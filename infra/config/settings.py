@@ -10,6 +10,9 @@ from workloads.pod import Resources, Toleration
 MLFLOW_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="1Gi")
 POSTGRES_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="256Mi", memory_limit="1Gi")
 # The TrainingJob operator (Kopf, one replica): mostly idle, a few hundred MB with trainer.config imported.
+# The task launcher's API server (two replicas): FastAPI + lightkube, idle most of the time.
+LAUNCHER_RESOURCES = Resources(cpu_request="100m", cpu_limit="500m", memory_request="128Mi", memory_limit="384Mi")
+LAUNCHER_REPLICAS = 2
 OPERATOR_RESOURCES = Resources(cpu_request="100m", cpu_limit="500m", memory_request="192Mi", memory_limit="512Mi")
 
 

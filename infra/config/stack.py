@@ -15,6 +15,8 @@ from typing import Any
 
 from infra.config.schema import SECRET_KEYS, project_name, read_raw_config
 from infra.config.settings import (
+    LAUNCHER_REPLICAS,
+    LAUNCHER_RESOURCES,
     MLFLOW_RESOURCES,
     OPERATOR_RESOURCES,
     POSTGRES_RESOURCES,
@@ -63,6 +65,8 @@ class StackConfig:
     """Install the TrainingJob operator (trainingJobOperator)."""
     operator_crd: bool = True
     """Declare the TrainingJob CRD with it (trainingJobCrd)."""
+    launcher: bool = True
+    """Deploy the task launcher API (taskLauncher)."""
 
     @classmethod
     def load(cls) -> StackConfig:
@@ -96,11 +100,14 @@ def _check_quota(v: Validator, config: StackConfig) -> None:
     surge_replicas = inf.max_replicas + 1
     postgres = [POSTGRES_RESOURCES] if config.mlflow.backend == "postgresql" else []
     operator = [OPERATOR_RESOURCES] if config.operator else []
+    launcher = [LAUNCHER_RESOURCES] * LAUNCHER_REPLICAS if config.launcher else []
     pods = [
-        *([t.resources] * t.workers), MLFLOW_RESOURCES, *postgres, *operator, *([inf.resources] * surge_replicas)
-    ]
+        *([t.resources] * t.workers), MLFLOW_RESOURCES, *postgres, *operator, *launcher,
+        *([inf.resources] * surge_replicas),
+    ]  # fmt: skip
     what = (
         f"{t.workers} workers + MLflow{' + PostgreSQL' if postgres else ''}{' + the operator' if operator else ''}"
+        f"{f' + {len(launcher)} launcher pods' if launcher else ''}"
         f" + {surge_replicas} inference pods (hpaMaxReplicas + 1 rolling-update surge)"
     )
     for key, quota, field_ in (
@@ -255,6 +262,7 @@ def _build(v: Validator) -> StackConfig:
         ),
         operator=v.boolean("trainingJobOperator"),
         operator_crd=v.boolean("trainingJobCrd"),
+        launcher=v.boolean("taskLauncher"),
     )
     # The Job name <runName>-train and pod host names <job>-<index> must stay DNS labels.
     if len(config.training.run_name) > 50:

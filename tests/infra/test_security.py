@@ -53,9 +53,16 @@ def test_every_namespace_enforces_restricted(stack_objects: list[dict[str, Any]]
 def test_rbac_grants_only_pod_reads_to_the_trainer(stack_objects: list[dict[str, Any]]) -> None:
     rbac_kinds = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
     everything = [o for o in stack_objects if o["kind"] in rbac_kinds]
-    # Namespaced only: nothing of the platform gets a cluster-wide grant.
-    assert sorted(o["kind"] for o in everything) == ["Role", "Role", "RoleBinding", "RoleBinding"]
-    rbac = [o for o in everything if o["metadata"]["name"] != "trainop"]  # the operator's: test_operator_rbac_*
+    # Namespaced, but for the task launcher's one cluster-wide grant: create TokenReviews and SubjectAccessReviews
+    # (cluster-scoped APIs; they read nothing and change nothing).
+    cluster_wide = [o for o in everything if o["kind"].startswith("Cluster")]
+    assert sorted(o["kind"] for o in cluster_wide) == ["ClusterRole", "ClusterRoleBinding"]
+    reviews = find(cluster_wide, "ClusterRole")
+    assert {(g, r, v) for rule in reviews["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]} == {("authentication.k8s.io", "tokenreviews", "create"),
+                                        ("authorization.k8s.io", "subjectaccessreviews", "create")}  # fmt: skip
+    # The operator's and the launcher's Roles: tests/infra/test_trainingjob_operator.py, test_launcher.py.
+    rbac = [o for o in everything if o["metadata"]["name"] not in ("trainop", "skyrun") and "Cluster" not in o["kind"]]
     role = find(rbac, "Role")
     grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
               for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip

@@ -48,7 +48,7 @@ def test_selectors_match_pod_labels(stack_objects: list[dict[str, Any]]) -> None
 
 
 def test_every_object_has_recommended_labels_and_namespace(stack_objects: list[dict[str, Any]]) -> None:
-    cluster_scoped = {"Namespace", "PersistentVolume", "CustomResourceDefinition"}
+    cluster_scoped = {"Namespace", "PersistentVolume", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
     for obj in stack_objects:
         meta = obj["metadata"]
         assert set(meta.get("labels", {})) >= RECOMMENDED, (obj["kind"], meta["name"])
@@ -186,14 +186,14 @@ def test_every_pod_has_the_one_definition_of_the_restricted_contexts(stack_objec
             assert c["securityContext"] == container_security_context(), (workload["metadata"]["name"], c["name"])
 
 
-def test_only_the_operator_mounts_a_token(stack_objects: list[dict[str, Any]]) -> None:
+def test_only_the_operator_and_the_launcher_mount_a_token(stack_objects: list[dict[str, Any]]) -> None:
     for workload, pod in pod_specs(stack_objects):
         if workload["kind"] == "Job":
             assert pod["serviceAccountName"] == "trainer"
             assert pod["automountServiceAccountToken"] is False  # dns discovery needs no API access
-        elif workload["metadata"]["name"] == "trainop":
-            # It watches TrainingJobs and creates Jobs: the API is its job; its own Role bounds what it may do.
-            assert pod["serviceAccountName"] == "trainop"
+        elif workload["metadata"]["name"] in ("trainop", "skyrun"):
+            # The operator and the task launcher create Jobs: the API is their job; their Roles bound them.
+            assert pod["serviceAccountName"] == workload["metadata"]["name"]
             assert pod.get("automountServiceAccountToken", True) is True
         else:
             assert pod["automountServiceAccountToken"] is False, workload["metadata"]["name"]
@@ -223,7 +223,7 @@ def test_inference_deployment_hpa_and_pdb(stack_objects: list[dict[str, Any]]) -
     assert hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 30
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 180
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    pdb = find(stack_objects, "PodDisruptionBudget")
+    pdb = find(stack_objects, "PodDisruptionBudget", "inference")
     # maxUnavailable, not minAvailable 1: with one replica, minAvailable 1 would block every node drain.
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert selects(pdb["spec"]["selector"]["matchLabels"], spec["template"]["metadata"]["labels"])
