@@ -473,7 +473,15 @@ def _escape(script: str) -> str:
 
 def task_env(task: Task, launch: Launch) -> list[dict[str, Any]]:
     names = node_names(launch.task_id, task.num_nodes)
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in task.envs]
+    # Pods have lo and eth0: unset, gloo and NCCL may bind the loopback and hang at the first collective. First,
+    # so that a task's own envs override them.
+    env: list[dict[str, Any]] = [
+        {"name": "GLOO_SOCKET_IFNAME", "value": "eth0"},
+        {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+    ]
+    user = {k for k, _ in task.envs}
+    env = [e for e in env if e["name"] not in user]
+    env += [{"name": k, "value": v} for k, v in task.envs]
     env += [
         {"name": "SKYPILOT_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": NODE_INDEX_FIELD}}},
         {"name": "SKYPILOT_NUM_NODES", "value": str(task.num_nodes)},

@@ -8,12 +8,14 @@ into the real cluster, then everything a user relies on, each checked from the c
    (ClusterIP and NodePort) with the openai client;
 4. the HPA reads and scales the Deployment; a node drain is held back by the PodDisruptionBudget while the
    service keeps answering;
-5. `pulumi destroy` (the documented full deletion) removes every object and leaves the data directories.
+5. a TrainingJob applied to the operator the stack installed trains for real, with progress from MLflow;
+6. a SkyPilot-style task submitted to the task launcher the stack installed runs torchrun on two pods;
+7. `pulumi destroy` (the documented full deletion) removes every object and leaves the data directories.
 
 The tests share one deployment (a module fixture) and run in file order; each depends on the ones before it.
 Overrides of Pulumi.dev.yaml: no TLS (cert-manager's chart cannot be fetched here), a short run with frequent
-checkpoints, two inference replicas (hpaMinReplicas), host-path storage in a world-writable directory on the node,
-images as imported (IfNotPresent)."""
+checkpoints, two inference replicas (hpaMinReplicas), 250m cpu requests for training (the node has 2 cpus),
+host-path storage in a world-writable directory on the node, images as imported (IfNotPresent)."""
 
 from __future__ import annotations
 
@@ -151,6 +153,8 @@ def deployed(
         "trainMaxSteps": str(TRAIN_STEPS),
         "checkpointEvery": str(CHECKPOINT_EVERY),
         "hpaMinReplicas": str(INFERENCE_REPLICAS),
+        # The node has 2 cpus: every pod of the platform must fit by its requests (limits stay as in dev).
+        "trainCpuRequest": "250m",
         "storageHostPath": str(storage),
         "imagePullPolicy": "IfNotPresent",
         "image": platform_image,
@@ -357,6 +361,148 @@ def test_hpa_scales_the_deployment_and_a_drain_respects_the_pdb(real_cluster: Re
 
     wait_or_diagnose(real_cluster, ns, "both inference replicas Ready after uncordon", all_ready, 600)
     deployed.facts["drained"] = True
+
+
+def test_a_trainingjob_trains_for_real_and_reports_progress_from_mlflow(
+    real_cluster: RealCluster, deployed: Deployed
+) -> None:
+    """The operator the stack installed turns a TrainingJob into a real run: owned children, two DDP pods, a model
+    version, and a status whose progress comes from the in-cluster MLflow (docs/operator.md)."""
+    if deployed.facts.get("summary") is None:
+        pytest.skip("the stack's own training did not complete (see the tests before)")
+    ns, name, steps = deployed.namespace, "e2e-trainingjob", 60
+    resource = {
+        "apiVersion": "ml-platform.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "workers": WORKERS,
+            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+            "train": {
+                "model": {"block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64},
+                "train": {"batch_size": 12, "max_steps": steps, "eval_every": 30, "eval_iters": 5, "log_every": 10},
+                "checkpoint": {"every": 30},
+            },
+            "tracking": {"experiment": "e2e-trainingjobs", "modelName": "tiny-gpt-trainingjob", "alias": "champion"},
+            "maxRestarts": 1,
+        },
+    }
+    start = time.monotonic()
+    created = real_cluster.api.create(resource)
+
+    def finished() -> dict[str, Any] | None:
+        no_crash_loops(real_cluster, ns)
+        obj = real_cluster.api.get("ml-platform.dev/v1alpha1", "TrainingJob", name, ns)
+        status = (obj or {}).get("status") or {}
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"TrainingJob failed: {status}\n{diagnose(real_cluster, ns)}")
+        done = status.get("phase") == "Succeeded" and (status.get("progress") or {}).get("step") == steps
+        return obj if done and status.get("modelVersion") else None
+
+    obj = wait_or_diagnose(real_cluster, ns, f"TrainingJob {name} Succeeded with progress", finished, 900)
+    record_timing("TrainingJob apply to Succeeded (60 steps, 2 workers)", time.monotonic() - start)
+    status = obj["status"]
+    assert status["restarts"] == 0 and status["preemptions"] == 0, status
+    assert status["progress"]["maxSteps"] == steps and status["progress"]["percent"] == 100, status
+    assert status["progress"]["valLoss"] > 0 and status["progress"]["trainLoss"] > 0, status
+    assert status["latestCheckpoint"]["step"] == steps, status
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}.get("Succeeded") == "True", status["conditions"]
+
+    # Its children are owned by it, and its pods really ran both ranks.
+    job = real_cluster.api.get("batch/v1", "Job", status["jobName"], ns)
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner.get("controller")) == ("TrainingJob", created["metadata"]["uid"], True)
+    assert condition(job, "Complete") == "True"
+    pods = job_pods(real_cluster, ns, status["jobName"])
+    assert sorted(index_of(p) for p in pods if phase(p) == "Succeeded") == ["0", "1"]
+
+    # The in-cluster MLflow has the run the status names, tagged with the resource's uid, and the version.
+    port = real_cluster.api.get("v1", "Service", "mlflow", ns)["spec"]["ports"][0]["port"]
+    forward = real_cluster.forward_service(ns, "mlflow", port)
+    try:
+        with httpx.Client(base_url=f"{forward.url}/api/2.0/mlflow", timeout=30) as mlflow:
+            run = mlflow.get("/runs/get", params={"run_id": status["mlflowRunId"]}).json()["run"]
+            alias = mlflow.get(
+                "/registered-models/alias", params={"name": "tiny-gpt-trainingjob", "alias": "champion"}
+            ).json()["model_version"]
+    finally:
+        forward.close()
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["ml-platform.dev/trainingjob-uid"] == created["metadata"]["uid"], tags
+    assert str(alias["version"]) == str(status["modelVersion"]) and alias["run_id"] == status["mlflowRunId"]
+
+    # kubectl's view: the printer columns.
+    table = real_cluster.kubectl("get", "trainingjobs", "-n", ns, name).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "WORKERS", "PROGRESS", "VAL", "LOSS", "RESTARTS", "AGE"], table
+    assert row.split()[:4] == [name, "Succeeded", str(WORKERS), "100"], table
+
+    # Deleting it deletes its children (garbage collection through the owner references).
+    real_cluster.api.delete("ml-platform.dev/v1alpha1", "TrainingJob", name, ns)
+    wait_or_diagnose(
+        real_cluster, ns, "the TrainingJob's Job garbage-collected",
+        lambda: real_cluster.api.get("batch/v1", "Job", status["jobName"], ns) is None, 120,
+    )  # fmt: skip
+
+
+TORCHRUN_TASK = """
+name: torchrun-e2e
+num_nodes: 2
+resources: {cpus: "250m", memory: "1Gi"}
+run: |
+  cat > /tmp/train.yaml <<'EOF'
+  model: {block_size: 32, n_layer: 1, n_head: 2, n_embd: 32}
+  train: {batch_size: 8, max_steps: 20, eval_every: 0, eval_iters: 2, log_every: 10, device: cpu}
+  checkpoint: {dir: /tmp/checkpoints, every: 0}
+  distributed: {backend: gloo}
+  EOF
+  echo "node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, rank 0 at $MASTER_ADDR, nodes: $(echo $SKYPILOT_NODE_IPS)"
+  torchrun --nnodes "$NUM_NODES" --node_rank "$NODE_RANK" --nproc_per_node 1 \\
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m trainer train --config /tmp/train.yaml
+"""
+
+
+def test_a_skypilot_task_runs_torchrun_on_two_nodes(real_cluster: RealCluster, deployed: Deployed) -> None:
+    """The task launcher the stack installed (docs/launcher.md): a user with a real audience-bound token submits a
+    2-node task YAML; both pods run torchrun with the SKYPILOT_* variables and the trainer, for real."""
+    ns = deployed.namespace
+    real_cluster.api.create(
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "alice", "namespace": ns}}
+    )
+    bearer = real_cluster.kubectl("create", "token", "alice", "-n", ns, "--audience", "skyrun").stdout.strip()
+    port = real_cluster.api.get("v1", "Service", "skyrun", ns)["spec"]["ports"][0]["port"]
+    forward = real_cluster.forward_service(ns, "skyrun", port)
+    try:
+        with httpx.Client(base_url=forward.url, headers={"Authorization": f"Bearer {bearer}"}, timeout=30) as api:
+            assert api.get("/tasks").status_code == 200
+            start = time.monotonic()
+            submitted = api.post("/tasks/submit", json={"task_yaml": TORCHRUN_TASK})
+            assert submitted.status_code == 200, submitted.text
+            task_id = submitted.json()["task_id"]
+
+            def finished() -> dict[str, Any] | None:
+                info = api.get(f"/tasks/{task_id}").json()
+                return info if info["status"] in ("completed", "failed", "failed_setup", "cancelled") else None
+
+            info = wait_or_diagnose(real_cluster, ns, f"task {task_id} to finish", finished, 600)
+            record_timing("skyrun 2-node torchrun task, submit to completed", time.monotonic() - start)
+            with api.stream("GET", f"/tasks/{task_id}/logs") as stream:
+                logs = "".join(stream.iter_text())
+            assert info["status"] == "completed", f"{info}\n{logs[-3000:]}\n{diagnose(real_cluster, ns)}"
+            # Nobody else sees it: a second user's token gets 404 for it.
+            real_cluster.api.create(
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bob", "namespace": ns}}
+            )
+            bob = real_cluster.kubectl("create", "token", "bob", "-n", ns, "--audience", "skyrun").stdout.strip()
+            other = api.get(f"/tasks/{task_id}", headers={"Authorization": f"Bearer {bob}"})
+            assert other.status_code == 404, other.text
+    finally:
+        forward.close()
+    for node in (0, 1):
+        assert f"node-{node} | node {node} of 2, rank 0 at " in logs, logs[-3000:]
+    summary = next(json.loads(line.split(" | ", 1)[1]) for line in logs.splitlines() if line.startswith("node-0 | {"))
+    assert summary["step"] == 20 and summary["world_size"] == 2, summary
 
 
 def test_destroy_removes_everything_and_leaves_the_data(real_cluster: RealCluster, deployed: Deployed) -> None:
