@@ -1,39 +1,31 @@
-"""What the API does, over the cluster: submit, list, stop, logs, volumes. Every object of a user carries the
-user's hash label and exact name (workloads/task.py); every read selects on the label and checks the name, so a
-user never sees, stops, reads or mounts what is not theirs. Nothing is kept in memory between requests."""
+"""What the API does, over the cluster: submit, list, stop, logs, volumes (volumes' objects in skyrun/volumes.py,
+log streams in skyrun/logs.py, a task's API view in skyrun/task_info.py). Every object of a user carries the user's
+hash label and exact name (workloads/task.py); every read selects on the label and checks the name, so a user
+never sees, stops, reads or mounts what is not theirs. Nothing is kept in memory between requests."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
-import secrets
-import string
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
 import yaml
 from lightkube import ApiError
 
+from skyrun.common import Problem as Problem
+from skyrun.common import invalid, new_id, now_utc
 from skyrun.kube import Kube
-from skyrun.models import (
-    NodeInfo,
-    SubmitResponse,
-    TaskInfo,
-    TaskStatus,
-    VolumeCreate,
-    VolumeInfo,
-)
+from skyrun.logs import follow_logs
+from skyrun.models import SubmitResponse, TaskInfo, TaskStatus, VolumeCreate, VolumeInfo
 from skyrun.settings import Settings
 from skyrun.status import Derived, derive
-from workloads.quantity import parse_quantity
+from skyrun.task_info import task_info
+from skyrun.volumes import ACCESS_MODES as ACCESS_MODES
+from skyrun.volumes import create_volume, owned_volumes, volume_info
 from workloads.task import (
-    CONTAINER,
     KIND_LABEL,
     NAME_ANNOTATION,
-    NODE_INDEX_LABEL,
     STATE_ACTIVE,
     STATE_DONE,
     STATE_LABEL,
@@ -49,32 +41,7 @@ from workloads.task import (
     task_manifests,
     task_object_name,
     user_hash,
-    volume_claim,
 )
-
-ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod")
-_ALPHABET = string.ascii_lowercase + string.digits
-
-
-class Problem(Exception):
-    """A request the launcher refuses: an HTTP status and a detail (a message, or a list of field problems)."""
-
-    def __init__(self, status: int, detail: str | list[dict[str, str]]) -> None:
-        self.status = status
-        self.detail = detail
-        super().__init__(str(detail))
-
-
-def invalid(errors: list[FieldError]) -> Problem:
-    return Problem(400, [{"field": e.field, "message": e.message} for e in errors])
-
-
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def new_id() -> str:
-    return secrets.choice(string.ascii_lowercase) + "".join(secrets.choice(_ALPHABET) for _ in range(7))
 
 
 @dataclass
@@ -103,7 +70,7 @@ class Launcher:
         except TaskInvalid as err:
             raise invalid(err.errors) from None
         task = parsed.task
-        owned = {v["metadata"]["annotations"][NAME_ANNOTATION]: v for v in await self._volumes_of(user)}
+        owned = {v["metadata"]["annotations"][NAME_ANNOTATION]: v for v in await owned_volumes(self.kube, user)}
         claims, missing = [], []
         for path, name in task.volumes:
             if name in owned:
@@ -229,53 +196,11 @@ class Launcher:
         snap = await self._snapshot(None, active_only=True)
         return sum(1 for _, d in await self._derive_all(snap) if d.status.final)
 
-    def _info(self, record: Mapping[str, Any], derived: Derived, job: Mapping[str, Any] | None,
-              pods: list[dict[str, Any]]) -> TaskInfo:  # fmt: skip
-        meta, data = record["metadata"], record.get("data") or {}
-        summary = json.loads(data.get("summary") or "{}")
-        volumes = {}
-        for line in (data.get("volumes") or "").splitlines():
-            path, _, claim = line.partition("=")
-            volumes[path] = claim
-        nodes = sorted(
-            (
-                NodeInfo(
-                    index=int(p["metadata"]["labels"].get(NODE_INDEX_LABEL, -1)),
-                    pod=p["metadata"]["name"],
-                    phase=(p.get("status") or {}).get("phase", ""),
-                )
-                for p in pods
-            ),
-            key=lambda n: (n.index, n.pod),
-        )
-        container = ((job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}])[0]
-        limits = (container.get("resources") or {}).get("limits") or {}
-        selector = (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector") or {}
-        gpus = limits.get("nvidia.com/gpu", "")
-        accel = ":".join(x for x in (next(iter(selector.values()), ""), gpus) if x)
-        return TaskInfo(
-            task_id=meta["labels"][TASK_ID_LABEL],
-            name=meta["annotations"].get(NAME_ANNOTATION, ""),
-            user=meta["annotations"].get(USER_ANNOTATION, ""),
-            status=derived.status,
-            message=derived.message,
-            num_nodes=int(data.get("num_nodes") or 1),
-            submitted_at=data.get("submitted_at", ""),
-            finished_at=data.get("finished_at", ""),
-            cpus=summary.get("cpus", limits.get("cpu", "")),
-            memory=summary.get("memory", limits.get("memory", "")),
-            accelerators=summary.get("accelerators", accel),
-            image=summary.get("image", container.get("image", "")),
-            volumes=volumes,
-            ignored=[x for x in (data.get("ignored") or "").splitlines() if x],
-            nodes=nodes,
-        )
-
     async def list_tasks(self, user: str | None) -> list[TaskInfo]:
         snap = await self._snapshot(user)
         infos = [
-            self._info(record, derived, snap.jobs.get(tid := record["metadata"]["labels"][TASK_ID_LABEL]),
-                       snap.pods.get(tid, []))
+            task_info(record, derived, snap.jobs.get(tid := record["metadata"]["labels"][TASK_ID_LABEL]),
+                      snap.pods.get(tid, []))
             for record, derived in await self._derive_all(snap)
         ]  # fmt: skip
         return sorted(infos, key=lambda t: (t.submitted_at, t.task_id), reverse=True)
@@ -291,8 +216,7 @@ class Launcher:
     async def list_tasks_by_id(self, user: str, task_id: str) -> list[TaskInfo]:
         snap = await self._snapshot(user, task_id)
         return [
-            self._info(r, d, snap.jobs.get(task_id), snap.pods.get(task_id, []))
-            for r, d in await self._derive_all(snap)
+            task_info(r, d, snap.jobs.get(task_id), snap.pods.get(task_id, [])) for r, d in await self._derive_all(snap)
         ]
 
     async def stop(self, user: str | None, task_id: str | None) -> list[str]:
@@ -322,57 +246,9 @@ class Launcher:
         info = await self.task(user, task_id)
         if not info.nodes and info.status.final:
             raise Problem(404, f"task {task_id} is {info.status.value} and its pods are gone: no logs remain")
-        return self._follow(task_id, info.num_nodes, follow)
-
-    async def _follow(self, task_id: str, num_nodes: int, follow: bool) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
-
-        async def node(index: int) -> None:
-            try:
-                pod = await self._started_pod(task_id, index, wait=follow)
-                if pod is not None:
-                    async for line in self.kube.log_lines(pod, CONTAINER, follow=follow):
-                        await queue.put(f"node-{index} | {line}\n")
-            except ApiError as err:
-                await queue.put(f"node-{index} | (logs unavailable: {err.status.message})\n")
-            except httpx2.HTTPError as err:
-                await queue.put(f"node-{index} | (log stream broken: {err})\n")
-            finally:
-                await queue.put(None)
-
-        tasks = [asyncio.create_task(node(i)) for i in range(num_nodes)]
-        ended = 0
-        try:
-            while ended < num_nodes:
-                item = await queue.get()
-                if item is None:
-                    ended += 1
-                else:
-                    yield item
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    async def _started_pod(self, task_id: str, index: int, *, wait: bool) -> str | None:
-        """The pod of node `index` once its container started (or ended); None if the task ends first."""
-        while True:
-            selector = {TASK_LABEL: "true", TASK_ID_LABEL: task_id, NODE_INDEX_LABEL: str(index)}
-            pods = await self.kube.objects("Pod", selector)
-            for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
-                if (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
-                    return str(pod["metadata"]["name"])
-            record = await self.kube.get("ConfigMap", task_object_name(task_id))
-            if not wait or record is None or (record.get("data") or {}).get("status"):
-                return None
-            await asyncio.sleep(1.0)
+        return follow_logs(self.kube, task_id, info.num_nodes, follow)
 
     # --- volumes -----------------------------------------------------------------------------------------
-    async def _volumes_of(self, user: str) -> list[dict[str, Any]]:
-        claims = await self.kube.objects(
-            "PersistentVolumeClaim", {KIND_LABEL: "volume", USER_HASH_LABEL: user_hash(user)}
-        )
-        return [c for c in claims if c["metadata"].get("annotations", {}).get(USER_ANNOTATION) == user]
-
     async def _mounts(self, user: str) -> dict[str, list[str]]:
         """claim name -> ids of the user's active tasks that mount it."""
         snap = await self._snapshot(user, active_only=True)
@@ -384,59 +260,12 @@ class Launcher:
                 used.setdefault(line.partition("=")[2], []).append(record["metadata"]["labels"][TASK_ID_LABEL])
         return used
 
-    @staticmethod
-    def _volume_info(claim: Mapping[str, Any], used: Mapping[str, list[str]]) -> VolumeInfo:
-        meta, spec = claim["metadata"], claim.get("spec") or {}
-        return VolumeInfo(
-            volume_id=meta["name"].removeprefix("vol-"),
-            name=meta["annotations"][NAME_ANNOTATION],
-            user=meta["annotations"][USER_ANNOTATION],
-            size=((spec.get("resources") or {}).get("requests") or {}).get("storage", ""),
-            storage_class=spec.get("storageClassName") or "",
-            access_modes=list(spec.get("accessModes") or []),
-            phase=(claim.get("status") or {}).get("phase", ""),
-            in_use_by=sorted(used.get(meta["name"], [])),
-        )
-
     async def create_volume(self, user: str, request: VolumeCreate) -> VolumeInfo:
-        size = request.size.strip()
-        if size.replace(".", "", 1).isdigit():
-            size = f"{size}Gi"  # SkyPilot's sizes are GiB
-        try:
-            if parse_quantity(size) <= 0:
-                raise ValueError
-        except ValueError:
-            message = f"{request.size!r} is not a size: use GiB (10) or a quantity (10Gi)"
-            raise invalid([FieldError("size", message)]) from None
-        bad_modes = [m for m in request.access_modes if m not in ACCESS_MODES]
-        if bad_modes:
-            raise invalid([FieldError("access_modes", f"{bad_modes} not in {list(ACCESS_MODES)}")])
-        if any(v["metadata"]["annotations"][NAME_ANNOTATION] == request.name for v in await self._volumes_of(user)):
-            raise Problem(409, f"you already have a volume named {request.name!r}")
-        for _ in range(5):
-            claim = volume_claim(
-                volume_id=new_id(),
-                name=request.name,
-                user=user,
-                namespace=self.settings.namespace,
-                size=size,
-                storage_class=request.storage_class,
-                access_modes=tuple(request.access_modes),
-            )
-            try:
-                created = await self.kube.create(claim)
-            except ApiError as err:
-                if err.status.code == 409:
-                    continue
-                if err.status.code in (400, 403, 422):
-                    raise Problem(400, f"the cluster refused the volume: {err.status.message}") from None
-                raise
-            return self._volume_info(created, {})
-        raise Problem(409, "could not find a free volume id; try again")
+        return await create_volume(self.kube, self.settings.namespace, user, request)
 
     async def volumes(self, user: str) -> list[VolumeInfo]:
         used = await self._mounts(user)
-        return sorted((self._volume_info(c, used) for c in await self._volumes_of(user)), key=lambda v: v.name)
+        return sorted((volume_info(c, used) for c in await owned_volumes(self.kube, user)), key=lambda v: v.name)
 
     async def volume(self, user: str, volume_id: str) -> VolumeInfo:
         for v in await self.volumes(user):
