@@ -26,9 +26,16 @@ ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOnce
 
 
 async def owned_volumes(kube: Kube, user: str) -> list[dict[str, Any]]:
-    """The user's PVCs: the hash label selects, the exact name decides."""
+    """The user's PVCs: the hash label selects, the exact name decides. A deleted claim is gone for the user
+    although its `kubernetes.io/pvc-protection` finalizer keeps it listed until kube-controller-manager removes
+    it, some time after the delete returned (no pod may mount a claim that is being deleted anyway)."""
     claims = await kube.objects("PersistentVolumeClaim", {KIND_LABEL: "volume", USER_HASH_LABEL: user_hash(user)})
-    return [c for c in claims if c["metadata"].get("annotations", {}).get(USER_ANNOTATION) == user]
+    return [
+        c
+        for c in claims
+        if c["metadata"].get("annotations", {}).get(USER_ANNOTATION) == user
+        and not c["metadata"].get("deletionTimestamp")
+    ]
 
 
 def volume_info(claim: Mapping[str, Any], used: Mapping[str, list[str]]) -> VolumeInfo:

@@ -23,6 +23,7 @@ from workloads.task import (
     TaskInvalid,
     parse_task,
     task_manifests,
+    volume_claim,
 )
 
 USER = "system:serviceaccount:ml:alice"
@@ -155,6 +156,22 @@ def test_a_bad_request_is_a_4xx_with_a_detail_and_creates_nothing(
     else:
         assert isinstance(detail, str) and detail
     assert kube.writes == []
+
+
+def test_a_deleted_volume_is_gone_while_its_claim_waits_for_its_finalizer(api: tuple[TestClient, FakeKube]) -> None:
+    http, kube = api
+    claim = volume_claim(volume_id="abcd1234", name="data", user=USER, namespace="ml", size="1Gi",
+                         storage_class=None, access_modes=("ReadWriteOnce",))  # fmt: skip
+    deleting = {**claim, "metadata": {**claim["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z",
+                                      "finalizers": ["kubernetes.io/pvc-protection"]}}  # fmt: skip
+
+    async def objects(kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [deleting] if kind == "PersistentVolumeClaim" else []
+
+    kube.objects = objects  # type: ignore[method-assign]
+    assert http.get("/volumes").json()["volumes"] == []
+    assert http.get("/volumes/abcd1234").status_code == 404
+    assert http.post("/volumes/create", json={"name": "data", "size": "1"}).status_code == 200
 
 
 def test_without_the_dev_flag_the_user_header_is_not_trusted() -> None:
