@@ -29,7 +29,7 @@ def main() -> int:
     except SettingsError as err:
         print(f"trainop: {err}", file=sys.stderr)
         return 2
-    start_http_server(settings.metrics_port)
+    start_http_server(settings.metrics_port, addr=settings.listen_host)
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -58,7 +58,7 @@ def main() -> int:
                 standalone=True,
                 clusterwide=False,
                 namespaces=[settings.platform.namespace],
-                liveness_endpoint=f"http://0.0.0.0:{settings.health_port}{HEALTH_PATH}",
+                liveness_endpoint=f"http://{settings.listen_host}:{settings.health_port}{HEALTH_PATH}",
             )
         finally:
             await client.close()

@@ -41,6 +41,9 @@ class Settings:
     """Port of the liveness endpoint (/healthz)."""
     metrics_port: int
     """Port of the Prometheus metrics (/metrics)."""
+    listen_host: str = "0.0.0.0"
+    """Address the health and metrics endpoints bind (LISTEN_HOST): every interface in a pod, where the kubelet
+    probes the pod IP; 127.0.0.1 when the operator runs on a developer's machine or in the tests."""
     interval_s: float
     """How often each TrainingJob is reconciled besides on its own changes (its children are polled)."""
     restart_backoff_s: float
@@ -78,6 +81,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         gpus_available=gpus == "true",
         health_port=int(number(ENV_HEALTH_PORT, HEALTH_PORT)),
         metrics_port=int(number(ENV_METRICS_PORT, METRICS_PORT)),
+        listen_host=env.get("LISTEN_HOST") or "0.0.0.0",
         interval_s=number(ENV_RECONCILE_INTERVAL_S, 5.0),
         restart_backoff_s=number(ENV_RESTART_BACKOFF_S, 10.0),
     )

@@ -116,6 +116,7 @@ class OperatorProcess:
             "GPUS_AVAILABLE": "false",
             "RECONCILE_INTERVAL_S": "1",
             "RESTART_BACKOFF_S": "1",
+            "LISTEN_HOST": "127.0.0.1",
             "HEALTH_PORT": str(self.health_port),
             "METRICS_PORT": str(self.metrics_port),
             "PYTHONPATH": str(ROOT),
