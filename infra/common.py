@@ -7,6 +7,8 @@ rendered pod carries exactly the `workloads.pod` contexts, whichever form built 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pulumi_kubernetes as k8s
 
 from workloads.pod import (
@@ -21,7 +23,8 @@ from workloads.pod import (
 from workloads.pod import resource_requirements as workload_resource_requirements
 
 __all__ = [
-    "APP_UID", "AWAIT_CREATED_ONLY", "GPU_RESOURCE", "MANAGED_BY", "PART_OF", "checkov_skips",
+    "APP_UID", "AWAIT_CREATED_ONLY", "GPU_RESOURCE", "MANAGED_BY", "PART_OF", "as_input", "checkov_skips",
+    "checkov_skips_with_api_token",
     "container_security_context", "http_service_spec", "labels", "pod_security_context", "pod_security_labels",
     "resource_requirements", "selector_labels", "tmp_volume",
 ]  # fmt: skip
@@ -99,3 +102,15 @@ def http_service_spec(
 def tmp_volume(name: str = "tmp", size: str = "256Mi") -> k8s.core.v1.VolumeArgs:
     """A writable scratch directory for a container whose root filesystem is read-only."""
     return k8s.core.v1.VolumeArgs(name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size))
+
+
+def as_input(value: object) -> Any:
+    """A plain dict or list, as the API takes it, passed where the SDK's overloads want its TypedDicts."""
+    return value
+
+
+def checkov_skips_with_api_token(*, image: str, pull_policy: str, why: str) -> dict[str, str]:
+    """`checkov_skips` plus the justified CKV_K8S_38 skip of a pod whose work is the Kubernetes API."""
+    skips = checkov_skips(images=[image], pull_policy=pull_policy)
+    skips[f"checkov.io/skip{len(skips) + 1}"] = f"CKV_K8S_38={why}"
+    return skips

@@ -17,7 +17,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import MANAGED_BY, checkov_skips
+from infra.common import MANAGED_BY, as_input, checkov_skips_with_api_token
 from workloads.pod import (
     Resources,
     container_security_context,
@@ -110,16 +110,14 @@ def launcher_pod_spec(args: TaskLauncherArgs) -> dict[str, Any]:
 
 
 def launcher_checkov_skips(args: TaskLauncherArgs) -> dict[str, str]:
-    skips = checkov_skips(images=[args.image], pull_policy=args.image_pull_policy)
-    skips[f"checkov.io/skip{len(skips) + 1}"] = (
-        "CKV_K8S_38=the launcher's work is the Kubernetes API (TokenReview, Jobs, PVCs); its token is bound to "
-        "a namespaced Role with only workloads/task.py launcher_role_rules() and a ClusterRole for the two reviews"
+    return checkov_skips_with_api_token(
+        image=args.image,
+        pull_policy=args.image_pull_policy,
+        why=(
+            "the launcher's work is the Kubernetes API (TokenReview, Jobs, PVCs); its token is bound to "
+            "a namespaced Role with only workloads/task.py launcher_role_rules() and a ClusterRole for the two reviews"
+        ),
     )
-    return skips
-
-
-def _any(value: object) -> Any:
-    return value
 
 
 class TaskLauncher(pulumi.ComponentResource):
@@ -142,33 +140,33 @@ class TaskLauncher(pulumi.ComponentResource):
         def metadata(**extra: Any) -> Any:
             return {"name": NAME, "namespace": args.namespace, "labels": meta_labels, **extra}
 
-        subject = _any([{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}])
+        subject = as_input([{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}])
         account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(), opts=child)
-        role = k8s.rbac.v1.Role(f"{name}-role", metadata=metadata(), rules=_any(launcher_role_rules()), opts=child)
+        role = k8s.rbac.v1.Role(f"{name}-role", metadata=metadata(), rules=as_input(launcher_role_rules()), opts=child)
         binding = k8s.rbac.v1.RoleBinding(
             f"{name}-rolebinding",
             metadata=metadata(),
-            role_ref=_any({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}),
+            role_ref=as_input({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}),
             subjects=subject,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role]),
         )
         # Cluster-scoped, so named after the namespace: two stacks in one cluster must not share it.
         cluster_name = f"{NAME}-{args.namespace}-reviews"
-        cluster_meta = _any({"name": cluster_name, "labels": meta_labels})
+        cluster_meta = as_input({"name": cluster_name, "labels": meta_labels})
         reviews = k8s.rbac.v1.ClusterRole(
-            f"{name}-reviews", metadata=cluster_meta, rules=_any(launcher_cluster_role_rules()), opts=child
+            f"{name}-reviews", metadata=cluster_meta, rules=as_input(launcher_cluster_role_rules()), opts=child
         )
         reviews_binding = k8s.rbac.v1.ClusterRoleBinding(
             f"{name}-reviews-binding",
             metadata=cluster_meta,
-            role_ref=_any({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name}),
+            role_ref=as_input({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name}),
             subjects=subject,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, reviews]),
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=metadata(annotations=launcher_checkov_skips(args)),
-            spec=_any(
+            spec=as_input(
                 {
                     "replicas": args.replicas,
                     # Stateless: a rolling update keeps one replica answering throughout.
@@ -185,13 +183,13 @@ class TaskLauncher(pulumi.ComponentResource):
         self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=metadata(),
-            spec=_any({"type": args.service_type, "selector": selector, "ports": [port]}),
+            spec=as_input({"type": args.service_type, "selector": selector, "ports": [port]}),
             opts=child,
         )
         self.pdb = k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata=metadata(),
-            spec=_any(
+            spec=as_input(
                 {
                     # One of the replicas may go at a time: drains proceed, the API stays up.
                     "maxUnavailable": 1,
@@ -204,7 +202,7 @@ class TaskLauncher(pulumi.ComponentResource):
         self.network_policy = k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol",
             metadata=metadata(),
-            spec=_any(
+            spec=as_input(
                 {
                     "podSelector": {"matchLabels": selector},
                     "policyTypes": ["Ingress", "Egress"],
@@ -222,7 +220,7 @@ class TaskLauncher(pulumi.ComponentResource):
         self.task_network_policy = k8s.networking.v1.NetworkPolicy(
             f"{name}-tasks-netpol",
             metadata={**metadata(), "name": f"{NAME}-tasks"},
-            spec=_any(
+            spec=as_input(
                 {
                     "podSelector": task_pods,
                     "policyTypes": ["Ingress", "Egress"],

@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import MANAGED_BY, checkov_skips
+from infra.common import MANAGED_BY, as_input, checkov_skips_with_api_token
 from workloads import trainingjob as tj
 from workloads.pod import (
     Resources,
@@ -77,12 +77,14 @@ def operator_env(args: OperatorArgs) -> list[dict[str, Any]]:
 
 
 def operator_checkov_skips(args: OperatorArgs) -> dict[str, str]:
-    skips = checkov_skips(images=[args.image], pull_policy=args.image_pull_policy)
-    skips[f"checkov.io/skip{len(skips) + 1}"] = (
-        "CKV_K8S_38=the operator's work is the Kubernetes API (watch TrainingJobs, create Jobs); its token is "
-        "bound to a namespaced Role with only what workloads/trainingjob.py operator_role_rules() lists"
+    return checkov_skips_with_api_token(
+        image=args.image,
+        pull_policy=args.image_pull_policy,
+        why=(
+            "the operator's work is the Kubernetes API (watch TrainingJobs, create Jobs); its token is "
+            "bound to a namespaced Role with only what workloads/trainingjob.py operator_role_rules() lists"
+        ),
     )
-    return skips
 
 
 def operator_pod_spec(args: OperatorArgs) -> dict[str, Any]:
@@ -122,10 +124,6 @@ def operator_pod_spec(args: OperatorArgs) -> dict[str, Any]:
     }
 
 
-def _any(value: object) -> Any:
-    return value
-
-
 class TrainingJobOperator(pulumi.ComponentResource):
     """The TrainingJob API and the operator that runs it (see the module docstring)."""
 
@@ -152,19 +150,21 @@ class TrainingJobOperator(pulumi.ComponentResource):
             return {"name": NAME, "namespace": args.namespace, "labels": meta_labels, **extra}
 
         account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(), opts=child)
-        role = k8s.rbac.v1.Role(f"{name}-role", metadata=metadata(), rules=_any(tj.operator_role_rules()), opts=child)
+        role = k8s.rbac.v1.Role(
+            f"{name}-role", metadata=metadata(), rules=as_input(tj.operator_role_rules()), opts=child
+        )
         binding = k8s.rbac.v1.RoleBinding(
             f"{name}-rolebinding",
             metadata=metadata(),
-            role_ref=_any({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}),
-            subjects=_any([{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}]),
+            role_ref=as_input({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}),
+            subjects=as_input([{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}]),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role]),
         )
         selector = selector_labels(NAME, args.instance)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=metadata(annotations=operator_checkov_skips(args)),
-            spec=_any(
+            spec=as_input(
                 {
                     "replicas": 1,
                     # Never two operators at once: a rolling update would briefly run both against the same objects.

@@ -5,10 +5,8 @@ TokenRequest API, and the server as a real subprocess that can be killed and sta
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
 
 from tests.engine.cluster import LocalCluster, free_port, wait_for
+from tests.proc import kill_group, stop_group
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,18 +133,11 @@ class ServerProcess:
         wait_for("the launcher's /readyz", ready, 60, 0.3)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        """SIGKILL: no shutdown code runs."""
+        kill_group(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc)
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""

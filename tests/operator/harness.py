@@ -6,10 +6,8 @@ and pod status patches written the way a kubelet would write them."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType
 
 from tests.engine.cluster import LocalCluster, free_port, wait_for
+from tests.proc import kill_group, stop_group
 from workloads.trainingjob import API_VERSION, KIND, operator_role_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,18 +136,10 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as when a node dies under the operator."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        kill_group(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
