@@ -1,0 +1,433 @@
+"""Grafana dashboards (JSON model, schemaVersion 39) for training, inference, and the platform's controllers.
+
+Each dashboard has a `datasource` variable (any Prometheus) and a `namespace` variable (the namespaces where the
+dashboard's own metrics exist), and every panel query selects `namespace="$namespace"`, so one dashboard serves
+every stack in a cluster. The queries use the raw series, not recording rules, so the dashboards work whether or
+not the platform's rules are loaded. tests/observability/test_dashboards.py checks every query with promtool's
+PromQL parser and every metric name against what the platform exports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 39
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+NS = 'namespace="$namespace"'
+RATE = "$__rate_interval"
+GRID_WIDTH = 24
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    """PromQL (may use $namespace, $job and $__rate_interval)."""
+    legend: str = ""
+    """Legend format, e.g. {{job_name}}."""
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    """Grafana unit id (s, bytes, percentunit, reqps, short)."""
+    kind: str = "timeseries"
+    """timeseries, stat or table."""
+    width: int = 12
+    height: int = 8
+    description: str = ""
+    stacked: bool = False
+
+
+def _q(expr: str, legend: str = "") -> Query:
+    return Query(expr, legend)
+
+
+def _variables(metric: str, extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    namespace = {
+        "name": "namespace",
+        "label": "Namespace",
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": f"label_values({metric}, namespace)", "refId": "namespace"},
+        "definition": f"label_values({metric}, namespace)",
+        "refresh": 2,
+        "sort": 1,
+        "current": {},
+        "options": [],
+        "includeAll": False,
+        "multi": False,
+    }
+    datasource = {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "options": [],
+        "refresh": 1,
+        "hide": 0,
+    }
+    return {"list": [datasource, namespace, *(extra or [])]}
+
+
+def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    custom: dict[str, Any] = {}
+    if panel.kind == "timeseries":
+        custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+        if panel.stacked:
+            custom["stacking"] = {"mode": "normal", "group": "A"}
+    body: dict[str, Any] = {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": panel.unit, "custom": custom}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
+        "targets": [
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DATASOURCE,
+                "expr": q.expr,
+                "legendFormat": q.legend,
+                "range": panel.kind != "table",
+                "instant": panel.kind == "table",
+            }
+            for i, q in enumerate(panel.queries)
+        ],
+    }
+    if panel.kind in ("stat", "table"):
+        body["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    return body
+
+
+def _dashboard(
+    uid: str, title: str, tags: list[str], metric: str, panels: list[Panel], extra_vars: list[dict[str, Any]]
+) -> dict[str, Any]:
+    laid_out, x, y, row_height = [], 0, 0, 0
+    for i, panel in enumerate(panels, start=1):
+        if x + panel.width > GRID_WIDTH:
+            x, y, row_height = 0, y + row_height, 0
+        laid_out.append(_panel(panel, i, x, y))
+        x += panel.width
+        row_height = max(row_height, panel.height)
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": ["ml-platform", *tags],
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "timezone": "browser",
+        "templating": _variables(metric, extra_vars),
+        "annotations": {"list": []},
+        "panels": laid_out,
+    }
+
+
+def _job_variable() -> dict[str, Any]:
+    query = f"label_values(trainer_step{{{NS}}}, job_name)"
+    return {
+        "name": "job",
+        "label": "Training Job",
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": "job"},
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "current": {},
+        "options": [],
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+    }
+
+
+def training_dashboard() -> dict[str, Any]:
+    sel = f'{NS}, job_name=~"$job"'
+    by = "by (job_name)"
+    quantile = (
+        "histogram_quantile({q}, sum by (job_name, le) (rate(trainer_step_duration_seconds_bucket{{{sel}}}[{r}])))"
+    )
+    panels = [
+        Panel(
+            "Loss",
+            (
+                _q(f"avg {by} (trainer_train_loss{{{sel}}})", "train {{job_name}}"),
+                _q(f"avg {by} (trainer_val_loss{{{sel}}})", "val {{job_name}}"),
+            ),
+            width=24,
+        ),
+        Panel("Tokens per second", (_q(f"max {by} (trainer_tokens_per_second{{{sel}}})", "{{job_name}}"),)),
+        Panel(
+            "Step time p50 / p95",
+            (
+                _q(quantile.format(q=0.5, sel=sel, r=RATE), "p50 {{job_name}}"),
+                _q(quantile.format(q=0.95, sel=sel, r=RATE), "p95 {{job_name}}"),
+            ),
+            unit="s",
+        ),
+        Panel(
+            "Time per step phase",
+            (_q(f"avg by (phase) (rate(trainer_step_phase_seconds_total{{{sel}}}[{RATE}]))", "{{phase}}"),),
+            unit="percentunit",
+            stacked=True,
+            description="Share of wall time in data loading, forward/backward, optimizer and gradient sync.",
+        ),
+        Panel(
+            "Progress",
+            (_q(f"max {by} (trainer_step{{{sel}}}) / max {by} (trainer_max_steps{{{sel}}})", "{{job_name}}"),),
+            unit="percentunit",
+        ),
+        Panel(
+            "ETA",
+            (
+                _q(
+                    f"(max {by} (trainer_max_steps{{{sel}}}) - max {by} (trainer_step{{{sel}}}))\n"
+                    f"/ max {by} (rate(trainer_steps_total{{{sel}}}[{RATE}]))",
+                    "{{job_name}}",
+                ),
+            ),
+            unit="s",
+            kind="stat",
+            width=6,
+            description="Steps left divided by the current step rate.",
+        ),
+        Panel("World size", (_q(f"max {by} (trainer_world_size{{{sel}}})", "{{job_name}}"),), kind="stat", width=6),
+        Panel(
+            "Resumed from step",
+            (_q(f"max {by} (trainer_resumed_from_step{{{sel}}})", "{{job_name}}"),),
+            description="Changes each time the gang restarts from a checkpoint.",
+        ),
+        Panel(
+            "Restarts (operator, in range)",
+            (_q(f"sum by (cause) (increase(trainop_restarts_total{{{NS}}}[$__range]))", "{{cause}}"),),
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Pods of the Job",
+            (_q(f"count {by} (trainer_step{{{sel}}})", "{{job_name}}"),),
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Checkpoint save time p95",
+            (
+                _q(
+                    "histogram_quantile(0.95, sum by (job_name, le) "
+                    f"(rate(trainer_checkpoint_save_duration_seconds_bucket{{{sel}}}[{RATE}])))",
+                    "{{job_name}}",
+                ),
+            ),
+            unit="s",
+        ),
+        Panel(
+            "Checkpoint size",
+            (_q(f"max {by} (trainer_checkpoint_size_bytes{{{sel}}})", "{{job_name}}"),),
+            unit="bytes",
+        ),
+        Panel(
+            "Checkpoints written",
+            (_q(f"max {by} (increase(trainer_checkpoints_total{{{sel}}}[1h]))", "{{job_name}} per hour"),),
+        ),
+        Panel(
+            "Seconds since the last step",
+            (_q(f"time() - max {by} (trainer_last_step_timestamp_seconds{{{sel}}})", "{{job_name}}"),),
+            unit="s",
+            description="What the TrainingStalled alert watches.",
+        ),
+    ]
+    return _dashboard("ml-platform-training", "ml-platform / Training", ["training"], "trainer_step", panels,
+                      [_job_variable()])  # fmt: skip
+
+
+def inference_dashboard() -> dict[str, Any]:
+    user = f'{NS}, route=~"/v1/.*"'
+    quantile = "histogram_quantile({q}, sum by (le) (rate(inference_request_duration_seconds_bucket{{{sel}}}[{r}])))"
+    batch = "histogram_quantile({q}, sum by (le) (rate(inference_batch_size_bucket{{{sel}}}[{r}])))"
+    panels = [
+        Panel(
+            "Requests per second by status",
+            (_q(f"sum by (status) (rate(inference_requests_total{{{user}}}[{RATE}]))", "{{status}}"),),
+            unit="reqps",
+            stacked=True,
+        ),
+        Panel(
+            "Latency p50 / p95 / p99 (completions)",
+            tuple(_q(quantile.format(q=q, sel=user, r=RATE), f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)),
+            unit="s",
+        ),
+        Panel(
+            "Batch size",
+            (
+                _q(batch.format(q=0.5, sel=NS, r=RATE), "p50"),
+                _q(batch.format(q=0.95, sel=NS, r=RATE), "p95"),
+                _q(
+                    f"sum(rate(inference_batch_size_sum{{{NS}}}[{RATE}]))"
+                    f" / sum(rate(inference_batch_size_count{{{NS}}}[{RATE}]))",
+                    "mean",
+                ),
+            ),
+        ),
+        Panel(
+            "Queue depth and running sequences",
+            (
+                _q(f"sum(inference_queue_depth{{{NS}}})", "waiting"),
+                _q(f"sum(inference_active_sequences{{{NS}}})", "running"),
+            ),
+        ),
+        Panel(
+            "Tokens per second",
+            (
+                _q(f"sum(rate(inference_generated_tokens_total{{{NS}}}[{RATE}]))", "generated"),
+                _q(f"sum(rate(inference_prompt_tokens_total{{{NS}}}[{RATE}]))", "prompt"),
+            ),
+        ),
+        Panel(
+            "Refused (429) per second by reason",
+            (_q(f"sum by (reason) (rate(inference_rejected_total{{{NS}}}[{RATE}]))", "{{reason}}"),),
+            unit="reqps",
+        ),
+        Panel(
+            "Loaded model version",
+            (_q(f"count by (model, version) (inference_model_loaded{{{NS}}} == 1)", "{{model}} v{{version}}"),),
+            kind="table",
+            description="Pods serving each registered model version (two rows while a new version rolls in).",
+        ),
+        Panel(
+            "Ready pods",
+            (_q(f"sum(inference_ready{{{NS}}})", "ready"),),
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Model swaps and load failures (in range)",
+            (
+                _q(f"sum(increase(inference_model_swaps_total{{{NS}}}[$__range]))", "swaps"),
+                _q(f"sum(increase(inference_model_load_failures_total{{{NS}}}[$__range]))", "load failures"),
+            ),
+            kind="stat",
+            width=6,
+        ),
+    ]
+    return _dashboard("ml-platform-inference", "ml-platform / Inference", ["inference"], "inference_ready", panels, [])
+
+
+def controllers_dashboard() -> dict[str, Any]:
+    """The TrainingJob operator, the task launcher and MLflow."""
+    panels = [
+        Panel(
+            "Operator: reconciliations per second by result",
+            (_q(f"sum by (result) (rate(trainop_reconciliations_total{{{NS}}}[{RATE}]))", "{{result}}"),),
+            unit="ops",
+        ),
+        Panel(
+            "Operator: reconcile time p50 / p95",
+            tuple(
+                _q(
+                    f"histogram_quantile({q}, sum by (le) "
+                    f"(rate(trainop_reconcile_duration_seconds_bucket{{{NS}}}[{RATE}])))",
+                    f"p{int(q * 100)}",
+                )
+                for q in (0.5, 0.95)
+            ),
+            unit="s",
+        ),
+        Panel(
+            "TrainingJobs by phase",
+            (_q(f"sum by (phase) (trainop_trainingjobs{{{NS}}})", "{{phase}}"),),
+            stacked=True,
+        ),
+        Panel(
+            "Gang restarts by cause",
+            (_q(f"sum by (cause) (increase(trainop_restarts_total{{{NS}}}[1h]))", "{{cause}} per hour"),),
+        ),
+        Panel(
+            "Launcher: requests per second by status",
+            (_q(f"sum by (status) (rate(skyrun_requests_total{{{NS}}}[{RATE}]))", "{{status}}"),),
+            unit="reqps",
+            stacked=True,
+        ),
+        Panel(
+            "Launcher: latency p95 by route",
+            (
+                _q(
+                    "histogram_quantile(0.95, sum by (route, le) "
+                    f"(rate(skyrun_request_duration_seconds_bucket{{{NS}}}[{RATE}])))",
+                    "{{route}}",
+                ),
+            ),
+            unit="s",
+        ),
+        Panel(
+            "Launcher: tasks submitted and refused",
+            (
+                _q(f"sum(rate(skyrun_tasks_submitted_total{{{NS}}}[{RATE}]))", "submitted"),
+                _q(
+                    f"sum by (reason) (rate(skyrun_submit_rejections_total{{{NS}}}[{RATE}]))",
+                    "refused: {{reason}}",
+                ),
+            ),
+            unit="ops",
+        ),
+        Panel(
+            "Launcher: authentication failures by reason",
+            (_q(f"sum by (reason) (rate(skyrun_auth_failures_total{{{NS}}}[{RATE}]))", "{{reason}}"),),
+            unit="ops",
+        ),
+        Panel(
+            "MLflow: requests per second by status",
+            (_q(f"sum by (status) (rate(mlflow_http_request_total{{{NS}}}[{RATE}]))", "{{status}}"),),
+            unit="reqps",
+            stacked=True,
+        ),
+        Panel(
+            "MLflow: latency p95",
+            (
+                _q(
+                    "histogram_quantile(0.95, sum by (le) "
+                    f"(rate(mlflow_http_request_duration_seconds_bucket{{{NS}}}[{RATE}])))",
+                    "p95",
+                ),
+            ),
+            unit="s",
+        ),
+    ]
+    return _dashboard(
+        "ml-platform-controllers",
+        "ml-platform / Operator, launcher, MLflow",
+        ["operator", "launcher", "mlflow"],
+        "trainop_trainingjobs",
+        panels,
+        [],
+    )
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard by file name (the key in its ConfigMap)."""
+    return {
+        "ml-platform-training.json": training_dashboard(),
+        "ml-platform-inference.json": inference_dashboard(),
+        "ml-platform-controllers.json": controllers_dashboard(),
+    }
+
+
+def dashboard_json(dashboard: dict[str, Any]) -> str:
+    """A dashboard as Grafana's sidecar reads it from a ConfigMap (stable key order, so equal dashboards give
+    equal ConfigMaps)."""
+    return json.dumps(dashboard, indent=2, sort_keys=True)
+
+
+def panel_queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression of the dashboard's panels."""
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
