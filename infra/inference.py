@@ -3,7 +3,7 @@ Ingress with a cert-manager Certificate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -75,6 +75,8 @@ class InferenceArgs:
     model version carries the alias, which happens when training ends."""
     ingress: IngressArgs | None = None
     """Ingress in front of the Service; None for none."""
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
 
 
 class InferenceService(pulumi.ComponentResource):
@@ -120,7 +122,7 @@ class InferenceService(pulumi.ComponentResource):
                     rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
                 ),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=meta_labels),
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=meta_labels, annotations=args.pod_annotations or None),
                     spec=k8s.core.v1.PodSpecArgs(
                         automount_service_account_token=False,
                         security_context=pod_security_context(),

@@ -11,7 +11,7 @@ port and the server reach the Kubernetes API (NetworkPolicies add up: the namesp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -32,6 +32,8 @@ from workloads.task import TASK_LABEL, launcher_cluster_role_rules, launcher_rol
 NAME = "skyrun"
 """Name of the launcher's Deployment, Service, ServiceAccount, Role and pods (app.kubernetes.io/name)."""
 HTTP_PORT = 8000
+METRICS_PORT = 9090
+"""Prometheus metrics (`/metrics`, no token): a port of their own, so the API port stays token-only."""
 KUBE_API_PORTS = (443, 6443)
 
 
@@ -61,6 +63,8 @@ class TaskLauncherArgs:
     """Audience users' tokens must be bound to (`kubectl create token SA --audience skyrun`)."""
     replicas: int = 2
     """API server pods (the server keeps no state, any replica answers any request)."""
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
 
 
 def launcher_env(args: TaskLauncherArgs) -> list[dict[str, Any]]:
@@ -74,6 +78,7 @@ def launcher_env(args: TaskLauncherArgs) -> list[dict[str, Any]]:
         {"name": "SKYRUN_AUDIENCE", "value": args.audience},
         {"name": "SKYRUN_HOST", "value": "0.0.0.0"},
         {"name": "SKYRUN_PORT", "value": str(HTTP_PORT)},
+        {"name": "SKYRUN_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
     ]
@@ -91,7 +96,10 @@ def launcher_pod_spec(args: TaskLauncherArgs) -> dict[str, Any]:
                 "imagePullPolicy": args.image_pull_policy,
                 "command": ["python", "-m", "skyrun", "serve"],
                 "env": launcher_env(args),
-                "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+                "ports": [
+                    {"name": "http", "containerPort": HTTP_PORT},
+                    {"name": "metrics", "containerPort": METRICS_PORT},
+                ],
                 "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 30},
                 "livenessProbe": {**probe, "failureThreshold": 3},
                 # Ready only while the Kubernetes API answers: every request needs it.
@@ -172,7 +180,14 @@ class TaskLauncher(pulumi.ComponentResource):
                     # Stateless: a rolling update keeps one replica answering throughout.
                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                     "selector": {"matchLabels": selector},
-                    "template": {"metadata": {"labels": meta_labels}, "spec": launcher_pod_spec(args)},
+                    "template": {
+                        # No empty annotations map: that alone would be a template change.
+                        "metadata": {
+                            "labels": meta_labels,
+                            **({"annotations": dict(args.pod_annotations)} if args.pod_annotations else {}),
+                        },
+                        "spec": launcher_pod_spec(args),
+                    },
                 }
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[binding, reviews_binding]),

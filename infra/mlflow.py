@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -62,6 +62,8 @@ class MlflowArgs:
     """PostgreSQL backend; None keeps sqlite on the volume."""
     data_sub_path: str | None = None
     """subPath of the claim to mount at /mlflow (host-path volumes), or None for the whole volume."""
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
 
 
 def tracking_uri(namespace: str) -> str:
@@ -155,7 +157,7 @@ class Mlflow(pulumi.ComponentResource):
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=meta_labels),
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=meta_labels, annotations=args.pod_annotations or None),
                     spec=k8s.core.v1.PodSpecArgs(
                         automount_service_account_token=False,
                         security_context=pod_security_context(),

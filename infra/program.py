@@ -15,19 +15,44 @@ from infra.config import (
     StackConfig,
 )
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
+from infra.launcher import METRICS_PORT as LAUNCHER_METRICS_PORT
+from infra.launcher import NAME as LAUNCHER_NAME
 from infra.launcher import TaskLauncher, TaskLauncherArgs
 from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs, tracking_uri
+from infra.monitoring import Monitoring, MonitoringArgs, pod_annotations
 from infra.namespace import Namespace, NamespaceArgs
 from infra.network import NetworkPolicies, NetworkPoliciesArgs
 from infra.rbac import TrainerRbac, TrainerRbacArgs
 from infra.storage import Storage, StorageArgs, VolumeClaim
 from infra.tls import Tls, TlsArgs
 from infra.training import TrainingArgs, TrainingJob
+from infra.trainingjobs import NAME as OPERATOR_NAME
 from infra.trainingjobs import OperatorArgs, TrainingJobOperator
+from workloads.monitoring.scrape import ScrapeTarget
 from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, threads_per_rank
+from workloads.trainingjob import METRICS_PORT as OPERATOR_METRICS_PORT
 
 TRAINER_SERVICE_ACCOUNT = "trainer"
 CHECKPOINT_CLAIM = "checkpoints"
+TRAINER_METRICS_PORT = 9400
+
+# What Prometheus scrapes: the container port that serves /metrics on each component's pods.
+TRAINER_TARGET = ScrapeTarget("trainer", "trainer", "metrics", TRAINER_METRICS_PORT, job_labels=True)
+INFERENCE_TARGET = ScrapeTarget("inference", "inference", "http", HTTP_PORT)
+MLFLOW_TARGET = ScrapeTarget("mlflow", "mlflow", "http", MLFLOW_PORT)
+OPERATOR_TARGET = ScrapeTarget("trainop", OPERATOR_NAME, "metrics", OPERATOR_METRICS_PORT)
+LAUNCHER_TARGET = ScrapeTarget("skyrun", LAUNCHER_NAME, "metrics", LAUNCHER_METRICS_PORT)
+
+
+def scrape_targets(config: StackConfig) -> list[ScrapeTarget]:
+    """The components of the stack that serve metrics."""
+    return [
+        TRAINER_TARGET,
+        INFERENCE_TARGET,
+        MLFLOW_TARGET,
+        *([OPERATOR_TARGET] if config.operator else []),
+        *([LAUNCHER_TARGET] if config.launcher else []),
+    ]
 
 
 def train_yaml(config: StackConfig) -> dict[str, dict[str, object]]:
@@ -79,6 +104,7 @@ def training_spec(config: StackConfig, checkpoint_sub_path: str | None) -> Train
         tolerations=t.tolerations,
         kueue_queue=t.kueue_queue,
         managed_by=MANAGED_BY,
+        pod_annotations=tuple(pod_annotations(TRAINER_TARGET, config.monitoring.prometheus_operator).items()),
     )
 
 
@@ -97,6 +123,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
         ),
     )
     after_ns = pulumi.ResourceOptions(depends_on=[ns])
+    operator_mode = config.monitoring.prometheus_operator
     NetworkPolicies(
         "network",
         NetworkPoliciesArgs(
@@ -152,6 +179,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             resources=MLFLOW_RESOURCES,
             instance=instance,
             postgres=postgres,
+            pod_annotations=pod_annotations(MLFLOW_TARGET, operator_mode),
         ),
         opts=after_ns,
     )
@@ -175,6 +203,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 gpus_available=config.accelerator == "nvidia",
                 resources=OPERATOR_RESOURCES,
                 install_crd=config.operator_crd,
+                pod_annotations=pod_annotations(OPERATOR_TARGET, operator_mode),
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage]),
         )
@@ -188,6 +217,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 image_pull_policy=config.image_pull_policy,
                 resources=LAUNCHER_RESOURCES,
                 replicas=LAUNCHER_REPLICAS,
+                pod_annotations=pod_annotations(LAUNCHER_TARGET, operator_mode),
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns]),
         )
@@ -245,8 +275,25 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             # Waiting for training means a model exists by the time the Deployment rolls out: await it then.
             await_ready=t.wait,
             ingress=ingress,
+            pod_annotations=pod_annotations(INFERENCE_TARGET, operator_mode),
         ),
         opts=pulumi.ResourceOptions(depends_on=[ns, mlflow, *([training] if t.wait else [])]),
+    )
+    monitoring = config.monitoring
+    Monitoring(
+        "monitoring",
+        MonitoringArgs(
+            namespace=config.namespace.name,
+            instance=instance,
+            targets=scrape_targets(config),
+            prometheus_operator=operator_mode,
+            prometheus_namespace=monitoring.prometheus_namespace,
+            selector_labels=dict(monitoring.selector_labels),
+            grafana_dashboards=monitoring.grafana_dashboards,
+            grafana_folder=monitoring.grafana_folder,
+            thresholds=monitoring.thresholds,
+        ),
+        opts=after_ns,
     )
     outputs: dict[str, pulumi.Output[object]] = {
         "namespace": ns.name,

@@ -9,7 +9,7 @@ never reconcile the same resources at once), a liveness probe, a metrics port, P
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -55,6 +55,8 @@ class OperatorArgs:
     """Requests and limits of the operator pod."""
     install_crd: bool = True
     """Declare the CRD (false when another stack in the same cluster owns it)."""
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
 
 
 def operator_env(args: OperatorArgs) -> list[dict[str, Any]]:
@@ -170,7 +172,14 @@ class TrainingJobOperator(pulumi.ComponentResource):
                     # Never two operators at once: a rolling update would briefly run both against the same objects.
                     "strategy": {"type": "Recreate"},
                     "selector": {"matchLabels": selector},
-                    "template": {"metadata": {"labels": meta_labels}, "spec": operator_pod_spec(args)},
+                    "template": {
+                        # No empty annotations map: that alone would be a template change.
+                        "metadata": {
+                            "labels": meta_labels,
+                            **({"annotations": dict(args.pod_annotations)} if args.pod_annotations else {}),
+                        },
+                        "spec": operator_pod_spec(args),
+                    },
                 }
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, binding]),

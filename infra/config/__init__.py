@@ -18,6 +18,7 @@ from infra.config.settings import (
     POSTGRES_RESOURCES,
     InferenceSettings,
     MlflowSettings,
+    MonitoringSettings,
     NamespaceSettings,
     StorageSettings,
     TlsSettings,
@@ -31,7 +32,7 @@ from workloads.quantity import parse_quantity
 __all__ = [
     "ACCESS_MODES", "LAUNCHER_REPLICAS", "LAUNCHER_RESOURCES", "MLFLOW_RESOURCES", "OPERATOR_RESOURCES",
     "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS", "TRAIN_KEYS_OWNED", "TRAIN_SECTIONS", "ConfigError",
-    "InferenceSettings", "MlflowSettings", "NamespaceSettings", "Resources", "StackConfig", "StorageSettings",
-    "TlsSettings", "Toleration", "TrainingSettings", "load_schema", "parse_quantity", "project_name",
-    "read_raw_config", "secret_keys",
+    "InferenceSettings", "MlflowSettings", "MonitoringSettings", "NamespaceSettings", "Resources", "StackConfig",
+    "StorageSettings", "TlsSettings", "Toleration", "TrainingSettings", "load_schema", "parse_quantity",
+    "project_name", "read_raw_config", "secret_keys",
 ]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workloads.monitoring.rules import AlertThresholds
 from workloads.pod import Resources, Toleration
 
 # Sizes of the supporting servers (not tunable per stack; the quota check counts them).
@@ -144,3 +145,19 @@ class InferenceSettings:
     """IngressClass name."""
     ingress_controller_namespace: str
     """Namespace of the ingress controller (NetworkPolicy source)."""
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    prometheus_operator: bool
+    """Declare PodMonitors and a PrometheusRule (else scrape annotations and a rule-file ConfigMap)."""
+    prometheus_namespace: str
+    """Where Prometheus runs (the NetworkPolicies' source)."""
+    selector_labels: tuple[tuple[str, str], ...]
+    """Labels on the PodMonitors and the PrometheusRule that the Prometheus's selectors match."""
+    grafana_dashboards: bool
+    """Ship the dashboards as sidecar-labelled ConfigMaps."""
+    grafana_folder: str
+    """Grafana folder of the dashboards."""
+    thresholds: AlertThresholds
+    """The alerts' tunable numbers."""

@@ -22,12 +22,14 @@ from infra.config.settings import (
     POSTGRES_RESOURCES,
     InferenceSettings,
     MlflowSettings,
+    MonitoringSettings,
     NamespaceSettings,
     StorageSettings,
     TlsSettings,
     TrainingSettings,
 )
 from infra.config.validation import DNS_SUBDOMAIN, ConfigError, Validator
+from workloads.monitoring.rules import AlertThresholds
 from workloads.quantity import parse_quantity
 
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
@@ -61,6 +63,8 @@ class StackConfig:
     """The training run."""
     inference: InferenceSettings
     """The inference service."""
+    monitoring: MonitoringSettings
+    """Scraping, dashboards and alerts."""
     operator: bool = True
     """Install the TrainingJob operator (trainingJobOperator)."""
     operator_crd: bool = True
@@ -123,6 +127,27 @@ def _check_quota(v: Validator, config: StackConfig) -> None:
             v.problem(key, f"must cover the limits of {what} = {needed.normalize():f}")
     if config.namespace.quota_pods < len(pods):
         v.problem("quotaPods", f"must be at least {len(pods)}: {what}")
+
+
+def _monitoring(v: Validator) -> MonitoringSettings:
+    folder = v.string("grafanaFolder")
+    if not folder.strip() or len(folder) > 100:
+        v.problem("grafanaFolder", "must be a non-empty folder name of at most 100 characters")
+    return MonitoringSettings(
+        prometheus_operator=v.boolean("prometheusOperator"),
+        prometheus_namespace=v.dns_label("prometheusNamespace"),
+        selector_labels=v.key_values("prometheusSelectorLabels"),
+        grafana_dashboards=v.boolean("grafanaDashboards"),
+        grafana_folder=folder,
+        thresholds=AlertThresholds(
+            training_stall_minutes=v.integer("alertTrainingStallMinutes", 1, 1440),
+            inference_p99_seconds=v.integer("alertInferenceP99Seconds", 1, 600),
+            inference_5xx_ratio=v.integer("alertInference5xxPercent", 1, 100) / 100,
+            inference_429_ratio=v.integer("alertInference429Percent", 1, 100) / 100,
+            inference_429_minutes=v.integer("alertInference429Minutes", 1, 1440),
+            volume_free_ratio=v.integer("alertVolumeFreePercent", 1, 99) / 100,
+        ),
+    )
 
 
 def _build(v: Validator) -> StackConfig:
@@ -260,6 +285,7 @@ def _build(v: Validator) -> StackConfig:
             ingress_class=v.string("ingressClassName"),
             ingress_controller_namespace=v.dns_label("ingressControllerNamespace"),
         ),
+        monitoring=_monitoring(v),
         operator=v.boolean("trainingJobOperator"),
         operator_crd=v.boolean("trainingJobCrd"),
         launcher=v.boolean("taskLauncher"),
