@@ -24,6 +24,9 @@ SERVICE_NAME = "mlflow"
 POSTGRES_PORT = 5432
 # Secret files are mounted here; the official postgres image reads POSTGRES_PASSWORD_FILE.
 PASSWORD_DIR = "/etc/postgres"
+# `mlflow server --expose-prometheus DIR` serves /metrics on the http port (prometheus_flask_exporter in multiprocess
+# mode, which keeps its files in DIR: on the writable /tmp emptyDir).
+METRICS_DIR = "/tmp/prometheus-metrics"
 
 
 @dataclass(frozen=True)
@@ -93,18 +96,27 @@ class Mlflow(pulumi.ComponentResource):
             # MLflow >= 3.x starts background job workers (three more Python processes, ~1.1 GB) unless told not to:
             # the pod was OOMKilled at its limit every ~15 s on the real cluster. The platform runs no MLflow jobs.
             k8s.core.v1.EnvVarArgs(name="MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value="false"),
+            # Prometheus scrapes the pod by its IP, so that is the Host header; the allow list below names it.
+            k8s.core.v1.EnvVarArgs(
+                name="POD_IP",
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="status.podIP")
+                ),
+            ),
         ]
         init_containers: list[k8s.core.v1.ContainerArgs] = []
         extra_mounts: list[k8s.core.v1.VolumeMountArgs] = []
         extra_volumes: list[k8s.core.v1.VolumeArgs] = []
         names = [service_name, *(f"{service_name}.{{ns}}{suffix}" for suffix in ("", ".svc", ".svc.cluster.local"))]
-        allowed_hosts = ",".join([*names, *(f"{n}:*" for n in names), "localhost:*", "127.0.0.1:*"])
+        # $(POD_IP) is expanded by the kubelet from the env above (Prometheus's scrapes).
+        allowed_hosts = ",".join([*names, *(f"{n}:*" for n in names), "localhost:*", "127.0.0.1:*", "$(POD_IP):*"])
         server_args = [
             "--host", "0.0.0.0",
             "--port", str(MLFLOW_PORT),
             "--workers", "1",
             "--serve-artifacts",
             "--artifacts-destination", "/mlflow/artifacts",
+            "--expose-prometheus", METRICS_DIR,
         ]  # fmt: skip
         if args.postgres is None:
             server_args += ["--backend-store-uri", "sqlite:////mlflow/mlflow.db"]
@@ -135,8 +147,8 @@ class Mlflow(pulumi.ComponentResource):
                     volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
                 )
             )
-        # Host-header allow list (DNS-rebinding protection): every in-cluster name of the Service, and localhost
-        # for port-forwards and the kind port mapping.
+        # Host-header allow list (DNS-rebinding protection): every in-cluster name of the Service, localhost for
+        # port-forwards and the kind port mapping, and the pod's own IP for Prometheus.
         full_command = pulumi.Output.from_input(args.namespace).apply(
             lambda ns: [*command, *server_args, "--allowed-hosts", allowed_hosts.replace("{ns}", ns)]
         )

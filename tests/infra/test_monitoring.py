@@ -297,3 +297,15 @@ def test_component_alone_declares_and_outputs_what_its_args_ask_for(component: R
     exprs = [r["expr"] for g in (rules["spec"] if operator else yaml.safe_load(rules["data"][RULE_FILE]))["groups"]
              for r in g["rules"]]  # fmt: skip
     assert all('namespace="team-a"' in e and 'namespace="ml-platform"' not in e for e in exprs)
+
+
+@pytest.mark.parametrize("fixture", ["annotated", "operated"])
+def test_mlflow_serves_metrics_to_a_scrape_by_pod_ip(fixture: str, request: pytest.FixtureRequest) -> None:
+    """MLflow refuses Host headers outside its allow list (403); Prometheus scrapes it as <pod IP>:5000."""
+    _, spec = workloads_of(request.getfixturevalue(fixture))["mlflow"]
+    (container,) = spec["containers"]
+    command = container["command"]
+    assert command[command.index("--expose-prometheus") + 1].startswith("/tmp/")
+    assert "$(POD_IP):*" in command[command.index("--allowed-hosts") + 1].split(",")
+    pod_ip = next(e for e in container["env"] if e["name"] == "POD_IP")
+    assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
