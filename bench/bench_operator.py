@@ -6,7 +6,7 @@ holds the token of a ServiceAccount bound to exactly `workloads.trainingjob.oper
 tests/operator). kwok simulates the pods: they are scheduled by the real scheduler, run for --pod-seconds and
 complete. Measured: per TrainingJob, apply -> phase Running and apply -> phase Succeeded (first seen by a watch);
 the time from the first apply to the last Succeeded; the operator's own reconcile-time histogram
-(`trainop_reconcile_seconds` on its /metrics, p50/p99 interpolated within buckets as Prometheus'
+(`trainop_reconcile_duration_seconds` on its /metrics, p50/p99 interpolated within buckets as Prometheus'
 histogram_quantile does); the operator process's peak RSS (VmHWM). Prints a JSON summary; with --write-doc, puts
 the section "### TrainingJob operator under load (issue 13)" at the end of docs/benchmarks.md.
 
@@ -50,7 +50,7 @@ from workloads.trainingjob import API_VERSION, HEALTH_PATH, KIND, crd
 
 NS = "trainop-bench"
 HEADING = "### TrainingJob operator under load (issue 13)"
-HISTOGRAM = "trainop_reconcile_seconds"
+HISTOGRAM = "trainop_reconcile_duration_seconds"
 DEFAULT_INTERVAL_S = 5.0  # the operator's RECONCILE_INTERVAL_S default (docs/operator.md)
 
 
@@ -294,7 +294,7 @@ first watch event showing the phase. The reconcile histogram's mean: {rec["mean"
 | --- | --- | --- | --- | --- |
 {row("apply → Running (s)", run_s)}
 {row("apply → Succeeded (s)", ok_s)}
-{row("one reconciliation, the operator's `trainop_reconcile_seconds` histogram (s)", {**rec, "max": "-"})}
+{row("one reconciliation, the operator's `trainop_reconcile_duration_seconds` histogram (s)", {**rec, "max": "-"})}
 
 | figure | value |
 | --- | --- |

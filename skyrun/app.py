@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from lightkube import ApiError, AsyncClient, KubeConfig
 
 from skyrun.auth import DEV_USER_HEADER, Authenticator, Caller
 from skyrun.kube import Kube
+from skyrun.metrics import Metrics, MetricsMiddleware, route_of
 from skyrun.models import (
     StopResponse,
     SubmitRequest,
@@ -30,6 +33,9 @@ from skyrun.settings import Settings
 
 log = logging.getLogger("skyrun")
 
+SUBMIT_ROUTE = "/tasks/submit"
+LOGS_ROUTE = "/tasks/{task_id}/logs"
+
 
 def launcher(request: Request) -> Launcher:
     return request.app.state.launcher  # type: ignore[no-any-return]
@@ -41,7 +47,11 @@ async def caller(
     x_skyrun_user: Annotated[str | None, Header()] = None,
 ) -> Caller:
     auth: Authenticator = request.app.state.auth
-    return await auth.caller(authorization, x_skyrun_user)
+    try:
+        return await auth.caller(authorization, x_skyrun_user)
+    except Problem as exc:
+        request.app.state.metrics.auth_failures.labels(reason=exc.reason or "other").inc()
+        raise
 
 
 Me = Annotated[Caller, Depends(caller)]
@@ -50,6 +60,9 @@ AllUsers = Annotated[bool, Query()]
 
 
 def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI:
+    """The API; its metrics are in `app.state.metrics.registry`, served apart by `serve` (skyrun/metrics.py)."""
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # In a pod its ServiceAccount; elsewhere KUBECONFIG.
@@ -68,6 +81,8 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
                 await kube_client.close()
 
     app = FastAPI(title="skyrun task launcher", lifespan=lifespan)
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics, streaming_routes=frozenset({LOGS_ROUTE}))
     if settings.dev_trusted_user_header:
         log.warning("LOCAL DEVELOPMENT MODE: the %s header is trusted without any check", DEV_USER_HEADER)
 
@@ -75,6 +90,12 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     async def problem(_: Request, exc: Problem) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if route_of(request.scope) == SUBMIT_ROUTE:
+            metrics.submit_rejections.labels(reason="malformed_request").inc()
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(ApiError)
     async def kubernetes_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -84,7 +105,11 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     async def scope(request: Request, me: Caller, all_users: bool, verb: str) -> str | None:
         if not all_users:
             return me.user
-        await request.app.state.auth.require_all_users(me, verb)
+        try:
+            await request.app.state.auth.require_all_users(me, verb)
+        except Problem as exc:
+            metrics.auth_failures.labels(reason=exc.reason or "other").inc()
+            raise
         return None
 
     @app.get("/livez")
@@ -104,9 +129,15 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
         allowed = await request.app.state.auth.may_act_for_all(me, "list")
         return WhoAmI(user=me.user, groups=list(me.groups), all_users_allowed=allowed)
 
-    @app.post("/tasks/submit", response_model=SubmitResponse)
+    @app.post(SUBMIT_ROUTE, response_model=SubmitResponse)
     async def submit(body: SubmitRequest, me: Me, svc: Svc) -> SubmitResponse:
-        return await svc.submit(me.user, body.task_yaml, body.envs)
+        try:
+            submitted = await svc.submit(me.user, body.task_yaml, body.envs)
+        except Problem as exc:
+            metrics.submit_rejections.labels(reason=exc.reason or "other").inc()
+            raise
+        metrics.tasks_submitted.inc()
+        return submitted
 
     @app.get("/tasks", response_model=TaskList)
     async def list_tasks(request: Request, me: Me, svc: Svc, all_users: AllUsers = False) -> TaskList:
@@ -124,7 +155,7 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     async def stop(task_id: str, me: Me, svc: Svc) -> StopResponse:
         return StopResponse(stopped=await svc.stop(me.user, task_id))
 
-    @app.get("/tasks/{task_id}/logs")
+    @app.get(LOGS_ROUTE)
     async def logs(task_id: str, me: Me, svc: Svc, follow: bool = True) -> StreamingResponse:
         lines = await svc.logs(me.user, task_id, follow=follow)
         return StreamingResponse(lines, media_type="text/plain; charset=utf-8")

@@ -38,7 +38,11 @@ class Authenticator:
         if self.settings.dev_trusted_user_header and dev_user:
             return Caller(user=dev_user)
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise Problem(401, "no bearer token: run `python -m skyrun auth login` (Authorization: Bearer <token>)")
+            raise Problem(
+                401,
+                "no bearer token: run `python -m skyrun auth login` (Authorization: Bearer <token>)",
+                reason="missing_token",
+            )
         token = authorization[7:].strip()
         digest = hashlib.sha256(token.encode()).hexdigest()
         hit = self._cache.get(digest)
@@ -51,7 +55,7 @@ class Authenticator:
             self._cache[digest] = (time.monotonic() + self.settings.token_cache_s, found)
         if found is None:
             raise Problem(401, f"the token is not valid for audience {self.settings.audience!r} (expired, revoked, "
-                               "or requested without that audience)")  # fmt: skip
+                               "or requested without that audience)", reason="invalid_token")  # fmt: skip
         return found
 
     async def _review(self, token: str) -> Caller | None:
@@ -76,4 +80,5 @@ class Authenticator:
                 403,
                 f"{caller.user} may not {verb} every user's tasks: that needs `{verb}` on "
                 f"{self.settings.admin_group}/tasks in namespace {self.settings.namespace}",
+                reason="all_users_denied",
             )

@@ -276,16 +276,26 @@ def delete_volume(
 def serve(
     host: Annotated[str | None, typer.Option(help="address to bind (default SKYRUN_HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default SKYRUN_PORT or 8000)")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="port of /metrics, on the same address (default SKYRUN_METRICS_PORT or 9090)")
+    ] = None,
 ) -> None:
-    """Run the API server (settings from SKYRUN_* variables, docs/launcher.md)."""
+    """Run the API server and its metrics endpoint (settings from SKYRUN_* variables, docs/launcher.md)."""
     import uvicorn
 
     from skyrun.app import create_app
+    from skyrun.metrics import serve_metrics
     from skyrun.settings import Settings
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    chosen = {"host": host, "port": port, "metrics_port": metrics_port}
+    settings = Settings(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
+    api = create_app(settings)
+    metrics_server, _ = serve_metrics(api.state.metrics.registry, settings.host, settings.metrics_port)
+    try:
+        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        metrics_server.shutdown()
+        metrics_server.server_close()
 
 
 def main() -> None:

@@ -78,13 +78,14 @@ class Launcher:
             else:
                 missing.append(FieldError(f"volumes.{path}", f"you have no volume named {name!r} (`volumes list`)"))
         if missing:
-            raise invalid(missing)
+            raise invalid(missing, "unknown_volume")
         active = await self._active_count(user)
         if active >= self.settings.max_active_tasks_per_user:
             raise Problem(
                 409,
                 f"you have {active} pending or running tasks, the most allowed is "
                 f"{self.settings.max_active_tasks_per_user}: wait for one to finish or stop one",
+                reason="active_task_limit",
             )
         for _ in range(5):
             task_id = new_id()
@@ -113,14 +114,15 @@ class Launcher:
                 raise
             break
         else:
-            raise Problem(409, "could not find a free task id; try again")
+            raise Problem(409, "could not find a free task id; try again", reason="no_free_id")
         try:
             await self.kube.create(manifests.service)
             await self.kube.create(manifests.job)
         except ApiError as err:
             await self._remove(task_id)
             if err.status.code in (400, 403, 422):
-                raise Problem(400, f"the cluster refused the task: {err.status.message}") from None
+                message = f"the cluster refused the task: {err.status.message}"
+                raise Problem(400, message, reason="cluster_refused") from None
             raise
         message = f"submitted: {task.num_nodes} node(s)"
         if parsed.ignored:

@@ -44,3 +44,6 @@ class Settings(BaseSettings):
     """Address to bind (`0.0.0.0` in a pod)."""
     port: int = Field(default=8000, ge=1, le=65535)
     """TCP port to listen on."""
+    metrics_port: int = Field(default=9090, ge=1, le=65535)
+    """TCP port of the Prometheus metrics (`/metrics`, no token), on `host` too; apart from the API's port so a
+    NetworkPolicy can admit Prometheus to this port alone."""

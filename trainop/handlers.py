@@ -77,7 +77,7 @@ class Reconciler:
                 metrics.RECONCILIATIONS.labels("error").inc()
                 raise kopf.TemporaryError(f"reconciling {name}: {err}", delay=self.settings.interval_s) from err
         metrics.RECONCILIATIONS.labels(result).inc()
-        metrics.RECONCILE_SECONDS.observe(time.monotonic() - began)
+        metrics.RECONCILE_DURATION.observe(time.monotonic() - began)
 
     async def _reconcile(self, name: str) -> str:
         tj = await self.kube.training_job(name)  # afresh: Kopf's copy may predate our last status patch

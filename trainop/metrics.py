@@ -9,9 +9,9 @@ from workloads.trainingjob import PHASES
 RECONCILIATIONS = Counter("trainop_reconciliations_total", "Reconciliations of TrainingJobs, by result", ["result"])
 TRAININGJOBS = Gauge("trainop_trainingjobs", "TrainingJobs in the watched namespace, by phase", ["phase"])
 RESTARTS = Counter("trainop_restarts_total", "Whole-gang restarts, by cause (failure, preemption)", ["cause"])
-RECONCILE_SECONDS = Histogram(
-    "trainop_reconcile_seconds",
-    "Time of one reconciliation",
+RECONCILE_DURATION = Histogram(
+    "trainop_reconcile_duration_seconds",
+    "Time of one reconciliation (seconds)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 

@@ -286,7 +286,7 @@ def test_health_and_metrics_endpoints(cluster: LocalCluster, operator: OperatorP
     assert httpx2.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=10).status_code == 200
     text = httpx2.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).text
     assert 'trainop_reconciliations_total{result="created"}' in text
-    assert "trainop_reconcile_seconds_bucket" in text and 'trainop_trainingjobs{phase="Succeeded"}' in text
+    assert "trainop_reconcile_duration_seconds_bucket" in text and 'trainop_trainingjobs{phase="Succeeded"}' in text
 
 
 def test_the_example_is_accepted_and_started(cluster: LocalCluster, operator: OperatorProcess) -> None:
