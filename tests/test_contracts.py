@@ -29,18 +29,27 @@ def job_env(job: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def train_yaml(stack: list[dict[str, Any]], job: dict[str, Any]) -> Any:
+    """The train.yaml of the ConfigMap the Job's pods mount (the stack has other ConfigMaps too)."""
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    name = next(v["configMap"]["name"] for v in volumes if "configMap" in v)
+    return yaml.safe_load(find(stack, "ConfigMap", name)["data"]["train.yaml"])
+
+
 def test_rendered_train_yaml_is_a_valid_trainer_config(stack: list[dict[str, Any]]) -> None:
     job = find(stack, "Job")
-    document = yaml.safe_load(find(stack, "ConfigMap")["data"]["train.yaml"])
+    document = train_yaml(stack, job)
     config = build_config(document, environ=job_env(job))
     assert config.train.batch_size % job["spec"]["completions"] == 0
     assert config.tracking.uri == job_env(job)["MLFLOW_TRACKING_URI"], "tracking.uri comes from the pod env"
     assert config.distributed.backend in ("gloo", "nccl")
+    ports = {p["name"]: p["containerPort"] for p in job["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert (config.metrics.host, config.metrics.port) == ("0.0.0.0", ports["metrics"]), "Prometheus scrapes the pod IP"
 
 
 def test_job_environment_resolves_every_rank(stack: list[dict[str, Any]]) -> None:
     job = find(stack, "Job")
-    document = yaml.safe_load(find(stack, "ConfigMap")["data"]["train.yaml"])
+    document = train_yaml(stack, job)
     env = job_env(job)
     config = build_config(document, environ=env)
     workers = job["spec"]["completions"]

@@ -57,8 +57,9 @@ def _check_world(config: TrainerConfig, world_size: int) -> None:
 
 def train_command(config_path: Path, overrides: Sequence[str]) -> int:
     """One rank of a training job; rank 0 prints the JSON summary as the last line of stdout."""
-    from trainer.loop import Stopped, StopRequest, Trainer, installed
+    from trainer.loop import Trainer
     from trainer.runtime import NodeError, choose_backend, choose_device, set_threads
+    from trainer.stopping import Stopped, StopRequest, installed
 
     try:
         config = load_config(config_path, overrides)

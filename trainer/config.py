@@ -21,6 +21,8 @@ from tinygpt.config import VOCAB_FROM_TOKENIZER, GPTConfig
 
 PYTHON_DOCS = "python-docs"
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("auto", "on", "off")
 BACKENDS = ("auto", "gloo", "nccl")
 DISCOVERY = ("dns", "kubernetes-api")
 # MLflow rejects aliases that look like version references ("v3") or the reserved "latest".
@@ -86,7 +88,13 @@ class TrainConfig:
     device: str = "auto"
     """`auto` (CUDA when available, else CPU), `cpu` or `cuda`."""
     log_every: int = 10
-    """Log training metrics every this many steps (>= 1)."""
+    """Log training metrics every this many steps (>= 1); the loss reaches the host only on these steps."""
+    precision: str = "auto"
+    """Compute precision: `auto` (bf16 autocast on a GPU that supports it, else fp32), `fp32` or `bf16` (autocast;
+    master weights and optimizer state stay fp32)."""
+    compile: str = "auto"
+    """`torch.compile` the model: `auto` (on CUDA only: on a CPU its compile time exceeds what it saves in a short
+    run, docs/benchmarks.md), `on` or `off`."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -104,6 +112,14 @@ class TrainConfig:
             _check(problems, 0 <= value < 1, f"train.{key}", value, "must be in [0, 1)")
         _check(problems, self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "must be >= 0 (0 = off)")
         _check(problems, self.device in DEVICES, "train.device", self.device, f"allowed: {', '.join(DEVICES)}")
+        _check(
+            problems, self.precision in PRECISIONS, "train.precision", self.precision,
+            f"allowed: {', '.join(PRECISIONS)}",
+        )
+        _check(
+            problems, self.compile in COMPILE_MODES, "train.compile", self.compile,
+            f"allowed: {', '.join(COMPILE_MODES)}",
+        )
         _raise(problems)
 
 
@@ -185,6 +201,22 @@ class DistributedConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class MetricsConfig:
+    """The rank's Prometheus endpoint (docs/observability.md)."""
+
+    port: int = 9400
+    """Port of rank 0's /metrics; rank r listens on port + r % (ranks per machine); 0 = no endpoint."""
+    host: str = "127.0.0.1"
+    """Address the endpoint binds: loopback for local runs; the stack sets 0.0.0.0 so Prometheus can scrape pods."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _check(problems, 0 <= self.port <= 65535, "metrics.port", self.port, "must be in [0, 65535] (0 = off)")
+        _check(problems, bool(self.host), "metrics.host", self.host, "an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
+        _raise(problems)
+
+
+@dataclass(kw_only=True, slots=True)
 class TrainerConfig:
     """The whole train.yaml: one mapping per section."""
 
@@ -200,6 +232,8 @@ class TrainerConfig:
     """MLflow."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """Process group and rank-0 discovery."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus endpoint."""
 
     def to_flat_dict(self) -> dict[str, Any]:
         """`{"section.key": value}` for every key; what is logged as MLflow params."""
@@ -218,6 +252,7 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "tracking": TrackingConfig,
     "distributed": DistributedConfig,
+    "metrics": MetricsConfig,
 }
 
 

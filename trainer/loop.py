@@ -11,11 +11,11 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -25,42 +25,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tinygpt.config import GPTConfig
 from tinygpt.model import GPT
 from tinygpt.saved import latest_checkpoint, step_dir_name
+from trainer.accel import Acceleration, choose_acceleration
+from trainer.accel import apply as apply_acceleration
 from trainer.checkpoint import Checkpoint, TrainingState, load_checkpoint, read_state, restore_rng, save_checkpoint
 from trainer.config import ConfigError, TrainConfig, TrainerConfig
 from trainer.data import BatchSampler, Corpus, build_corpus, mix_seed
 from trainer.distenv import DistEnv
+from trainer.metrics import TrainerMetrics, metrics_port
 from trainer.progress import Progress, format_metrics
 from trainer.runtime import process_group
+from trainer.stopping import Stopped, StopRequest, StopVote
 from trainer.tracking import RunLogger, make_logger
-
-
-class StopRequest:
-    """Set by SIGTERM or SIGINT; the loop checks it after every step (agreed across ranks) and, if set,
-    writes a checkpoint and stops. A second signal gets the default behaviour (exit at once)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
-        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
-
-
-class Stopped(Exception):
-    """Training stopped early on a signal after writing `checkpoint`; the process should exit 128 + signum."""
-
-    def __init__(self, signum: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by signal {signum} after checkpoint {checkpoint}")
-        self.signum = signum
-        self.checkpoint = checkpoint
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,41 +88,45 @@ def make_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> tor
     )
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, torch.Tensor],
-    *,
-    grad_clip: float,
-    device: torch.device,
+def forward_backward(
+    model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], accel: Acceleration, device: torch.device
 ) -> torch.Tensor:
-    """Forward, backward (DDP averages gradients across ranks here), clip, update; returns the detached loss."""
+    """Forward and backward (DDP averages the gradients across ranks during it); returns the detached loss,
+    still on the device: reading it would sync the host, which the loop does only on logging steps."""
     x, y = batch
-    with _autocast(device):
+    with accel.autocast(device):
         _, loss = model(x, y)
     assert loss is not None
     loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
 
+def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+    """Clip the global gradient norm, update, and drop the gradients."""
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def mean_over_ranks(value: torch.Tensor, env: DistEnv) -> float:
+    """`value` averaged over the ranks, on the host (one collective and one host sync)."""
+    value = value.float().reshape(1)
+    if env.is_distributed:
+        dist.all_reduce(value)
+    return float(value.item()) / env.world_size
+
+
 @torch.no_grad()
-def evaluate(model: GPT, batches: BatchSampler, iters: int, env: DistEnv, device: torch.device) -> float:
+def evaluate(
+    model: GPT, batches: BatchSampler, iters: int, env: DistEnv, device: torch.device, accel: Acceleration
+) -> float:
     """Mean loss over the same `iters` global validation batches every time, averaged across ranks."""
     model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     for index in range(iters):
         x, y = batches(index)
-        with _autocast(device):
+        with accel.autocast(device):
             _, loss = model(x, y)
         assert loss is not None
         total += loss.double()
@@ -212,6 +191,11 @@ class Trainer:
             return self._finish(latest, state, state.step, tokens_per_s=0.0) if self.is_main else None
 
         logger = make_logger(cfg.tracking, checkpoint.state.run_id if checkpoint else None) if self.is_main else None
+        metrics = TrainerMetrics(self.env.rank)
+        port = metrics_port(cfg.metrics.port, self.env.rank, self.env.local_world_size)
+        url = metrics.serve(cfg.metrics.host, port)
+        if url:
+            print(f"rank {self.env.rank}: metrics at {url}", file=sys.stderr, flush=True)
         try:
             env = self.rendezvous()
             with process_group(env, self.backend, cfg.distributed.timeout_s, self.device):
@@ -220,7 +204,7 @@ class Trainer:
                     dist.broadcast_object_list(box, src=0)
                     checkpoint = box[0]
                 start = checkpoint.state.step if checkpoint else 0
-                path, state, tokens_per_s = self._train(env, corpus, model_config, checkpoint, logger)
+                path, state, tokens_per_s = self._train(env, corpus, model_config, checkpoint, logger, metrics)
         except Stopped:
             if logger is not None:
                 logger.finish("KILLED")
@@ -230,6 +214,8 @@ class Trainer:
                 with contextlib.suppress(Exception):
                     logger.finish("FAILED")
             raise
+        finally:
+            metrics.close()
         if not self.is_main:
             return None
         return self._finish(path, state, start, tokens_per_s=tokens_per_s, logger=logger)
@@ -257,8 +243,11 @@ class Trainer:
         model_config: GPTConfig,
         checkpoint: Checkpoint | None,
         logger: RunLogger | None,
+        metrics: TrainerMetrics,
     ) -> tuple[Path, TrainingState, float]:
         cfg, tcfg, device = self.config, self.config.train, self.device
+        accel = choose_acceleration(tcfg, device)
+        apply_acceleration(accel)
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         raw = GPT(model_config).to(device)
         optimizer = make_optimizer(raw, tcfg, device)
@@ -270,10 +259,20 @@ class Trainer:
                 restore_rng(checkpoint.rng)
             start, val_loss = checkpoint.state.step, checkpoint.state.val_loss
         model: torch.nn.Module = raw
+        vote_group = None
         if env.is_distributed:
             model = DistributedDataParallel(
                 raw, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
             )
+            # The stop vote is read on the host every step: on a GPU job it gets a CPU group of its own.
+            if self.backend != "gloo":
+                made = dist.new_group(backend="gloo")
+                assert isinstance(made, dist.ProcessGroup)  # every rank is a member, so never the non-member marker
+                vote_group = made
+        if accel.compile:
+            model = torch.compile(model)  # type: ignore[assignment]  # after DDP, so that dynamo splits graphs at DDP's bucket boundaries
+        vote = StopVote(self.stop, distributed=env.is_distributed, group=vote_group)
+        params = [p for p in raw.parameters() if p.requires_grad]
         if logger is not None:
             logger.log_params(
                 cfg.to_flat_dict()
@@ -293,80 +292,88 @@ class Trainer:
             total=tcfg.max_steps, initial=start, log_every=tcfg.log_every, enabled=self.is_main,
             stream=self.progress_stream,
         )
+        metrics.started(max_steps=tcfg.max_steps, world_size=env.world_size, resumed_from_step=start)
         if start:
             progress.message(f"resumed from {checkpoint.path if checkpoint else ''} at step {start}")
+        reseed_dropout = model_config.dropout > 0
+        clock = time.perf_counter
         train_time, window_time, window_steps = 0.0, 0.0, 0
         train_loss: float | None = None
         path = self.root
         state: TrainingState | None = None
         try:
             for step in range(start, tcfg.max_steps):
-                began = time.perf_counter()
+                began = clock()
                 lr = lr_at(step, tcfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                torch.manual_seed(mix_seed(tcfg.seed, "dropout", env.rank, step))
-                loss = train_step(model, optimizer, train_batches(step), grad_clip=tcfg.grad_clip, device=device)
-                # One small collective per step: the mean loss, and whether any rank was asked to stop.
-                shared = torch.stack([loss.float(), torch.tensor(float(self.stop.requested), device=device)])
-                if env.is_distributed:
-                    dist.all_reduce(shared)
-                mean_loss, stop_votes = shared.tolist()
-                train_loss = mean_loss / env.world_size
-                elapsed = time.perf_counter() - began
+                if reseed_dropout:  # dropout masks are a function of (seed, rank, step): exact resume
+                    torch.manual_seed(mix_seed(tcfg.seed, "dropout", env.rank, step))
+                batch = train_batches(step)
+                sampled = clock()
+                loss = forward_backward(model, batch, accel, device)
+                computed = clock()
+                optimizer_step(params, optimizer, tcfg.grad_clip)
+                updated = clock()
+                done = step + 1
+                final = done == tcfg.max_steps
+                stopping = vote.decided() and not final  # every rank reads the same outcome at the same step
+                if not (stopping or final):
+                    vote.cast()
+                every = cfg.checkpoint.every
+                save = stopping or final or bool(every and done % every == 0)
+                log = done % tcfg.log_every == 0 or final
+                if log or save:
+                    train_loss = mean_over_ranks(loss, env)
+                ended = clock()
+                elapsed = ended - began
+                metrics.step_done(done, elapsed, {
+                    "data": sampled - began, "forward_backward": computed - sampled,
+                    "optimizer": updated - computed, "sync": ended - updated,
+                })
                 train_time += elapsed
                 window_time += elapsed
                 window_steps += 1
-                done = step + 1
-                final = done == tcfg.max_steps
-                metrics: dict[str, float] = {}
-                if done % tcfg.log_every == 0 or final:
-                    metrics = {"train_loss": train_loss, "lr": lr,
-                               "tokens_per_s": tokens_per_step * window_steps / window_time}
+                logged: dict[str, float] = {}
+                if log and train_loss is not None:
+                    tokens_per_s = tokens_per_step * window_steps / window_time
+                    logged = {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}
                     window_time, window_steps = 0.0, 0
+                    metrics.logged(train_loss=train_loss, tokens_per_s=tokens_per_s)
                     if logger is not None:
-                        logger.log_metrics(metrics, step=done)
-                progress.step(done, metrics)
-                if stop_votes == 0 and ((tcfg.eval_every and done % tcfg.eval_every == 0) or final):
-                    val_loss = evaluate(raw, val_batches, tcfg.eval_iters, env, device)
+                        logger.log_metrics(logged, step=done)
+                progress.step(done, logged)
+                if not stopping and ((tcfg.eval_every and done % tcfg.eval_every == 0) or final):
+                    val_loss = evaluate(raw, val_batches, tcfg.eval_iters, env, device, accel)
+                    metrics.evaluated(val_loss)
                     progress.message(f"step {done}: {format_metrics({'val_loss': val_loss})}")
                     if logger is not None:
                         logger.log_metrics({"val_loss": val_loss}, step=done)
-                every = cfg.checkpoint.every
-                if stop_votes or final or (every and done % every == 0):
+                if save:
                     state = TrainingState(
                         step=done, samples_seen=done * tcfg.batch_size, seed=tcfg.seed,
                         world_size=env.world_size, run_id=run_id, train_loss=train_loss, val_loss=val_loss,
                     )
                     path = self.root / step_dir_name(done)
                     if self.is_main:
+                        saving = clock()
                         path = save_checkpoint(
                             self.root, model=raw, tokenizer=corpus.tokenizer, optimizer=optimizer, state=state,
                             keep=cfg.checkpoint.keep,
                         )
+                        metrics.checkpoint_saved(path, clock() - saving)
                         progress.message(f"checkpoint {path}")
                         if logger is not None:
                             logger.log_checkpoint(path, done)
-                if stop_votes and not final:
+                if stopping:
                     if env.is_distributed:
                         dist.barrier()  # other ranks exit only once the checkpoint is on disk
                     raise Stopped(self.stop.signum or signal.SIGTERM, path)
         finally:
+            vote.settle()
             progress.close()
         if env.is_distributed:
             dist.barrier()  # a rank's pod completes only once the final checkpoint is on disk
         assert state is not None
         tokens_per_s = tokens_per_step * (tcfg.max_steps - start) / train_time if train_time else 0.0
         return path, state, tokens_per_s
-
-
-@contextlib.contextmanager
-def installed(stop: StopRequest) -> Iterator[StopRequest]:
-    """Install the stop handlers for the duration of the block, restoring the previous ones after."""
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    stop.install()
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

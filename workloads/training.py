@@ -41,6 +41,10 @@ CHECKPOINT_MOUNT = "/checkpoints"
 CONFIG_ERROR_EXIT_CODE = 2  # the trainer's "bad configuration" exit code: retrying cannot help
 CONFIG_CHECKSUM_ANNOTATION = "ml-platform/train-config-sha256"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+METRICS_PORT = 9400
+"""Each rank's Prometheus endpoint (trainer/metrics.py), the container port named `metrics`."""
+POD_METRICS = {"host": "0.0.0.0", "port": METRICS_PORT}  # Prometheus scrapes the pod IP
+"""The train.yaml `metrics` section of every pod: bind all interfaces so Prometheus can scrape the pod."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +69,8 @@ class TrainingJobSpec:
     backoff_limit: int
     """Retriable failures of each rank before the Job fails (backoffLimitPerIndex)."""
     train_config: Mapping[str, Mapping[str, object]]
-    """Contents of train.yaml (sections data, model, train, checkpoint, tracking, distributed)."""
+    """Contents of train.yaml (sections data, model, train, checkpoint, tracking, distributed); the `metrics`
+    section is the builder's (POD_METRICS)."""
     tracking_uri: str
     """MLflow tracking URI given to every rank (only rank 0 logs)."""
     service_account_name: str
@@ -146,7 +151,7 @@ def train_config_text(train_config: Mapping[str, Mapping[str, object]]) -> str:
 
 def training_manifests(spec: TrainingJobSpec) -> TrainingManifests:
     labels = {**recommended_labels("trainer", spec.run_name, "training", spec.managed_by), **dict(spec.extra_labels)}
-    train_yaml = train_config_text(spec.train_config)
+    train_yaml = train_config_text({**spec.train_config, "metrics": POD_METRICS})
 
     def metadata(name: str, **extra: Any) -> dict[str, Any]:
         return {"name": name, "namespace": spec.namespace, "labels": dict(labels), **extra}
@@ -254,7 +259,10 @@ def _pod_spec(spec: TrainingJobSpec) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "command": _command(spec),
         "env": _env(spec),
-        "ports": [{"name": "rendezvous", "containerPort": spec.master_port}],
+        "ports": [
+            {"name": "rendezvous", "containerPort": spec.master_port},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
         "resources": resource_requirements(spec.resources),
         "securityContext": container_security_context(),
         "volumeMounts": [
