@@ -113,3 +113,51 @@ def test_rules_select_only_their_namespace() -> None:
 def test_prometheus_rule_spec_is_the_rule_file() -> None:
     assert prometheus_rule_spec(NAMESPACE) == rule_file(NAMESPACE)
     assert yaml.safe_load(rule_file_text(NAMESPACE)) == rule_file(NAMESPACE)
+
+
+def crd_schema(path: Path) -> tuple[str, dict[str, Any]]:
+    crd = yaml.safe_load(path.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return crd["spec"]["names"]["kind"], version["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields the schema does not declare: the API server would prune them without a word (structural schemas
+    drop unknown fields), so a typo would silently switch a setting off."""
+    found = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                found.append(f"{path}.{key}")
+            else:
+                found += unknown_fields(item, schema["properties"][key], f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            found += unknown_fields(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def test_pod_monitors_and_prometheus_rule_validate_against_the_operator_crds(monitoring_crds: list[Path]) -> None:
+    """The gpu stack's PodMonitors and PrometheusRule against the Prometheus Operator's own CRD schemas."""
+    import jsonschema
+
+    from tests.infra.conftest import objects_of, render_stack
+
+    schemas = dict(crd_schema(path) for path in monitoring_crds)
+    objects = [o for o in objects_of(render_stack("gpu")) if o["apiVersion"] == "monitoring.coreos.com/v1"]
+    assert sorted({o["kind"] for o in objects}) == ["PodMonitor", "PrometheusRule"]
+    for obj in objects:
+        schema = schemas[obj["kind"]]
+        body = {k: v for k, v in obj.items() if k != "metadata"}
+        # Draft 7 without checking the schema itself: the CRDs' patterns are Go regular expressions.
+        jsonschema.Draft7Validator(schema).validate(body)
+        assert unknown_fields(body, schema) == [], obj["metadata"]["name"]
+    # Both checks can fail: a wrong type, and a misspelt field.
+    monitor = next(o for o in objects if o["kind"] == "PodMonitor")
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["podMetricsEndpoints"][0]["interval"] = 30
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schemas["PodMonitor"]).validate({k: v for k, v in bad.items() if k != "metadata"})
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["podMetricEndpoints"] = bad["spec"].pop("podMetricsEndpoints")
+    assert unknown_fields({"spec": bad["spec"]}, schemas["PodMonitor"]) == [".spec.podMetricEndpoints"]
