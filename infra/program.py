@@ -30,11 +30,11 @@ from infra.trainingjobs import NAME as OPERATOR_NAME
 from infra.trainingjobs import OperatorArgs, TrainingJobOperator
 from workloads.monitoring.scrape import ScrapeTarget
 from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, threads_per_rank
+from workloads.training import METRICS_PORT as TRAINER_METRICS_PORT
 from workloads.trainingjob import METRICS_PORT as OPERATOR_METRICS_PORT
 
 TRAINER_SERVICE_ACCOUNT = "trainer"
 CHECKPOINT_CLAIM = "checkpoints"
-TRAINER_METRICS_PORT = 9400
 
 # What Prometheus scrapes: the container port that serves /metrics on each component's pods.
 TRAINER_TARGET = ScrapeTarget("trainer", "trainer", "metrics", TRAINER_METRICS_PORT, job_labels=True)
