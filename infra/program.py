@@ -204,6 +204,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 resources=OPERATOR_RESOURCES,
                 install_crd=config.operator_crd,
                 pod_annotations=pod_annotations(OPERATOR_TARGET, operator_mode),
+                scrape_annotations=not operator_mode,
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage]),
         )

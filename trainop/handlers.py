@@ -60,6 +60,16 @@ def _stamp(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def attempt_objects(tj: Mapping[str, Any], attempt: int, settings: Settings, *, suspend: bool) -> list[dict[str, Any]]:
+    """The children of one attempt (`attempt_manifests`), the platform's pod annotations (settings) given to the
+    pods through spec.podAnnotations, under the resource's own: a user's `prometheus.io/scrape: "false"` wins."""
+    if settings.trainer_pod_annotations:
+        spec = tj["spec"]
+        annotations = {**dict(settings.trainer_pod_annotations), **(spec.get("podAnnotations") or {})}
+        tj = {**tj, "spec": {**spec, "podAnnotations": annotations}}
+    return attempt_manifests(tj, attempt, settings.platform, suspend=suspend)
+
+
 class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, progress: ProgressCache) -> None:
         self.kube = kube
@@ -116,7 +126,7 @@ class Reconciler:
             if status.get("phase") == "Restarting" and restart_after and now < restart_after:
                 return "backoff"
             try:
-                for obj in attempt_manifests(tj, attempt, self.settings.platform, suspend=suspend or queued):
+                for obj in attempt_objects(tj, attempt, self.settings, suspend=suspend or queued):
                     await self.kube.create_or_adopt(obj, uid)
             except OwnedElsewhere as err:
                 step = self._same(status, phase="Failed", reason="Conflict", message=str(err))
@@ -171,7 +181,7 @@ class Reconciler:
 
     def _changed(self, tj: Mapping[str, Any], attempt: int, job: Mapping[str, Any]) -> bool:
         """Whether the live Job differs from what the spec now asks for (gang size, train.yaml, image)."""
-        want = attempt_manifests(tj, attempt, self.settings.platform, suspend=True)[-1]
+        want = attempt_objects(tj, attempt, self.settings, suspend=True)[-1]
 
         def key(j: Mapping[str, Any]) -> tuple[Any, ...]:
             template = j["spec"]["template"]

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from workloads.monitoring.scrape import ScrapeTarget, scrape_annotations
+from workloads.training import METRICS_PORT as TRAINER_METRICS_PORT
 from workloads.trainingjob import (
     ENV_CHECKPOINT_CLAIM,
     ENV_CHECKPOINT_SUB_PATH,
@@ -25,6 +27,11 @@ from workloads.trainingjob import (
 )
 
 ENV_RESTART_BACKOFF_S = "RESTART_BACKOFF_S"
+ENV_SCRAPE_ANNOTATIONS = "SCRAPE_ANNOTATIONS"
+"""true: training pods get the prometheus.io/* scrape annotations (infra/trainingjobs.py sets it when the stack
+does not use the Prometheus Operator, whose PodMonitors select the pods by label instead)."""
+# The container port named `metrics` of every training pod (workloads.training), as infra/program.py's target.
+TRAINER_SCRAPE_TARGET = ScrapeTarget("trainer", "trainer", "metrics", TRAINER_METRICS_PORT, job_labels=True)
 
 
 class SettingsError(ValueError):
@@ -48,6 +55,9 @@ class Settings:
     """How often each TrainingJob is reconciled besides on its own changes (its children are polled)."""
     restart_backoff_s: float
     """First whole-gang restart delay; doubles with each restart, at most 300 s."""
+    trainer_pod_annotations: tuple[tuple[str, str], ...] = ()
+    """Annotations of every training pod, under the TrainingJob's own spec.podAnnotations (which win): the
+    prometheus.io/* scrape annotations with SCRAPE_ANNOTATIONS=true, else none."""
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -65,9 +75,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             problems.append(f"{key}={env.get(key)!r}: must be a number > 0")
         return value
 
-    gpus = (env.get(ENV_GPUS_AVAILABLE) or "false").lower()
-    if gpus not in ("true", "false"):
-        problems.append(f"{ENV_GPUS_AVAILABLE}={gpus!r}: true or false")
+    def flag(key: str) -> bool:
+        value = (env.get(key) or "false").lower()
+        if value not in ("true", "false"):
+            problems.append(f"{key}={value!r}: true or false")
+        return value == "true"
+
     settings = Settings(
         platform=Platform(
             namespace=env.get(ENV_WATCH_NAMESPACE, ""),
@@ -78,12 +91,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             checkpoint_sub_path=env.get(ENV_CHECKPOINT_SUB_PATH) or None,
             service_account_name=env.get(ENV_TRAINER_SERVICE_ACCOUNT) or "default",
         ),
-        gpus_available=gpus == "true",
+        gpus_available=flag(ENV_GPUS_AVAILABLE),
         health_port=int(number(ENV_HEALTH_PORT, HEALTH_PORT)),
         metrics_port=int(number(ENV_METRICS_PORT, METRICS_PORT)),
         listen_host=env.get("LISTEN_HOST") or "0.0.0.0",
         interval_s=number(ENV_RECONCILE_INTERVAL_S, 5.0),
         restart_backoff_s=number(ENV_RESTART_BACKOFF_S, 10.0),
+        trainer_pod_annotations=(
+            tuple(scrape_annotations(TRAINER_SCRAPE_TARGET).items()) if flag(ENV_SCRAPE_ANNOTATIONS) else ()
+        ),
     )
     if problems:
         raise SettingsError("; ".join(problems))
