@@ -14,8 +14,9 @@ OUT    := build/rendered
 KIND_CLUSTER ?= ml-platform
 IMAGE  ?= ml-platform:dev
 TOOLCHAIN_SH := tests/engine/toolchain.sh
+OBS_TOOLCHAIN_SH := tests/observability/toolchain.sh
 
-.PHONY: help install demo test test-fast lint render bench-infra kind-up image kind-load up-dev preview clean
+.PHONY: help install demo test test-fast obs-toolchain lint render bench-infra kind-up image kind-load up-dev preview clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -38,12 +39,13 @@ demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DD
 	$(BIN)/python -m demo $(DEMO_ARGS)
 
 test: $(STAMP) $(CHECKOV_STAMP) ## set up (venvs, toolchains from Go modules, Debian packages, images) and run every tier
-	@dir="$$(bash $(TOOLCHAIN_SH) | tail -n 1)" && node="$$(bash tests/cluster/toolchain.sh | tail -n 1)" \
-	&& ML_PLATFORM_TOOLCHAIN="$$dir" ML_PLATFORM_CLUSTER_TOOLCHAIN="$$node" \
-	$(BIN)/python -m pytest -m "engine or cluster or not engine"
+	@dir="$$(bash $(TOOLCHAIN_SH))" && node="$$(bash tests/cluster/toolchain.sh)" && obs="$$(bash $(OBS_TOOLCHAIN_SH))" \
+	&& ML_PLATFORM_TOOLCHAIN="$$(echo "$$dir" | tail -n 1)" ML_PLATFORM_CLUSTER_TOOLCHAIN="$$(echo "$$node" | tail -n 1)" \
+	ML_PLATFORM_OBS_TOOLCHAIN="$$(echo "$$obs" | tail -n 1)" \
+	$(BIN)/python -m pytest -m "engine or cluster or prometheus or not engine"
 
-test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training) and the engine tier
-	$(BIN)/python -m pytest -m "not slow and not engine"
+test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training), the engine and prometheus tiers
+	$(BIN)/python -m pytest -m "not slow and not engine and not prometheus"
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
@@ -80,6 +82,9 @@ clean: ## remove build outputs (not .venv, not .state)
 
 # --- engine tier: a local Kubernetes control plane built from Go modules (docs/engine.md) -------------------
 .PHONY: toolchain cluster-local engine-test
+
+obs-toolchain: ## build or reuse promtool, prometheus and the Prometheus Operator CRDs; last line: their directory
+	@bash $(OBS_TOOLCHAIN_SH)
 
 toolchain: ## build or reuse etcd, kube-apiserver/-controller-manager/-scheduler, kwok and the Pulumi engine; last line: their directory
 	@bash $(TOOLCHAIN_SH)

@@ -18,6 +18,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from trainer.metrics import TrainerMetrics
+
 PROBE = "naming-probe"
 # Families of prometheus_client's own collectors (ProcessCollector, PlatformCollector, GCCollector): not ours.
 STANDARD_PREFIXES = ("process_", "python_")
@@ -201,6 +203,12 @@ COMPONENTS = {
     "trainop": Component("trainop_", trainop_registry, shared_registry=True, expected=frozenset({
         "trainop_reconciliations", "trainop_trainingjobs", "trainop_restarts",
         "trainop_reconcile_duration_seconds"})),
+    "trainer": Component("trainer_", lambda: TrainerMetrics(rank=0).registry, required_labels=("rank",),
+        expected=frozenset({
+        "trainer_step", "trainer_max_steps", "trainer_steps", "trainer_train_loss", "trainer_val_loss",
+        "trainer_tokens_per_second", "trainer_step_duration_seconds", "trainer_step_phase_seconds",
+        "trainer_checkpoint_save_duration_seconds", "trainer_checkpoint_size_bytes", "trainer_checkpoints",
+        "trainer_resumed_from_step", "trainer_world_size", "trainer_last_step_timestamp_seconds"})),
 }  # fmt: skip
 
 

@@ -107,6 +107,8 @@ class TrainerMetrics:
         self.world_size.labels(self.rank).set(world_size)
         self.resumed_from_step.labels(self.rank).set(resumed_from_step)
         self._step.set(resumed_from_step)
+        # The stall alert measures from here until the first step: 0 would read as "stalled since 1970".
+        self._last_step.set(time.time())
 
     def step_done(self, step: int, seconds: float, phases: Mapping[str, float]) -> None:
         self._step.set(step)

@@ -131,7 +131,7 @@ def test_job_mounts_config_checkpoints_and_memory_shm(stack_objects: list[dict[s
 
 def test_dev_uses_gloo_and_no_gpus(dev_objects: list[dict[str, Any]]) -> None:
     job = find(dev_objects, "Job")
-    train = yaml.safe_load(find(dev_objects, "ConfigMap")["data"]["train.yaml"])
+    train = yaml.safe_load(find(dev_objects, "ConfigMap", "run-1-train-config")["data"]["train.yaml"])
     assert train["distributed"]["backend"] == "gloo"
     assert train["train"]["device"] == "cpu"
     for _, pod in pod_specs(dev_objects):
@@ -145,7 +145,7 @@ def test_gpu_uses_nccl_requests_gpus_and_tolerates_taints(gpu_objects: list[dict
     settings = stack_file("gpu")
     job = find(gpu_objects, "Job")
     pod = job["spec"]["template"]["spec"]
-    train = yaml.safe_load(find(gpu_objects, "ConfigMap")["data"]["train.yaml"])
+    train = yaml.safe_load(find(gpu_objects, "ConfigMap", "run-1-train-config")["data"]["train.yaml"])
     assert train["distributed"]["backend"] == "nccl"
     assert train["train"]["device"] == "cuda"
     for entry in settings["trainSettings"]:  # section.key=value, the value YAML-typed

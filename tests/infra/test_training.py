@@ -20,7 +20,13 @@ from infra.program import training_spec
 from infra.render import normalize
 from infra.training import TrainingArgs, TrainingJob, declared_spec
 from workloads.pod import Resources, Toleration
-from workloads.training import CONFIG_CHECKSUM_ANNOTATION, TrainingJobSpec, threads_per_rank, training_manifests
+from workloads.training import (
+    CONFIG_CHECKSUM_ANNOTATION,
+    POD_METRICS,
+    TrainingJobSpec,
+    threads_per_rank,
+    training_manifests,
+)
 
 from .conftest import PROJECT, objects_of, render_stack
 from .test_components import Run, assert_equal
@@ -128,7 +134,7 @@ def test_builder_objects_refer_to_each_other() -> None:
     assert container["command"][-1].startswith(next(x["mountPath"] for x in container["volumeMounts"]
                                                     if x["name"] == "config"))  # fmt: skip
     train_yaml = m.config_map["data"]["train.yaml"]
-    assert yaml.safe_load(train_yaml) == SPEC.train_config
+    assert yaml.safe_load(train_yaml) == {**SPEC.train_config, "metrics": POD_METRICS}
     assert (
         pod_template["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
         == hashlib.sha256(train_yaml.encode()).hexdigest()

@@ -102,12 +102,14 @@ class ServerProcess:
 
     def __init__(self, kubeconfig: Path, ns: str, log: Path, **settings: str) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "SKYRUN_"))},
             "KUBECONFIG": str(kubeconfig),
             "SKYRUN_NAMESPACE": ns,
+            "SKYRUN_METRICS_PORT": str(self.metrics_port),
             "SKYRUN_IMAGE": "ml-platform:test",
             "SKYRUN_DEFAULT_CPUS": "100m",
             "SKYRUN_DEFAULT_MEMORY": "128Mi",

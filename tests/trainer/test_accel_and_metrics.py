@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -159,10 +160,8 @@ def test_a_real_run_exports_its_progress_while_it_trains(tmp_path: Path) -> None
         deadline, samples = time.monotonic() + 120, {}
         while time.monotonic() < deadline and samples.get("trainer_step{'rank': '0'}", 0) < 20:
             assert trainer.poll() is None, trainer.communicate()[1]
-            try:
+            with contextlib.suppress(OSError):  # not listening yet
                 samples = _scrape(url)
-            except OSError:
-                pass
             time.sleep(0.5)
         assert samples.get("trainer_step{'rank': '0'}", 0) >= 20, samples
         assert samples["trainer_max_steps{'rank': '0'}"] == 100_000
