@@ -4,9 +4,13 @@ The same processes the cluster runs, started as local processes with embedded de
 
 1. an MLflow tracking server (sqlite and served artifacts under the state directory, on 127.0.0.1);
 2. `python -m trainer launch --nproc 2` (the Indexed Job emulated: two DDP ranks over gloo) on the built-in
-   corpus, logging to MLflow, registering the model and moving the alias `champion`;
+   corpus, logging to MLflow, registering the model and moving the alias `champion`; each rank serves its
+   Prometheus metrics on 127.0.0.1 (two free consecutive ports from 9400; the demo prints where);
 3. `python -m inference serve` loading `models:/<name>@champion` from MLflow;
-4. a completion through the official `openai` client, a loss-curve PNG from the MLflow metrics;
+4. a completion through the official `openai` client;
+5. a burst of completions, timed by the client and by the server's own /metrics (demo/observe.py);
+6. a loss-curve PNG from the MLflow metrics, and one PNG with the loss curve, the burst's latency per request
+   and its throughput;
 
 then it stops what it started (or keeps the servers up with `--keep-running` until Ctrl-C). Every process runs
 in its own process group and is stopped on exit, Ctrl-C or SIGTERM, so nothing outlives the demo.
@@ -35,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from demo import figures, observe
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "tiny-gpt"
 ALIAS = "champion"
@@ -49,6 +55,7 @@ DEMO_TRAIN: dict[str, dict[str, Any]] = {
     "tracking": {"experiment": EXPERIMENT, "model_name": MODEL_NAME, "alias": ALIAS},
 }  # fmt: skip
 PROMPT = "The "
+TRAINER_METRICS_PORT = 9400  # the trainer's default metrics.port; rank r listens on port + r
 
 
 class DemoError(RuntimeError):
@@ -62,6 +69,14 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port_run(count: int, start: int = TRAINER_METRICS_PORT, tries: int = 200) -> int:
+    """The first port from `start` on 127.0.0.1 such that it and the `count - 1` after it are free."""
+    for base in range(start, min(start + tries, 65536 - count)):
+        if all(port_free(port) for port in range(base, base + count)):
+            return base
+    raise DemoError(f"no {count} consecutive free ports on 127.0.0.1 in {start}..{start + tries}")
 
 
 def wait_http(name: str, url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -144,30 +159,6 @@ def train_config(state: Path, steps: int | None, run_dir: Path) -> Path:
     return path
 
 
-def loss_curve(tracking_uri: str, run_id: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for metric, style in (("train_loss", "-"), ("val_loss", "o-")):
-        history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
-        if history:
-            ax.plot([m.step for m in history], [m.value for m in history], style, label=metric)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/char)")
-    ax.set_title(f"{MODEL_NAME}: 2 DDP ranks on the built-in corpus (MLflow run {run_id[:8]})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
 def latest_run(tracking_uri: str) -> tuple[str, str, float | None]:
     """(run id, model version, val loss) of the newest run of the demo experiment."""
     from mlflow.tracking import MlflowClient
@@ -207,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
     procs = Processes()
     try:
-        print(f"[1/5] MLflow tracking server on {tracking_uri} (state in {state})", flush=True)
+        print(f"[1/6] MLflow tracking server on {tracking_uri} (state in {state})", flush=True)
         mlflow_log = state / "mlflow.log"
         mlflow = procs.start(
             "mlflow server",
@@ -220,16 +211,21 @@ def run(args: argparse.Namespace) -> int:
 
         run_dir = state / "checkpoints" / time.strftime("run-%Y%m%d-%H%M%S")
         config = train_config(state, args.steps, run_dir)
-        print(f"[2/5] training: python -m trainer launch --nproc 2 --config {config}", flush=True)
+        metrics_port = free_port_run(2)
+        print(f"[2/6] training: python -m trainer launch --nproc 2 --config {config} "
+              f"--set metrics.port={metrics_port}", flush=True)  # fmt: skip
+        urls = ", ".join(f"rank {r} http://127.0.0.1:{metrics_port + r}/metrics" for r in range(2))
+        print(f"      Prometheus metrics while it trains: {urls}", flush=True)
         trainer = procs.start("trainer", [sys.executable, "-m", "trainer", "launch", "--nproc", "2",
-                                          "--config", str(config)], env, None)  # fmt: skip
+                                          "--config", str(config), "--set", f"metrics.port={metrics_port}"],
+                              env, None)  # fmt: skip
         if trainer.wait() != 0:
             raise DemoError(f"training failed with exit code {trainer.returncode} (its output is above)")
         run_id, version, val_loss = latest_run(tracking_uri)
         shown = f"{val_loss:.3f}" if val_loss is not None else "n/a"
         print(f"      run {run_id}: val_loss {shown}, registered {MODEL_NAME} version {version}", flush=True)
 
-        print(f"[3/5] inference service on {inference_url} serving models:/{MODEL_NAME}@{ALIAS}", flush=True)
+        print(f"[3/6] inference service on {inference_url} serving models:/{MODEL_NAME}@{ALIAS}", flush=True)
         inference_log = state / "inference.log"
         server = procs.start(
             "inference",
@@ -239,12 +235,25 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         wait_http("inference", f"{inference_url}/readyz", 180, server, inference_log)
 
-        print(f"[4/5] a completion through the openai client (prompt {PROMPT!r}):", flush=True)
+        print(f"[4/6] a completion through the openai client (prompt {PROMPT!r}):", flush=True)
         text = complete(inference_url, PROMPT, args.max_tokens)
         print("      " + (PROMPT + text).replace("\n", "\n      "), flush=True)
 
-        png = loss_curve(tracking_uri, run_id, state / "loss-curve.png")
-        print(f"[5/5] loss curve: {png}", flush=True)
+        lengths = f"{min(observe.MAX_TOKENS)}-{max(observe.MAX_TOKENS)}"
+        print(f"[5/6] {args.burst} completions, {args.burst_concurrency} at a time (max_tokens {lengths}), timed by "
+              f"the client and by the server's {inference_url}/metrics", flush=True)  # fmt: skip
+        burst = observe.burst(inference_url, MODEL_NAME, requests=args.burst, concurrency=args.burst_concurrency)
+        if not burst.ok:
+            statuses = sorted({r.status for r in burst.requests})
+            raise DemoError(f"no completion of the burst succeeded (HTTP status {statuses}); see {inference_log}")
+        print(f"      {burst.summary()}", flush=True)
+
+        title = f"{MODEL_NAME}: 2 DDP ranks on the built-in corpus (MLflow run {run_id[:8]})"
+        png = figures.loss_curve(tracking_uri, run_id, title, state / "loss-curve.png")
+        figure = figures.metrics_figure(tracking_uri, run_id, title, burst, state / "metrics.png")
+        print(f"[6/6] loss curve: {png}", flush=True)
+        print(f"      metrics:    {figure} (loss | latency per request, p50/p95/p99 | requests/s, tokens/s)",
+              flush=True)  # fmt: skip
         print(f"\nMLflow UI:  {tracking_uri}/#/experiments  (run {run_id})", flush=True)
         print(f"Inference:  {inference_url}/v1/completions  (also /v1/models, /metrics, /readyz)", flush=True)
         if args.keep_running:
@@ -264,8 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inference-port", type=int, default=8092)
     parser.add_argument("--steps", type=int, help="train this many steps instead of the demo schedule")
     parser.add_argument("--max-tokens", type=int, default=120, help="length of the sample completion")
+    parser.add_argument("--burst", type=int, default=48, help="completions sent for the metrics figure (>= 1)")
+    parser.add_argument("--burst-concurrency", type=int, default=8, help="of those, how many at a time (>= 1)")
     parser.add_argument("--keep-running", action="store_true", help="leave MLflow and inference up until Ctrl-C")
     args = parser.parse_args(argv)
+    if args.burst < 1 or args.burst_concurrency < 1:
+        parser.error("--burst and --burst-concurrency must be >= 1")
     try:
         with sigterm_as_interrupt():
             return run(args)
