@@ -30,6 +30,8 @@ class GPTConfig:
     """Width of the residual stream."""
     dropout: float = 0.0
     """Dropout probability during training (0 disables it)."""
+    bias: bool = True
+    """Biases in the Linear and LayerNorm layers (GPT-2 has them; nanoGPT's recipes train without)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -40,6 +42,8 @@ class GPTConfig:
                 problems.append(f"model.{key}={value!r}: must be an integer >= 1")
         if not problems and self.n_embd % self.n_head:
             problems.append(f"model.n_embd={self.n_embd}: must be divisible by model.n_head={self.n_head}")
+        if not isinstance(self.bias, bool):
+            problems.append(f"model.bias={self.bias!r}: must be true or false")
         if not 0.0 <= float(self.dropout) < 1.0:
             problems.append(f"model.dropout={self.dropout!r}: must be in [0, 1)")
         if problems:

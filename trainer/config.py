@@ -28,6 +28,7 @@ DISCOVERY = ("dns", "kubernetes-api")
 # MLflow rejects aliases that look like version references ("v3") or the reserved "latest".
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _VERSION_LIKE = re.compile(r"^[vV]\d+$")
+_BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,10 @@ class TrainConfig:
     """Seed of the initial weights, the data sampling and dropout (>= 0)."""
     threads_per_rank: int = 0
     """torch intra-op threads per rank; 0 = the CPUs this process may use divided by the ranks on the node."""
+    pin_cpus: bool = True
+    """When a machine runs several ranks, every CPU it sees is the job's (no smaller CPU quota) and there are
+    enough, each rank (its threads, gloo's included) runs on CPUs of its own, as pods with whole CPUs do under the
+    kubelet's static CPU manager."""
     device: str = "auto"
     """`auto` (CUDA when available, else CPU), `cpu` or `cuda`."""
     log_every: int = 10
@@ -181,6 +186,9 @@ class DistributedConfig:
     """How long a non-zero rank waits for rank 0's address to resolve and its port to accept (> 0)."""
     discovery: str = "dns"
     """How an Indexed Job pod finds rank 0 when MASTER_ADDR is unset: `dns` or `kubernetes-api`."""
+    bucket_cap_mb: float = 25.0
+    """Size of DDP's gradient buckets: a bucket is all-reduced as soon as its gradients are ready, so smaller
+    buckets overlap more communication with the rest of the backward pass (> 0)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -189,6 +197,7 @@ class DistributedConfig:
             f"allowed: {', '.join(BACKENDS)}",
         )
         _check(problems, self.timeout_s > 0, "distributed.timeout_s", self.timeout_s, "must be > 0")
+        _check(problems, self.bucket_cap_mb > 0, "distributed.bucket_cap_mb", self.bucket_cap_mb, "must be > 0")
         _check(
             problems, self.rendezvous_timeout_s > 0, "distributed.rendezvous_timeout_s",
             self.rendezvous_timeout_s, "must be > 0",
@@ -264,7 +273,7 @@ def _raise(problems: list[str]) -> None:
 def _field_types(section_cls: type) -> dict[str, type]:
     """The keys a config file may set in a section, with their types."""
     return {
-        f.name: {"int": int, "float": float, "str": str, "dict[str, str]": dict}[str(f.type)]
+        f.name: {"int": int, "float": float, "str": str, "bool": bool, "dict[str, str]": dict}[str(f.type)]
         for f in dataclasses.fields(section_cls)
         if not (section_cls is GPTConfig and f.name == VOCAB_FROM_TOKENIZER)
     }
@@ -279,6 +288,12 @@ def _coerce(key: str, value: object, kind: type) -> object:
         ):
             raise ConfigError(f"{key}={value!r}: must be a mapping of names to strings (in the config file)")
         return {k: str(v) for k, v in value.items()}
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        raise ConfigError(f"{key}={value!r}: must be true or false")
     if kind is str:
         if value is None:
             return ""

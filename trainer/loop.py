@@ -262,7 +262,8 @@ class Trainer:
         vote_group = None
         if env.is_distributed:
             model = DistributedDataParallel(
-                raw, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+                raw, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+                bucket_cap_mb=cfg.distributed.bucket_cap_mb,
             )
             # The stop vote is read on the host every step: on a GPU job it gets a CPU group of its own.
             if self.backend != "gloo":

@@ -31,10 +31,27 @@ def cpu_budget(cpu_max: Path = _CGROUP_CPU_MAX) -> int:
 
 
 def set_threads(config: TrainConfig, env: DistEnv) -> int:
-    """Set torch's intra-op threads for this rank (before any tensor work) and return the number."""
-    threads = config.threads_per_rank or max(1, cpu_budget() // env.local_world_size)
+    """Set torch's intra-op threads for this rank (before any tensor work), pin the rank to CPUs of its own when
+    `train.pin_cpus` asks for it and the machine has them, and return the number of threads."""
+    budget = cpu_budget()
+    threads = config.threads_per_rank or max(1, budget // env.local_world_size)
+    # Only CPUs that are all ours can be split: under a CPU quota smaller than the affinity mask (a shared node),
+    # every pod sees the same CPU numbers, and pinning would pile pods onto the first ones.
+    if config.pin_cpus and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) == budget:
+        slot = env.rank % env.local_world_size
+        cpus = rank_cpus(sorted(os.sched_getaffinity(0)), slot, env.local_world_size, threads)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
     torch.set_num_threads(threads)
     return threads
+
+
+def rank_cpus(available: list[int], slot: int, ranks: int, threads: int) -> set[int] | None:
+    """The CPUs of the rank in `slot` of `ranks` on this machine: `threads` of its own, or None when the ranks
+    would have to share (fewer CPUs than ranks x threads) or there is only one rank to place."""
+    if ranks < 2 or len(available) < ranks * threads:
+        return None
+    return set(available[slot * threads : (slot + 1) * threads])
 
 
 class NodeError(RuntimeError):
