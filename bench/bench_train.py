@@ -1,15 +1,19 @@
-"""Training benchmark: quality and wall time on tinyshakespeare, throughput and DDP scaling on this machine.
+"""Training benchmark (issue 15): our trainer against nanoGPT on the same recipe, side by side, whole commands
+timed from outside.
 
-    python bench/bench_train.py                  # print the results as markdown
-    python bench/bench_train.py --write-docs     # also replace the "## Training" section of docs/benchmarks.md
-    python bench/bench_train.py --profile        # where one rank's step time goes (torch.profiler)
+    python bench/bench_train.py                          # print the results as markdown
+    python bench/bench_train.py --write-docs             # also replace "## Training" in docs/benchmarks.md
+    python bench/bench_train.py --before-tree DIR        # also time the trainer of another checkout (e.g. a git
+                                                         # worktree of the commit before a change), same runs
+    python bench/profile_step.py [--before]              # where one rank's step time goes
 
-1. Quality run: the issue's recipe (4 layers, 4 heads, 128 embd, block 64, global batch 12, dropout 0,
-   lr 1e-3 -> 1e-4, 100 warmup, 2000 steps, eval every 500 on 20 batches), timed from process start to exit.
-   Targets: val loss <= 1.88 at step 2000, whole command <= 75 s.
-2. Scaling: the same model and global batch for fewer steps, 1 rank x 1 thread against 2 ranks x 1 thread
-   (`launch`, gloo); efficiency = tokens/s(2 ranks) / (2 x tokens/s(1 rank)); target >= 0.85. tokens/s is the
-   trainer's own figure (training-step time only), best of --repeats runs because the machine is shared.
+The recipe (the issue's): tinyshakespeare, 4 layers, 4 heads, 128 wide, block 64, global batch 12, dropout 0,
+AdamW lr 1e-3 -> 1e-4 cosine after 100 warmup steps, 2000 steps, eval every 500 steps on 20 batches.
+- nanoGPT: ../shared/anchors/nanogpt/run-recipe.sh (nanoGPT's train.py, one process, 2 threads, CPU).
+- ours: `python -m trainer launch --nproc 2 --config <recipe>` (an Indexed Job of two workers, emulated).
+Runs alternate (nanoGPT, ours, [before], nanoGPT, ours, ...) so that drift in the machine's load hits both;
+medians are compared. Targets: ours >= 1.25x faster than nanoGPT, val loss <= 1.88 at step 2000.
+Also the demo's training (600 steps of `make demo`'s schedule, tracking off), ours and --before-tree's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,8 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 DOCS = REPO / "docs" / "benchmarks.md"
 VAL_TARGET = 1.88
-WALL_TARGET_S = 75.0
-EFFICIENCY_TARGET = 0.85
 
 
 def recipe(data: Path, checkpoints: Path) -> dict[str, Any]:
@@ -54,12 +57,12 @@ def recipe(data: Path, checkpoints: Path) -> dict[str, Any]:
     }
 
 
-def run(command: list[str]) -> tuple[dict[str, Any], float, str]:
-    """Run a trainer command; returns its JSON summary, its wall time and its stdout."""
+def run(command: list[str], tree: Path = REPO) -> tuple[dict[str, Any], float, str]:
+    """Run a trainer command of checkout `tree`; returns its JSON summary, its wall time and its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RANK", "JOB_COMPLETION_INDEX")}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = str(tree)
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -87,39 +90,6 @@ def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def profile(config: dict[str, Any], threads: int, batch: int, steps: int = 30) -> str:
-    """Self CPU time by operator over `steps` training steps of one rank holding `batch` sequences."""
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    sys.path.insert(0, str(REPO))
-    from tinygpt.config import GPTConfig
-    from tinygpt.model import GPT
-    from trainer.config import TrainConfig
-    from trainer.loop import make_optimizer
-
-    torch.set_num_threads(threads)
-    model = GPT(GPTConfig(vocab_size=65, **config["model"]))
-    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
-    x = torch.randint(0, 65, (batch, config["model"]["block_size"]))
-
-    def step() -> None:
-        _, loss = model(x, x)
-        assert loss is not None
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(5):
-        step()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    return str(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-
-
 def write_section(markdown: str) -> None:
     text = DOCS.read_text()
     pattern = re.compile(r"^## Training\n.*?(?=^## |\Z)", re.S | re.M)
@@ -128,77 +98,101 @@ def write_section(markdown: str) -> None:
     DOCS.write_text(pattern.sub(lambda _: markdown.rstrip() + "\n\n", text, count=1))
 
 
+SPEEDUP_TARGET = 1.25
+NANOGPT = REPO.parent / "shared" / "anchors" / "nanogpt" / "run-recipe.sh"
+
+
+def run_nanogpt(workdir: Path) -> tuple[float, float]:
+    """run-recipe.sh's wall time and its val loss at step 2000."""
+    started = time.perf_counter()
+    result = subprocess.run(["bash", str(NANOGPT), sys.executable, str(workdir)], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{NANOGPT} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    losses = re.findall(r"^step 2000: train loss [\d.]+, val loss ([\d.]+)$", result.stdout, re.M)
+    if not losses:
+        sys.exit(f"{NANOGPT}: no 'step 2000' line in its output:\n{result.stdout[-2000:]}")
+    return wall, float(losses[-1])
+
+
+def run_ours(config: Path, tree: Path, *overrides: str) -> tuple[float, float, dict[str, Any]]:
+    """The trainer of checkout `tree` on `config`: wall time, final val loss, summary."""
+    summary, wall, _ = run(trainer_command(config, 2, *overrides), tree)
+    return wall, float(summary["val_loss"]), summary
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="tinyshakespeare.txt")
-    parser.add_argument("--nproc", type=int, default=2, help="ranks for the quality run (threads split evenly)")
-    parser.add_argument("--scaling-steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=2, help="scaling runs per setting (best is kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each command, alternating")
+    parser.add_argument("--before-tree", type=Path, help="another checkout whose trainer is timed in the same runs")
     parser.add_argument("--write-docs", action="store_true", help=f"replace '## Training' in {DOCS}")
-    parser.add_argument("--profile", action="store_true", help="print an operator profile of one rank")
     args = parser.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"{args.data} not found; pass --data PATH to tinyshakespeare.txt")
+    for needed in (args.data, NANOGPT):
+        if not needed.is_file():
+            sys.exit(f"{needed} not found (it comes with ../shared beside the checkout); pass --data for the corpus")
+    sys.path.insert(0, str(REPO))
+    from demo.runner import DEMO_TRAIN
 
+    trees = {"ours": REPO} | ({"before": args.before_tree.resolve()} if args.before_tree else {})
+    walls: dict[str, list[float]] = {"nanoGPT": []} | {name: [] for name in trees}
+    vals: dict[str, list[float]] = {name: [] for name in walls}
+    demo_walls: dict[str, list[float]] = {name: [] for name in trees}
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "bench.yaml"
-        config = recipe(args.data, Path(tmp) / "checkpoints")
-        config_path.write_text(yaml.safe_dump(config))
-        if args.profile:
-            print("1 rank x 1 thread, global batch 12:\n" + profile(config, threads=1, batch=12))
-            print("1 of 2 ranks x 1 thread, 6 sequences:\n" + profile(config, threads=1, batch=6))
-            return
-
-        load_before = load()
-        quality_cmd = trainer_command(config_path, args.nproc)
-        summary, wall, stdout = run(quality_cmd)
-        evals = re.findall(r"^step (\d+): val_loss ([\d.]+)$", stdout, re.M)
-
-        scaling: dict[int, float] = {}
-        for nproc in (1, 2):
-            best = 0.0
-            for attempt in range(args.repeats):
-                overrides = (
-                    f"train.max_steps={args.scaling_steps}",
-                    "train.eval_every=0",
-                    "train.eval_iters=1",
-                    "train.threads_per_rank=1",
-                    f"checkpoint.dir={tmp}/scaling-{nproc}-{attempt}",
-                )
-                result, _, _ = run(trainer_command(config_path, nproc, *overrides))
-                best = max(best, float(result["tokens_per_s"]))
-            scaling[nproc] = best
-        load_after = load()
-
-    efficiency = scaling[2] / (2 * scaling[1])
-    shown_cmd = " ".join(["python", *quality_cmd[1:]]).replace(str(config_path), "<recipe>.yaml")
-    val = float(summary["val_loss"])
+        for attempt in range(args.repeats):
+            wall, val = run_nanogpt(Path(tmp) / f"nanogpt-{attempt}")
+            walls["nanoGPT"].append(wall)
+            vals["nanoGPT"].append(val)
+            for name, tree in trees.items():
+                config = Path(tmp) / f"{name}-{attempt}.yaml"
+                config.write_text(yaml.safe_dump(recipe(args.data, Path(tmp) / f"ck-{name}-{attempt}")))
+                wall, val, _ = run_ours(config, tree)
+                walls[name].append(wall)
+                vals[name].append(val)
+                demo = yaml.safe_load(yaml.safe_dump(DEMO_TRAIN))
+                demo.pop("tracking")
+                demo["checkpoint"]["dir"] = str(Path(tmp) / f"demo-{name}-{attempt}")
+                config.write_text(yaml.safe_dump(demo))
+                demo_walls[name].append(run_ours(config, tree)[0])
+            print(f"round {attempt + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in walls.items()), flush=True)
+    load_after = load()
+    ratio = median(walls["nanoGPT"]) / median(walls["ours"])
+    val = max(vals["ours"])
     lines = [
         "## Training",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/bench_train.py` on "
-        f"{machine()}. Load average (1/5/15 min) {load_before} before and {load_after} after: the machine "
-        "is shared with other work, so wall times and tokens/s are noisy.",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/bench_train.py"
+        f"{' --before-tree <checkout>' if args.before_tree else ''}` on {machine()}, {args.repeats} rounds, "
+        f"alternating. Load average (1/5/15 min) {load_before} before and {load_after} after.",
         "",
-        "Recipe (the issue's): tinyshakespeare, 4 layers, 4 heads, 128 embd, block 64, global batch 12, dropout 0, "
-        "AdamW lr 1e-3 cosine to 1e-4 after 100 warmup steps, 2000 steps, eval every 500 steps on 20 batches.",
+        "Recipe (the issue's): tinyshakespeare, 4 layers, 4 heads, 128 wide, block 64, global batch 12, dropout 0, "
+        "AdamW lr 1e-3 cosine to 1e-4 after 100 warmup steps, 2000 steps, eval every 500 steps on 20 batches. "
+        "nanoGPT: `../shared/anchors/nanogpt/run-recipe.sh` (one process, 2 threads). Ours: "
+        "`python -m trainer launch --nproc 2 --config <recipe>.yaml` (2 ranks x 1 thread, gloo).",
         "",
-        "| Quality run | Result | Target |",
+        "| command | wall per run (s) | median (s) | val loss at 2000 |",
+        "| --- | --- | --- | --- |",
+        *(f"| {name} | {', '.join(f'{w:.1f}' for w in walls[name])} | {median(walls[name]):.1f} | "
+          f"{', '.join(f'{v:.4f}' for v in vals[name])} |" for name in walls),
+        "",
+        f"**Speed-up of ours over nanoGPT: {ratio:.2f}x** (target >= {SPEEDUP_TARGET}: "
+        f"{'met' if ratio >= SPEEDUP_TARGET else 'MISSED'}); val loss {val:.4f} (target <= {VAL_TARGET}: "
+        f"{'met' if val <= VAL_TARGET else 'MISSED'}).",
+    ]
+    if args.before_tree:
+        before = median(walls["before"]) / median(walls["ours"])
+        lines.append(f"Against the trainer before (`--before-tree`): {before:.2f}x on the recipe.")
+    lines += [
+        "",
+        "| `make demo`'s training (600 steps, python-docs, tracking off) | wall per run (s) | median (s) |",
         "| --- | --- | --- |",
-        f"| command | `{shown_cmd}` | |",
-        f"| val loss at step {summary['step']} | {val:.4f} | <= {VAL_TARGET} "
-        f"{'(met)' if val <= VAL_TARGET else '(MISSED)'} |",
-        f"| val loss by step | {', '.join(f'{s}: {float(v):.3f}' for s, v in evals)} | |",
-        f"| whole command, start to exit | {wall:.1f} s | <= {WALL_TARGET_S:.0f} s "
-        f"{'(met)' if wall <= WALL_TARGET_S else '(MISSED)'} |",
-        f"| training throughput | {float(summary['tokens_per_s']):,.0f} tokens/s | |",
-        "",
-        f"| Scaling ({args.scaling_steps} steps, global batch 12, best of {args.repeats}) | tokens/s |",
-        "| --- | --- |",
-        f"| 1 rank x 1 thread (`train`) | {scaling[1]:,.0f} |",
-        f"| 2 ranks x 1 thread (`launch --nproc 2`, gloo) | {scaling[2]:,.0f} |",
-        f"| scaling efficiency (target >= {EFFICIENCY_TARGET}) | {efficiency:.2f} "
-        f"{'(met)' if efficiency >= EFFICIENCY_TARGET else '(MISSED)'} |",
+        *(f"| {name} | {', '.join(f'{w:.1f}' for w in demo_walls[name])} | {median(demo_walls[name]):.1f} |"
+          for name in demo_walls),
     ]
     markdown = "\n".join(lines) + "\n"
     print(markdown)
