@@ -28,16 +28,14 @@ from infra.tls import Tls, TlsArgs
 from infra.training import TrainingArgs, TrainingJob
 from infra.trainingjobs import NAME as OPERATOR_NAME
 from infra.trainingjobs import OperatorArgs, TrainingJobOperator
-from workloads.monitoring.scrape import ScrapeTarget
+from workloads.monitoring.scrape import TRAINER_TARGET, ScrapeTarget
 from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, threads_per_rank
-from workloads.training import METRICS_PORT as TRAINER_METRICS_PORT
 from workloads.trainingjob import METRICS_PORT as OPERATOR_METRICS_PORT
 
 TRAINER_SERVICE_ACCOUNT = "trainer"
 CHECKPOINT_CLAIM = "checkpoints"
 
 # What Prometheus scrapes: the container port that serves /metrics on each component's pods.
-TRAINER_TARGET = ScrapeTarget("trainer", "trainer", "metrics", TRAINER_METRICS_PORT, job_labels=True)
 INFERENCE_TARGET = ScrapeTarget("inference", "inference", "http", HTTP_PORT)
 MLFLOW_TARGET = ScrapeTarget("mlflow", "mlflow", "http", MLFLOW_PORT)
 OPERATOR_TARGET = ScrapeTarget("trainop", OPERATOR_NAME, "metrics", OPERATOR_METRICS_PORT)

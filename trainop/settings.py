@@ -7,8 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from workloads.monitoring.scrape import ScrapeTarget, scrape_annotations
-from workloads.training import METRICS_PORT as TRAINER_METRICS_PORT
+from workloads.monitoring.scrape import TRAINER_TARGET, scrape_annotations
 from workloads.trainingjob import (
     ENV_CHECKPOINT_CLAIM,
     ENV_CHECKPOINT_SUB_PATH,
@@ -31,7 +30,6 @@ ENV_SCRAPE_ANNOTATIONS = "SCRAPE_ANNOTATIONS"
 """true: training pods get the prometheus.io/* scrape annotations (infra/trainingjobs.py sets it when the stack
 does not use the Prometheus Operator, whose PodMonitors select the pods by label instead)."""
 # The container port named `metrics` of every training pod (workloads.training), as infra/program.py's target.
-TRAINER_SCRAPE_TARGET = ScrapeTarget("trainer", "trainer", "metrics", TRAINER_METRICS_PORT, job_labels=True)
 
 
 class SettingsError(ValueError):
@@ -98,7 +96,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         interval_s=number(ENV_RECONCILE_INTERVAL_S, 5.0),
         restart_backoff_s=number(ENV_RESTART_BACKOFF_S, 10.0),
         trainer_pod_annotations=(
-            tuple(scrape_annotations(TRAINER_SCRAPE_TARGET).items()) if flag(ENV_SCRAPE_ANNOTATIONS) else ()
+            tuple(scrape_annotations(TRAINER_TARGET).items()) if flag(ENV_SCRAPE_ANNOTATIONS) else ()
         ),
     )
     if problems:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from workloads.training import METRICS_PORT as TRAINER_METRICS_PORT
+
 NAME_LABEL = "app.kubernetes.io/name"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 SCRAPE_INTERVAL = "30s"
@@ -42,6 +44,10 @@ class ScrapeTarget:
     job_labels: bool = False
     """Copy the Job's pod labels (`job-name`, completion index) onto the series: pods of a Job only."""
 
+
+
+TRAINER_TARGET = ScrapeTarget("trainer", "trainer", "metrics", TRAINER_METRICS_PORT, job_labels=True)
+"""Training pods, whoever creates them (the stack or the TrainingJob operator): one definition for both."""
 
 def pod_monitor_spec(target: ScrapeTarget, part_of: str) -> dict[str, Any]:
     """`spec` of a monitoring.coreos.com/v1 PodMonitor selecting `target`'s pods in the PodMonitor's own
