@@ -140,11 +140,17 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    """SIGTERM and SIGINT both raise KeyboardInterrupt, so either stops everything the demo started. SIGINT is
+    set explicitly: a shell without job control starts background commands with SIGINT ignored, and Python then
+    keeps ignoring it (Ctrl-C or `kill -INT` would do nothing)."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def train_config(state: Path, steps: int | None, run_dir: Path) -> Path:

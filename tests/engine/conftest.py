@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.engine.cluster import TOOLS, LocalCluster
+from tests.engine.cluster import TOOLS, LocalCluster, condition, wait_for
 from tests.engine.pulumi_engine import Engine, EngineMissing, find_engine, which_engine
+from tests.observability import promtools
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -108,3 +110,26 @@ def render(stack: str, **overrides: Any) -> list[dict[str, Any]]:
     assert proc.returncode == 0, f"rendering {stack} with {overrides} failed:\n{proc.stderr[-4000:]}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return list(result["objects"])
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(cluster: LocalCluster) -> None:
+    """The Prometheus Operator's real PodMonitor/ServiceMonitor/PrometheusRule CRDs (tests/observability/
+    toolchain.sh takes them from the operator's Go module), Established: the gpu stack declares PodMonitors and a
+    PrometheusRule, which the API server then validates against the operator's own schemas."""
+    directory = promtools.toolchain_dir()
+    lacks = promtools.missing(directory, *promtools.MONITORING_CRDS)
+    if lacks:
+        pytest.fail(promtools.how_to_build(directory, lacks))
+    names = []
+    for name in promtools.MONITORING_CRDS:
+        crd = yaml.safe_load((directory / name).read_text())
+        cluster.api.apply(crd)
+        names.append(crd["metadata"]["name"])
+    for name in names:
+        wait_for(
+            f"CRD {name} Established",
+            lambda name=name: condition(cluster.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name),
+                                        "Established") == "True",
+            timeout_s=60,
+        )  # fmt: skip

@@ -272,7 +272,9 @@ def test_dev_changed_training_run_needs_a_new_job(cluster: LocalCluster, dev: li
     cluster.api.apply(new_job)
     live = wait_job_complete(cluster, new_job)
     assert live["metadata"]["uid"] != old_uid
-    cm = next(o for o in changed if o["kind"] == "ConfigMap")
+    volumes = new_job["spec"]["template"]["spec"]["volumes"]
+    cm_name = next(v["configMap"]["name"] for v in volumes if "configMap" in v)  # the stack has other ConfigMaps
+    cm = next(o for o in changed if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name)
     live_cm = cluster.api.get("v1", "ConfigMap", cm["metadata"]["name"], DEV_NS)
     assert "max_steps: 1234" in next(iter(live_cm["data"].values()))  # type: ignore[index]
 
@@ -324,14 +326,16 @@ def storage_class_pool(name: str, count: int, size: str) -> list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def gpu(cluster: LocalCluster) -> Iterator[list[dict[str, Any]]]:
+def gpu(cluster: LocalCluster, monitoring_crds: None) -> Iterator[list[dict[str, Any]]]:
     objects = render("gpu", **GPU)
     classes = {o["spec"]["storageClassName"] for o in only(objects, "PersistentVolumeClaim")}
     pool = [obj for c in sorted(classes) for obj in storage_class_pool(c, 4, "64Gi")]
     apply_all(cluster, pool)
-    apply_all(cluster, objects)
-    yield objects
-    delete_all(cluster, objects)
+    try:
+        apply_all(cluster, objects)
+        yield objects
+    finally:  # also when an object was refused: what was created must not stay on the nodes for later tests
+        delete_all(cluster, objects)
 
 
 def test_gpu_training_runs_on_the_gpu_node(cluster: LocalCluster, gpu: list[dict[str, Any]]) -> None:

@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pulumi import automation as auto
 
 from tests.engine.cluster import CPU_NODE, GPU_NODE, LocalCluster, condition, wait_for
 from tests.engine.conftest import render
 from tests.engine.pulumi_engine import Engine, copy_project, install_policy_pack, stack
 from tests.engine.test_control_plane import storage_class_pool
-from tests.observability import promtools
 
 pytestmark = pytest.mark.engine
 
@@ -253,31 +251,10 @@ def wait_for_empty(check: Callable[[], list[str]], timeout_s: float = 180) -> li
 
 
 # --- gpu ----------------------------------------------------------------------------------------------------
-def install_monitoring_crds(cluster: LocalCluster) -> None:
-    """The Prometheus Operator's real PodMonitor/ServiceMonitor/PrometheusRule CRDs (tests/observability/
-    toolchain.sh takes them from the operator's Go module): the gpu stack declares PodMonitors and a
-    PrometheusRule, which the API server then validates against the operator's own schemas."""
-    directory = promtools.toolchain_dir()
-    lacks = promtools.missing(directory, *promtools.MONITORING_CRDS)
-    if lacks:
-        pytest.fail(promtools.how_to_build(directory, lacks))
-    names = []
-    for name in promtools.MONITORING_CRDS:
-        crd = yaml.safe_load((directory / name).read_text())
-        cluster.api.apply(crd)
-        names.append(crd["metadata"]["name"])
-    for name in names:
-        wait_for(
-            f"CRD {name} Established",
-            lambda name=name: condition(cluster.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name),
-                                        "Established") == "True",
-            timeout_s=60,
-        )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
-def gpu_stack(engine: Engine, cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[auto.Stack]:
-    install_monitoring_crds(cluster)
+def gpu_stack(
+    engine: Engine, cluster: LocalCluster, monitoring_crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[auto.Stack]:
     objects = render("gpu", **GPU)
     classes = sorted({o["spec"]["storageClassName"] for o in objects if o["kind"] == "PersistentVolumeClaim"})
     for obj in (o for c in classes for o in storage_class_pool(c, 4, "64Gi")):
