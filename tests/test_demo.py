@@ -85,6 +85,13 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def kill_mentioning(text: str) -> None:
+    """SIGKILL every process whose command line mentions `text`: what a failed test leaves must not outlive it."""
+    for line in processes_mentioning(text):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+
+
 def wait_gone(text: str, timeout_s: float = 30.0) -> list[str]:
     deadline = time.monotonic() + timeout_s
     while (left := processes_mentioning(text)) and time.monotonic() < deadline:
@@ -153,14 +160,21 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     assert proc.stdout is not None
     seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "[2/6]" in line:
-            break
-    time.sleep(8)  # the ranks are up and training
-    assert processes_mentioning(str(state)), "nothing was running to interrupt"
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "[2/6]" in line:
+                break
+        time.sleep(8)  # the ranks are up and training
+        assert processes_mentioning(str(state)), "nothing was running to interrupt"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    except BaseException:  # only on failure: on success the assertions below check the demo left nothing
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_mentioning(str(state))
+        raise
     assert proc.returncode == 130, "".join(seen) + rest
     assert "interrupted" in rest
     assert wait_gone(str(state)) == []
