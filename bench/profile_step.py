@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from tinygpt.config import GPTConfig  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import sample_batch  # noqa: E402
 from trainer.distenv import DistEnv  # noqa: E402
 from trainer.loop import make_optimizer, mean_over_ranks, optimizer_step  # noqa: E402
 from trainer.runtime import rank_cpus  # noqa: E402
@@ -61,15 +62,14 @@ def worker(rank: int, settings: dict[str, float], steps: int, port: int, out: mp
     optimizer = make_optimizer(raw, TrainConfig(), torch.device("cpu"))
     model = DistributedDataParallel(raw, gradient_as_bucket_view=True, bucket_cap_mb=settings["bucket_cap_mb"])
     params = [p for p in raw.parameters() if p.requires_grad]
-    data = torch.randint(0, 65, (200_000,), generator=torch.Generator().manual_seed(rank))
+    data = torch.randint(0, 65, (200_000,), generator=torch.Generator().manual_seed(0))
     phases: dict[str, list[float]] = {k: [] for k in ("data", "forward", "backward", "optimizer", "sync", "step")}
 
     def step(index: int, record: bool) -> None:
         clock = time.perf_counter
         began = clock()
-        starts = torch.randint(0, len(data) - 65, (6,), generator=torch.Generator().manual_seed(index))
-        windows = data[starts[:, None] + torch.arange(65)]
-        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+        x, y = sample_batch(data, seed=0, stream="train", index=index, global_batch=12, block_size=64, rank=rank,
+                            world_size=2)  # fmt: skip
         sampled = clock()
         _, loss = model(x, y)
         assert loss is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import subprocess
 import sys
@@ -124,18 +125,10 @@ def test_a_busy_port_is_reported_and_training_goes_on() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        lines: list[str] = []
-
-        class Lines:
-            def write(self, text: str) -> None:
-                lines.append(text)
-
-            def flush(self) -> None:
-                pass
-
-        assert TrainerMetrics(rank=0).serve("127.0.0.1", port, stream=Lines()) is None  # type: ignore[arg-type]
-    assert f"127.0.0.1:{port} not started" in "".join(lines)
-    assert "metrics.port" in "".join(lines)
+        report = io.StringIO()
+        assert TrainerMetrics(rank=0).serve("127.0.0.1", port, stream=report) is None
+    assert f"127.0.0.1:{port} not started" in report.getvalue()
+    assert "metrics.port" in report.getvalue()
 
 
 def test_one_process_decides_the_stop_on_its_own() -> None:
