@@ -282,7 +282,10 @@ def test_immutable_fields_stay_while_running(cluster: LocalCluster, operator: Op
 
 
 def test_health_and_metrics_endpoints(cluster: LocalCluster, operator: OperatorProcess) -> None:
-    wait_status(cluster, operator, "ok", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    # A run of its own: the operator process may have been restarted by an earlier test (the killed-operator one),
+    # and its counters start at zero with it, so "ok" from the first test may not be counted in this process.
+    cluster.api.apply(training_job("probe", NS, podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "1s"}))
+    wait_status(cluster, operator, "probe", "Succeeded", lambda s: s.get("phase") == "Succeeded")
     assert httpx2.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=10).status_code == 200
     text = httpx2.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).text
     assert 'trainop_reconciliations_total{result="created"}' in text
