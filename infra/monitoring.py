@@ -62,6 +62,13 @@ def pod_annotations(target: ScrapeTarget, prometheus_operator: bool) -> dict[str
     return {} if prometheus_operator else scrape_annotations(target)
 
 
+def metrics_ports(target: ScrapeTarget) -> k8s.networking.v1.NetworkPolicyPortArgs:
+    """The NetworkPolicy port of `target`'s metrics: its port, or the range of its slots' ports (endPort)."""
+    if target.slots == 1:
+        return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=target.port)
+    return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=target.port, end_port=target.last_port)
+
+
 class Monitoring(pulumi.ComponentResource):
     """PodMonitors or a rule file, the PrometheusRule, dashboards and the metrics NetworkPolicies (see the module
     docstring)."""
@@ -154,7 +161,7 @@ class Monitoring(pulumi.ComponentResource):
                         policy_types=["Ingress"],
                         ingress=[
                             np.NetworkPolicyIngressRuleArgs(
-                                from_=[prometheus], ports=[np.NetworkPolicyPortArgs(protocol="TCP", port=target.port)]
+                                from_=[prometheus], ports=[metrics_ports(target)]
                             )
                         ],
                     ),

@@ -40,6 +40,12 @@ class Toleration:
     """NoSchedule, PreferNoSchedule or NoExecute."""
 
 
+def slot_port_name(base: str, slot: int) -> str:
+    """Name of the container port of process `slot` of a pod whose processes each serve one port: `base` for the
+    first, then `base-1`, `base-2`, ... (a port name is at most 15 characters; `metrics-15` fits)."""
+    return base if slot == 0 else f"{base}-{slot}"
+
+
 def selector_labels(name: str, instance: str) -> dict[str, str]:
     """The stable subset of the recommended labels, used in selectors (never change these on a live object)."""
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": instance}

@@ -30,6 +30,7 @@ from workloads.pod import (
     recommended_labels,
     resource_requirements,
     selector_labels,
+    slot_port_name,
     tmp_volume,
     toleration,
 )
@@ -42,7 +43,11 @@ CONFIG_ERROR_EXIT_CODE = 2  # the trainer's "bad configuration" exit code: retry
 CONFIG_CHECKSUM_ANNOTATION = "ml-platform/train-config-sha256"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 METRICS_PORT = 9400
-"""Each rank's Prometheus endpoint (trainer/metrics.py), the container port named `metrics`."""
+"""Local rank 0's Prometheus endpoint (trainer/metrics.py), the container port named `metrics`; local rank i serves
+METRICS_PORT + i on the port named `metrics-i` (`metrics_ports`)."""
+METRICS_PORT_NAME = "metrics"
+MAX_RANKS_PER_POD = 16
+"""The most ranks (GPUs) one training pod runs: gpusPerWorker's bound, and the metrics ports a scraper looks for."""
 POD_METRICS = {"host": "0.0.0.0", "port": METRICS_PORT}  # Prometheus scrapes the pod IP
 """The train.yaml `metrics` section of every pod: bind all interfaces so Prometheus can scrape the pod."""
 
@@ -249,6 +254,17 @@ def _env(spec: TrainingJobSpec) -> list[dict[str, Any]]:
     return env
 
 
+def metrics_ports(ranks_per_pod: int) -> list[dict[str, Any]]:
+    """The container ports of the ranks' metrics endpoints: local rank i binds METRICS_PORT + i (the trainer's
+    `metrics_port`), named `metrics`, `metrics-1`, ... so that a PodMonitor finds every rank of the pod."""
+    if not 1 <= ranks_per_pod <= MAX_RANKS_PER_POD:
+        raise ValueError(f"ranks per pod must be between 1 and {MAX_RANKS_PER_POD}, got {ranks_per_pod}")
+    return [
+        {"name": slot_port_name(METRICS_PORT_NAME, slot), "containerPort": METRICS_PORT + slot}
+        for slot in range(ranks_per_pod)
+    ]
+
+
 def _pod_spec(spec: TrainingJobSpec) -> dict[str, Any]:
     checkpoints_mount: dict[str, Any] = {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}
     if spec.checkpoint_sub_path is not None:
@@ -259,10 +275,7 @@ def _pod_spec(spec: TrainingJobSpec) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "command": _command(spec),
         "env": _env(spec),
-        "ports": [
-            {"name": "rendezvous", "containerPort": spec.master_port},
-            {"name": "metrics", "containerPort": METRICS_PORT},
-        ],
+        "ports": [{"name": "rendezvous", "containerPort": spec.master_port}, *metrics_ports(spec.ranks_per_pod)],
         "resources": resource_requirements(spec.resources),
         "securityContext": container_security_context(),
         "volumeMounts": [

@@ -31,6 +31,7 @@ from infra.config.settings import (
 from infra.config.validation import DNS_SUBDOMAIN, ConfigError, Validator
 from workloads.monitoring.rules import AlertThresholds
 from workloads.quantity import parse_quantity
+from workloads.training import MAX_RANKS_PER_POD
 
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 
@@ -152,7 +153,7 @@ def _monitoring(v: Validator) -> MonitoringSettings:
 
 def _build(v: Validator) -> StackConfig:
     accelerator = v.choice("accelerator", ("cpu", "nvidia"))
-    gpus = v.integer("gpusPerWorker", 0, 16)
+    gpus = v.integer("gpusPerWorker", 0, MAX_RANKS_PER_POD)
     if accelerator == "nvidia" and gpus < 1:
         v.problem("gpusPerWorker", "must be >= 1 with accelerator nvidia (the gpu stack needs a GPU count)")
     if accelerator == "cpu" and gpus:

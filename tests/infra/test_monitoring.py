@@ -15,9 +15,12 @@ import yaml
 from infra.config import ConfigError
 from infra.monitoring import DASHBOARD_LABEL, FOLDER_ANNOTATION, RULE_FILE, Monitoring, MonitoringArgs
 from infra.render import RecordingMocks
+from trainer.metrics import metrics_port
 from workloads.monitoring.dashboards import dashboards, panel_queries
 from workloads.monitoring.rules import AlertThresholds, prometheus_rule_spec, rule_file
 from workloads.monitoring.scrape import ScrapeTarget
+from workloads.pod import slot_port_name
+from workloads.training import MAX_RANKS_PER_POD, metrics_ports
 
 from .conftest import containers, find, objects_of, pod_specs, render_stack
 from .test_network_policies import Endpoint, allowed
@@ -106,19 +109,22 @@ def test_with_the_operator_a_pod_monitor_selects_each_components_pods_by_their_m
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         selected = [name for name, (meta, _) in pods.items() if matches(monitor["spec"]["selector"], meta["labels"])]
         assert len(selected) == 1, (monitor["metadata"]["name"], selected)
-        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-        assert endpoint["port"] == METRICS_PORT_NAMES[selected[0]]
-        container_port(pods[selected[0]][1], endpoint["port"])  # the named port exists on those pods
-        assert endpoint["path"] == "/metrics"
+        endpoints = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoints[0]["port"] == METRICS_PORT_NAMES[selected[0]]
+        container_port(pods[selected[0]][1], endpoints[0]["port"])  # the named port exists on those pods
+        assert all(e["path"] == "/metrics" for e in endpoints)
+        # Training pods have one metrics port per local rank (gpu: 1 GPU per pod here); the others, one port.
+        expected = MAX_RANKS_PER_POD if selected[0] == "trainer" else 1
+        assert len({e["port"] for e in endpoints}) == len(endpoints) == expected
     # No double scraping: the annotations are off where PodMonitors find the pods.
     assert all("prometheus.io/scrape" not in meta.get("annotations", {}) for meta, _ in pods.values())
 
 
 def test_training_pods_get_the_job_name_label_the_stall_alert_joins_on(operated: list[dict[str, Any]]) -> None:
-    relabelings = find(operated, "PodMonitor", "trainer-metrics")["spec"]["podMetricsEndpoints"][0]["relabelings"]
-    job_name = next(r for r in relabelings if r["targetLabel"] == "job_name")
-    # The Job controller labels its pods job-name=<job>; Prometheus exposes that as this meta label.
-    assert job_name["sourceLabels"] == ["__meta_kubernetes_pod_label_job_name"]
+    for endpoint in find(operated, "PodMonitor", "trainer-metrics")["spec"]["podMetricsEndpoints"]:  # every rank's
+        job_name = next(r for r in endpoint["relabelings"] if r["targetLabel"] == "job_name")
+        # The Job controller labels its pods job-name=<job>; Prometheus exposes that as this meta label.
+        assert job_name["sourceLabels"] == ["__meta_kubernetes_pod_label_job_name"]
     job = find(operated, "Job")
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "trainer"
     stalled = next(r for g in prometheus_rule_spec(NAMESPACE)["groups"] for r in g["rules"]
@@ -158,7 +164,39 @@ def test_network_policies_admit_prometheus_to_each_metrics_port_only(
         (rule,) = policy["spec"]["ingress"]
         assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
         name = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
-        assert rule["ports"] == [{"protocol": "TCP", "port": container_port(pods[name][1], METRICS_PORT_NAMES[name])}]
+        port = {"protocol": "TCP", "port": container_port(pods[name][1], METRICS_PORT_NAMES[name])}
+        if name == "trainer":  # every local rank's port: 9400 .. 9400 + MAX_RANKS_PER_POD - 1
+            port["endPort"] = port["port"] + MAX_RANKS_PER_POD - 1
+        assert rule["ports"] == [port]
+
+
+def test_every_local_rank_of_a_multi_gpu_pod_is_scraped() -> None:
+    """gpusPerWorker 4: four ranks per pod, each serving its own port (trainer.metrics.metrics_port); the pod
+    declares them all by name, the PodMonitor has an endpoint for each, and Prometheus may reach each."""
+    objects = objects_of(render_stack("gpu", gpusPerWorker=4, quotaGpus=16, prometheusOperator=True))
+    _, spec = workloads_of(objects)["trainer"]
+    declared = {p["name"]: p["containerPort"] for c in containers(spec) for p in c.get("ports", [])
+                if p["name"].startswith("metrics")}  # fmt: skip
+    ranks = 4  # the ranks of pod 1 are 4..7: each binds 9400 + its local rank
+    assert declared == {slot_port_name("metrics", i): metrics_port(9400, rank=ranks + i, local_world_size=ranks)
+                        for i in range(ranks)}  # fmt: skip
+    (command,) = [c["command"] for c in containers(spec) if c["name"] == "trainer"]
+    assert command[command.index("--nproc") + 1] == str(ranks)
+    scraped = {e["port"] for e in find(objects, "PodMonitor", "trainer-metrics")["spec"]["podMetricsEndpoints"]}
+    assert set(declared) <= scraped
+    policies = by_kind(objects, "NetworkPolicy")
+    trainer = Endpoint("trainer", NAMESPACE, {"app.kubernetes.io/name": "trainer"})
+    for port in declared.values():
+        assert allowed(policies, PROMETHEUS, trainer, "TCP", port), port
+        assert not allowed(policies, OTHER_TEAM, trainer, "TCP", port), port
+    assert not allowed(policies, PROMETHEUS, trainer, "TCP", 9400 + MAX_RANKS_PER_POD)
+
+
+def test_a_pod_cannot_run_more_ranks_than_the_scrape_covers() -> None:
+    with pytest.raises(ConfigError, match="gpusPerWorker"):
+        render_stack("gpu", gpusPerWorker=MAX_RANKS_PER_POD + 1, quotaGpus=64)
+    with pytest.raises(ValueError, match=f"between 1 and {MAX_RANKS_PER_POD}"):
+        metrics_ports(MAX_RANKS_PER_POD + 1)
 
 
 def test_metrics_ports_stay_shut_to_other_namespaces(operated: list[dict[str, Any]]) -> None:
