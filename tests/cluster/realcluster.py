@@ -280,6 +280,17 @@ class RealCluster:
     def in_netns(self, args: Sequence[str]) -> list[str]:
         return ["nsenter", f"--net={self.netns_path}", *args]
 
+    def netns_kubeconfig(self) -> Path:
+        """The admin kubeconfig for a process inside the namespace: the API server at the node IP (`kubeconfig`'s
+        127.0.0.1 bridge is the machine's)."""
+        path = self.workdir / "configs" / "admin-in-netns.kubeconfig"
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://{NODE_IP}:{API_PORT}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
     def netns_run(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         return run(self.in_netns(args), **kw)
 

@@ -6,6 +6,9 @@ into the real cluster, then everything a user relies on, each checked from the c
 2. the in-cluster MLflow holds the run, its metric history and a model version under the alias;
 3. the inference Deployment turns Available only after that, and completions come back through its Service
    (ClusterIP and NodePort) with the openai client;
+   a real Prometheus in the cluster's network, set up as a plain Prometheus (the `kubernetes-pods` job), watched
+   all along: it found every part by its scrape annotations, scraped both training ranks, MLflow, inference, the
+   operator and the launcher, and evaluates the rule file the stack deployed;
 4. the HPA reads and scales the Deployment; a node drain is held back by the PodDisruptionBudget while the
    service keeps answering;
 5. a TrainingJob applied to the operator the stack installed trains for real, with progress from MLflow;
@@ -38,10 +41,13 @@ import yaml
 from openai import OpenAI
 from pulumi import automation as auto
 
+from infra.monitoring import RULE_FILE
 from tests.cluster.kube import crash_looping, diagnose, wait_or_diagnose
 from tests.cluster.realcluster import NODE_NAME, RealCluster, toolchain_dir
 from tests.engine.cluster import condition
 from tests.engine.pulumi_engine import Engine, EngineMissing, copy_project, find_engine, stack
+from tests.observability.promtools import PrometheusServer, how_to_build, missing
+from tests.observability.promtools import toolchain_dir as obs_toolchain_dir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
 
@@ -141,9 +147,78 @@ class Deployed:
         return str(self.outputs["jobName"])
 
 
+RULES_CONFIG_MAP = "ml-platform-prometheus-rules"
+SCRAPED = ("inference", "mlflow", "trainop", "skyrun")
+"""app.kubernetes.io/name of the long-running parts that serve metrics (training pods come and go)."""
+
+
+def kubernetes_pods_job(kubeconfig: Path, namespace: str) -> dict[str, Any]:
+    """The `kubernetes-pods` scrape job of the prometheus-community `prometheus` chart (IPv4 form): pods found
+    through the API server, kept by `prometheus.io/scrape`, scraped at `prometheus.io/port` and `path`, pod labels
+    mapped onto the series (`job-name` becomes `job_name`). Every 2 s so that a short training run gets samples."""
+    return {
+        "job_name": "kubernetes-pods",
+        "scrape_interval": "2s",
+        "scrape_timeout": "2s",
+        "kubernetes_sd_configs": [
+            {"role": "pod", "kubeconfig_file": str(kubeconfig), "namespaces": {"names": [namespace]}}
+        ],
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "action": "keep",
+             "regex": "true"},
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "action": "replace",
+             "target_label": "__metrics_path__", "regex": "(.+)"},
+            {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+             "action": "replace", "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2",
+             "target_label": "__address__"},
+            {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "action": "replace", "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "action": "replace", "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Pending|Succeeded|Failed|Completed",
+             "action": "drop"},
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster_prometheus(
+    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """A real Prometheus (the observability toolchain's, built from Go modules) inside the cluster's network
+    namespace, as a platform team's plain Prometheus would run: it discovers pods through the API server and
+    scrapes pod IPs. Started before `pulumi up`, so it sees the training pods while they run. Its rule file starts
+    empty; the test loads the one the stack deployed."""
+    toolchain = obs_toolchain_dir()
+    if lacks := missing(toolchain, "prometheus"):
+        pytest.fail(how_to_build(toolchain, lacks), pytrace=False)
+    work = tmp_path_factory.mktemp("cluster-prometheus")
+    (work / RULE_FILE).write_text("groups: []\n")
+    config = {
+        "global": {"evaluation_interval": "2s"},
+        "rule_files": [str(work / RULE_FILE)],
+        "scrape_configs": [kubernetes_pods_job(real_cluster.netns_kubeconfig(), NAMESPACE)],
+    }
+    server = PrometheusServer(
+        toolchain / "prometheus", work, config, prefix=real_cluster.in_netns([]), extra_args=["--web.enable-lifecycle"]
+    )
+    try:
+        server.start()
+        forward = real_cluster.forward("127.0.0.1", server.port)
+        server.url = forward.url
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        print(f"\nin-cluster prometheus log (tail):\n{server.log()[-2000:]}", file=sys.stderr)
+
+
 @pytest.fixture(scope="module")
 def deployed(
-    real_cluster: RealCluster, platform_image: str, pulumi_engine: Engine, tmp_path_factory: pytest.TempPathFactory
+    real_cluster: RealCluster,
+    platform_image: str,
+    pulumi_engine: Engine,
+    cluster_prometheus: PrometheusServer,  # watching before anything is deployed
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("e2e")
     storage = real_cluster.node_dir("ml-platform-storage")
@@ -300,6 +375,71 @@ def test_inference_turns_available_after_training_and_serves(real_cluster: RealC
         if not node_port:
             record_timing("pulumi up start to the first completion", time.monotonic() - deployed.facts["up_started"])
         print(f"completion via {'NodePort' if node_port else 'ClusterIP'}: {text!r}", file=sys.stderr)
+
+
+def test_a_prometheus_in_the_cluster_scraped_every_part_by_annotation_and_evaluates_the_rules(
+    real_cluster: RealCluster, deployed: Deployed, cluster_prometheus: PrometheusServer
+) -> None:
+    if deployed.facts.get("inference_port") is None:
+        pytest.skip("inference did not serve (see the tests before)")
+    ns, prometheus = deployed.namespace, cluster_prometheus
+
+    def series(expr: str) -> dict[str, float]:
+        """`expr`'s instant vector as {the labels that vary: value}."""
+        return {",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())): float(r["value"][1])
+                for r in prometheus.query(expr)}  # fmt: skip
+
+    # The long-running parts: every pod's target up now, scraped at the annotated port (MLflow answers a scrape of
+    # its pod IP: the Host allow list has $(POD_IP)).
+    def all_up() -> dict[str, float] | None:
+        up = series(f'up{{namespace="{ns}"}}')
+        by_part = {name: [v for k, v in up.items() if f"app_kubernetes_io_name={name}," in k + ","] for name in SCRAPED}
+        if all(values and all(v == 1 for v in values) for values in by_part.values()):
+            return up
+        return None
+
+    up = wait_or_diagnose(real_cluster, ns, f"targets of {', '.join(SCRAPED)} up", all_up, 120)
+    print(f"\nscrape targets up: {sorted(up)}", file=sys.stderr)
+    assert len([k for k in up if "app_kubernetes_io_name=inference," in k + ","]) == INFERENCE_REPLICAS, up
+
+    # Training: both ranks were scraped while they ran, labelled with their Job (what the stall alert joins on).
+    job = deployed.job
+    steps = series(f'max by (job_name, rank) (max_over_time(trainer_step{{namespace="{ns}"}}[1h]))')
+    assert set(steps) == {f"job_name={job},rank={rank}" for rank in range(WORKERS)}, steps
+    assert all(0 < step <= TRAIN_STEPS for step in steps.values()), steps
+    world = series(f'max(max_over_time(trainer_world_size{{namespace="{ns}",job_name="{job}"}}[1h]))')
+    assert world == {"": WORKERS}, world
+    assert series(f'max(max_over_time(up{{namespace="{ns}",app_kubernetes_io_name="trainer"}}[1h]))') == {"": 1.0}
+
+    # What each part exports arrived: MLflow's requests (the training runs logged to it), the completions of the
+    # test before (on either replica), the operator's gauge and the launcher's request counter.
+    assert series(f'sum(mlflow_http_request_total{{namespace="{ns}"}}) > 0'), "no MLflow requests scraped"
+    completions = series(f'sum(inference_requests_total{{namespace="{ns}",route="/v1/completions",status="200"}})')
+    assert completions.get("", 0) >= 2, completions
+    for prefix in ("trainop", "skyrun"):
+        assert series(f'count({{namespace="{ns}",__name__=~"{prefix}_.+"}})'), f"no {prefix}_* series scraped"
+
+    # The rule file the stack deployed (its ConfigMap, as a plain Prometheus would mount it) loads, and every
+    # rule evaluates against the real series without an error.
+    config_map = real_cluster.api.get("v1", "ConfigMap", RULES_CONFIG_MAP, ns)
+    assert config_map is not None, f"no ConfigMap {RULES_CONFIG_MAP}"
+    (prometheus.directory / RULE_FILE).write_text(config_map["data"][RULE_FILE])
+    reload = httpx.post(f"{prometheus.url}/-/reload", timeout=30)
+    assert reload.status_code == 200, (reload.status_code, reload.text, prometheus.log())
+    expected = {g["name"]: len(g["rules"]) for g in yaml.safe_load(config_map["data"][RULE_FILE])["groups"]}
+
+    def evaluated() -> list[dict[str, Any]] | None:
+        groups = prometheus.api("rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        loaded = {g["name"]: len(g["rules"]) for g in groups}
+        if loaded == expected and all(r.get("lastEvaluation", "").startswith("20") for r in rules):
+            return rules
+        return None
+
+    rules = wait_or_diagnose(real_cluster, ns, "the deployed rules evaluated", evaluated, 60)
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+    firing = [r["name"] for r in rules if r.get("state") == "firing"]
+    assert "TrainingLossNaN" not in firing and "PodCrashLooping" not in firing, firing
 
 
 def complete(cluster: RealCluster, ns: str, port: int, *, node_port: bool = False) -> str:

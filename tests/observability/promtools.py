@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,21 @@ class PrometheusServer:
     Stopped (process group, SIGTERM then SIGKILL) by `stop()`; call it in a `finally`.
     """
 
-    def __init__(self, binary: Path, directory: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        directory: Path,
+        config: dict[str, Any],
+        *,
+        prefix: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """`prefix` goes before the command (e.g. `nsenter --net=...`: then 127.0.0.1:`port` is that namespace's,
+        and `url` must be set to a forward of it before `wait_ready`); `extra_args` after its flags."""
         self.binary = binary
         self.directory = directory
+        self.prefix = list(prefix)
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = directory / "prometheus.yml"
@@ -98,11 +111,13 @@ class PrometheusServer:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.prefix,
                     str(self.binary),
                     f"--config.file={self.config_path}",
                     f"--storage.tsdb.path={self.directory / 'data'}",
                     f"--web.listen-address=127.0.0.1:{self.port}",
                     "--log.level=info",
+                    *self.extra_args,
                 ],
                 cwd=self.directory,
                 stdout=log,
