@@ -414,8 +414,8 @@ def test_a_prometheus_in_the_cluster_scraped_every_part_by_annotation_and_evalua
     # What each part exports arrived: MLflow's requests (the training runs logged to it), the completions of the
     # test before (on either replica), the operator's gauge and the launcher's request counter.
     assert series(f'sum(mlflow_http_request_total{{namespace="{ns}"}}) > 0'), "no MLflow requests scraped"
-    completions = series(f'sum(inference_requests_total{{namespace="{ns}",route="/v1/completions",status="200"}})')
-    assert completions.get("", 0) >= 2, completions
+    completions = f'sum(inference_requests_total{{namespace="{ns}",route="/v1/completions",status="200"}}) >= 2'
+    wait_or_diagnose(real_cluster, ns, "the 2 completions of the test before scraped", lambda: series(completions), 30)
     for prefix in ("trainop", "skyrun"):
         assert series(f'count({{namespace="{ns}",__name__=~"{prefix}_.+"}})'), f"no {prefix}_* series scraped"
 

@@ -9,8 +9,9 @@
 #
 # What the directory holds:
 #   promtool, prometheus  from github.com/prometheus/prometheus (wrapper module gomod/prometheus), built with
-#                         the `remove_all_sd` tag (only static, file and http service discovery: the tests
-#                         scrape static targets) and without `builtinassets` (the web UI would be read from
+#                         the tags `remove_all_sd,enable_kubernetes_sd` (static, file, http and Kubernetes
+#                         service discovery: the observability tier scrapes static targets, the cluster tier
+#                         finds pods through the API server as a platform's Prometheus does) and without `builtinassets` (the web UI would be read from
 #                         disk; the tests use only the HTTP API)
 #   crds/*.yaml           the Prometheus Operator's CustomResourceDefinitions for PodMonitor, ServiceMonitor and
 #                         PrometheusRule (monitoring.coreos.com), copied from the module pinned by the wrapper
@@ -36,7 +37,7 @@ GOMOD="$HERE/gomod"
 PROMETHEUS_VERSION=v0.316.0
 PROMETHEUS_RELEASE=3.16.0
 PROMETHEUS_OPERATOR_VERSION=v0.88.0
-BUILD_TAGS="remove_all_sd"
+BUILD_TAGS="remove_all_sd,enable_kubernetes_sd"
 ALL_TOOLS="promtool prometheus"
 TOOLS="${TOOLS:-$ALL_TOOLS}"
 NICE="${NICE:-nice -n 19}"
