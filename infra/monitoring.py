@@ -62,11 +62,10 @@ def pod_annotations(target: ScrapeTarget, prometheus_operator: bool) -> dict[str
     return {} if prometheus_operator else scrape_annotations(target)
 
 
-def metrics_ports(target: ScrapeTarget) -> k8s.networking.v1.NetworkPolicyPortArgs:
-    """The NetworkPolicy port of `target`'s metrics: its port, or the range of its slots' ports (endPort)."""
-    if target.slots == 1:
-        return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=target.port)
-    return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=target.port, end_port=target.last_port)
+def _policy_port(target: ScrapeTarget) -> k8s.networking.v1.NetworkPolicyPortArgs:
+    """`target`'s metrics port for a NetworkPolicy: the range of its slots' ports (endPort) when it has several."""
+    end_port = target.last_port if target.slots > 1 else None
+    return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=target.port, end_port=end_port)
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -159,11 +158,7 @@ class Monitoring(pulumi.ComponentResource):
                     spec=np.NetworkPolicySpecArgs(
                         pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={NAME_LABEL: target.pod_name}),
                         policy_types=["Ingress"],
-                        ingress=[
-                            np.NetworkPolicyIngressRuleArgs(
-                                from_=[prometheus], ports=[metrics_ports(target)]
-                            )
-                        ],
+                        ingress=[np.NetworkPolicyIngressRuleArgs(from_=[prometheus], ports=[_policy_port(target)])],
                     ),
                     opts=child,
                 )

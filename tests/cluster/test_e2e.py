@@ -391,16 +391,18 @@ def test_a_prometheus_in_the_cluster_scraped_every_part_by_annotation_and_evalua
 
     # The long-running parts: every pod's target up now, scraped at the annotated port (MLflow answers a scrape of
     # its pod IP: the Host allow list has $(POD_IP)).
+    parts = f'namespace="{ns}",app_kubernetes_io_name=~"{"|".join(SCRAPED)}"'
+
     def all_up() -> dict[str, float] | None:
-        up = series(f'up{{namespace="{ns}"}}')
-        by_part = {name: [v for k, v in up.items() if f"app_kubernetes_io_name={name}," in k + ","] for name in SCRAPED}
-        if all(values and all(v == 1 for v in values) for values in by_part.values()):
-            return up
+        """Targets per part, once every part has targets and none of them is down."""
+        lowest = series(f"min by (app_kubernetes_io_name) (up{{{parts}}})")
+        if lowest == {f"app_kubernetes_io_name={name}": 1.0 for name in SCRAPED}:
+            return series(f"count by (app_kubernetes_io_name) (up{{{parts}}})")
         return None
 
-    up = wait_or_diagnose(real_cluster, ns, f"targets of {', '.join(SCRAPED)} up", all_up, 120)
-    print(f"\nscrape targets up: {sorted(up)}", file=sys.stderr)
-    assert len([k for k in up if "app_kubernetes_io_name=inference," in k + ","]) == INFERENCE_REPLICAS, up
+    targets = wait_or_diagnose(real_cluster, ns, f"targets of {', '.join(SCRAPED)} up", all_up, 120)
+    print(f"\nscrape targets up, by part: {targets}", file=sys.stderr)
+    assert targets["app_kubernetes_io_name=inference"] == INFERENCE_REPLICAS, targets
 
     # Training: both ranks were scraped while they ran, labelled with their Job (what the stall alert joins on).
     job = deployed.job
