@@ -36,6 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import phaselog
+
 ROOT = Path(__file__).resolve().parents[2]
 PAUSE_IMAGE = "localhost/pause:3.10"
 BASE_REPO = "localhost/ml-platform-python-base"
@@ -177,7 +179,7 @@ def base_image(*, log: Path | None = None) -> str:
     for tool in ("debootstrap", "podman"):
         if not shutil.which(tool):
             raise ImageError(f"{tool} is not installed: run tests/cluster/toolchain.sh")
-    start = time.monotonic()
+    start, epoch = time.monotonic(), time.time()
     work = Path(tempfile.mkdtemp(prefix="ml-platform-base-", dir="/var/tmp"))
     rootfs = work / "rootfs"
     try:
@@ -211,6 +213,7 @@ def base_image(*, log: Path | None = None) -> str:
             raise ImageError(f"podman import failed: {imported.stderr[-3000:]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    phaselog.record("image: python base (debootstrap, podman import)", epoch)
     print(f"images: built {ref} in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return ref
 
@@ -271,6 +274,7 @@ def platform_image(root: Path = ROOT, *, log: Path | None = None) -> BuildResult
     base_ref = base_image(log=log)
     ref = f"{PLATFORM_REPO}:{platform_key(root, base_ref)}"
     built = False
+    epoch = time.time()
     if not image_exists(ref):
         if not HOST_CA_BUNDLE.is_file():
             raise ImageError(f"no CA bundle at {HOST_CA_BUNDLE} (set ML_PLATFORM_CA_BUNDLE)")
@@ -297,6 +301,7 @@ def platform_image(root: Path = ROOT, *, log: Path | None = None) -> BuildResult
             tail = log.read_text(errors="replace")[-4000:] if log else proc.stdout.decode(errors="replace")[-4000:]
             raise ImageError(f"podman build failed ({proc.returncode}):\n{tail}")
         built = True
+        phaselog.record("image: platform (podman build)", epoch)
     podman("tag", ref, PLATFORM_TAG, timeout=60)
     if built:
         _remove_other_tags(PLATFORM_REPO, keep=ref)

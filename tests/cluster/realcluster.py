@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from tests import phaselog
 from tests.cluster import images
 from tests.engine.cluster import (
     ADMISSION_PLUGINS,
@@ -636,7 +637,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         record: dict[str, str] = json.loads(record_path.read_text()) if record_path.is_file() else {}
         present = set(self.ctr("images", "list", "--quiet").stdout.split())
         if not (record.get(ref) == image_id and ref in present):
+            epoch = time.time()
             self._import_stream(ref)
+            phaselog.record(f"image import into containerd: {ref.rsplit(':', 1)[0]}", epoch)
             repo = ref.rsplit(":", 1)[0]
             for old_ref, old_id in list(record.items()):
                 if old_ref != ref and old_ref.rsplit(":", 1)[0] == repo:

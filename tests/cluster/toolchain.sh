@@ -59,38 +59,29 @@ if (( ${#missing[@]} )); then
         exit 1
     else
         echo "cluster toolchain: installing ${missing[*]}" >&2
+        apt_start="$(date +%s.%N | cut -c1-14)"
         # Services stay stopped: the cluster starts its own containerd in its own network namespace.
         timeout 600 apt-get update -q >&2
         DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+        [[ -z "${ML_PLATFORM_PHASE_LOG:-}" ]] ||
+            echo "Debian packages (${#missing[@]}) $apt_start $(date +%s.%N | cut -c1-14)" >> "$ML_PLATFORM_PHASE_LOG"
     fi
 fi
 
 # --- Go-built binaries --------------------------------------------------------------------------------------
-mkdir -p "$DIR"
-export GOTOOLCHAIN=local
-export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
-export CGO_ENABLED=0
-
+LABEL="cluster toolchain"
+source "$HERE/../toolchain/lib.sh"
 source "$HERE/../engine/k8s-ldflags.sh"
 
 record() {  # record TOOL START
-    local end; end=$(date +%s)
-    echo "$1 $((end - $2))" >> "$DIR/build-seconds.txt"
-    echo "cluster toolchain: $1: built in $((end - $2)) s" >&2
+    local secs; secs="$(awk -v a="$(tc_now)" -v b="$2" 'BEGIN { printf "%d", a - b }')"
+    echo "$1 $secs" >> "$DIR/build-seconds.txt"
+    tc_phase "$1" "$2"
+    tc_log "$1: built in $secs s"
 }
 
 build() {  # build TOOL MODULE PACKAGE LDFLAGS
-    local tool="$1" mod="$GOMOD/$2" pkg="$3" ldflags="$4"
-    if [[ -x "$DIR/$tool" ]]; then
-        echo "cluster toolchain: $tool: cached" >&2
-        return 0
-    fi
-    echo "cluster toolchain: $tool: building $pkg" >&2
-    local start; start=$(date +%s)
-    # Build beside the target and rename: a binary in the directory is always complete, even if two runs race.
-    (cd "$mod" && $NICE go build -ldflags "$ldflags" -o "$DIR/.$tool.$$.tmp" "$pkg") >&2
-    mv "$DIR/.$tool.$$.tmp" "$DIR/$tool"
-    record "$tool" "$start"
+    tc_build "$GOMOD/$2" "$4" "" "$1=$3"
 }
 
 for tool in kubelet kube-proxy kubectl; do
@@ -104,7 +95,7 @@ build coredns coredns github.com/coredns/coredns \
 if [[ -x "$DIR/pause" ]]; then
     echo "cluster toolchain: pause: cached" >&2
 else
-    start=$(date +%s)
+    start="$(tc_now)"
     k8s_src="$(cd "$GOMOD/node" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
     if [[ -z "$k8s_src" || ! -f "$k8s_src/build/pause/linux/pause.c" ]]; then
         (cd "$GOMOD/node" && go mod download k8s.io/kubernetes) >&2

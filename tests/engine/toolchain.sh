@@ -61,29 +61,14 @@ if [[ "${1:-}" == "--print-dir" ]]; then
     exit 0
 fi
 
-mkdir -p "$DIR"
-export GOTOOLCHAIN=local
-export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
-export CGO_ENABLED=0
-
+LABEL=toolchain
+source "$HERE/../toolchain/lib.sh"
 source "$HERE/k8s-ldflags.sh"
 
 build() {  # build TOOL MODULE_DIR PACKAGE LDFLAGS  (MODULE_DIR: under gomod/, or an absolute path)
-    local tool="$1" mod="$2" pkg="$3" ldflags="$4"
+    local mod="$2"
     [[ "$mod" == /* ]] || mod="$GOMOD/$mod"
-    if [[ -x "$DIR/$tool" ]]; then
-        echo "toolchain: $tool: cached" >&2
-        return 0
-    fi
-    echo "toolchain: $tool: building $pkg" >&2
-    local start end
-    start=$(date +%s)
-    # Build beside the target and rename: a binary in the directory is always complete, even if two runs race.
-    (cd "$mod" && $NICE go build -ldflags "$ldflags" -o "$DIR/.$tool.$$.tmp" "$pkg") >&2
-    mv "$DIR/.$tool.$$.tmp" "$DIR/$tool"
-    end=$(date +%s)
-    echo "$tool $((end - start))" >> "$DIR/build-seconds.txt"
-    echo "toolchain: $tool: built in $((end - start)) s" >&2
+    tc_build "$mod" "$4" "" "$1=$3"
 }
 
 # The vendored sources, unpacked once per tarball hash beside the keyed directories (the provider's schema
@@ -98,9 +83,11 @@ vendor_src() {
             echo "toolchain: $PULUMI_ENGINE_SRC has sha256 $got, expected $VENDOR_SHA256" >&2
             return 2
         fi
+        local start; start="$(tc_now)"
         rm -rf "$src" && mkdir -p "$src"
         tar -xJf "$PULUMI_ENGINE_SRC" -C "$src"
         touch "$src/.complete"
+        tc_phase "unpack the vendored pulumi sources" "$start"
     fi
     echo "$src"
 }
@@ -138,8 +125,10 @@ for tool in $TOOLS; do
             src="$(vendor_src)" || { [[ $? == 1 ]] && { no_vendor "$tool"; continue; }; exit 1; }
             if [[ ! -x "$DIR/$tool" ]]; then
                 # Embeds the schema (shipped as schema.json) into the provider's Go sources.
+                start="$(tc_now)"
                 (cd "$src/k8s/provider/cmd/pulumi-resource-kubernetes" && VERSION=$PULUMI_K8S_VERSION \
                     GOFLAGS="-mod=readonly -buildvcs=false" $NICE go run ./generate.go) >&2
+                tc_phase "go run: pulumi-resource-kubernetes schema generator" "$start"
             fi
             build pulumi-resource-kubernetes "$src/k8s/provider" ./cmd/pulumi-resource-kubernetes \
                 "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$PULUMI_K8S_VERSION" ;;

@@ -57,10 +57,8 @@ if [[ "${1:-}" == "--print-dir" ]]; then
     exit 0
 fi
 
-mkdir -p "$DIR"
-export GOTOOLCHAIN=local
-export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
-export CGO_ENABLED=0
+LABEL=toolchain
+source "$HERE/../toolchain/lib.sh"
 
 # What `prometheus --version` and the build_info metric report (prometheus/common's version package).
 PROMETHEUS_LDFLAGS="-s -w"
@@ -69,20 +67,7 @@ for kv in "Version=$PROMETHEUS_RELEASE" "Revision=$PROMETHEUS_VERSION" "Branch=H
 done
 
 build() {  # build TOOL MODULE_DIR PACKAGE  (MODULE_DIR under gomod/)
-    local tool="$1" mod="$GOMOD/$2" pkg="$3"
-    if [[ -x "$DIR/$tool" ]]; then
-        echo "toolchain: $tool: cached" >&2
-        return 0
-    fi
-    echo "toolchain: $tool: building $pkg" >&2
-    local start end
-    start=$(date +%s)
-    # Build beside the target and rename: a binary in the directory is always complete, even if two runs race.
-    (cd "$mod" && $NICE go build -tags "$BUILD_TAGS" -ldflags "$PROMETHEUS_LDFLAGS" -o "$DIR/.$tool.$$.tmp" "$pkg") >&2
-    mv "$DIR/.$tool.$$.tmp" "$DIR/$tool"
-    end=$(date +%s)
-    echo "$tool $((end - start))" >> "$DIR/build-seconds.txt"
-    echo "toolchain: $tool: built in $((end - start)) s" >&2
+    tc_build "$GOMOD/$2" "$PROMETHEUS_LDFLAGS" "$BUILD_TAGS" "$1=$3"
 }
 
 for tool in $TOOLS; do
