@@ -97,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("VIRTUAL_ENV", "ML_PLATFORM_TOOLCHAIN", "ML_PLATFORM_CLUSTER_TOOLCHAIN", "ML_PLATFORM_OBS_TOOLCHAIN"):
         env.pop(name, None)
     caches: dict[str, str] = {}
+    if args.machine_caches and mode == "cold":
+        filled = [str(p) for p in machine_cache_dirs() if p.exists() and any(p.iterdir())]
+        if filled:
+            print(f"ci_budget: a cold run needs empty caches; these are not: {', '.join(filled)} "
+                  "(use --cache-root DIR instead)", file=sys.stderr)
+            return 2
     if not args.machine_caches:
         if not args.cache_root:
             print("ci_budget: give --cache-root DIR (or --machine-caches)", file=sys.stderr)
@@ -131,6 +137,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"ci_budget: rc {rc}, {meta['end'] - meta['start']:.0f} s; report: {sys.argv[0]} report {run_dir}",
           file=sys.stderr)
     return rc
+
+
+def machine_cache_dirs() -> list[Path]:
+    """Where .ci/run keeps what it builds when nothing points elsewhere."""
+    home = Path.home()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")
+    go = subprocess.run(["go", "env", "GOCACHE", "GOMODCACHE"], capture_output=True, text=True, check=False)
+    dirs = [Path(p) for p in go.stdout.split()] if go.returncode == 0 else []
+    return [*dirs, cache / "pip", cache / "ml-platform", Path("/var/lib/containers/storage")]
 
 
 def machine() -> str:

@@ -6,9 +6,10 @@
 #   tests/cluster/toolchain.sh              install missing packages, build what is missing, print the directory
 #   tests/cluster/toolchain.sh --print-dir  print the directory (built or not) and exit
 #
-# Built from Go modules (wrapper modules in tests/cluster/gomod/*, pinned by their go.mod + go.sum):
-#   kubelet, kube-proxy, kubectl   k8s.io/kubernetes v1.35.4 (gomod/node: the staging replaces of
-#                                  tests/engine/gomod/kubernetes)
+# Built from Go modules (wrapper modules pinned by their go.mod + go.sum):
+#   kubelet, kube-proxy, kubectl   k8s.io/kubernetes v1.35.4, built by tests/engine/toolchain.sh from its module
+#                                  tests/engine/gomod/kubernetes together with the control plane (one module graph,
+#                                  one `go build`), linked here
 #   coredns                        github.com/coredns/coredns v1.14.7 (gomod/coredns)
 #   pause                          build/pause/linux/pause.c of the k8s.io/kubernetes module, gcc -static
 # Debian packages (apt-get, only when missing): containerd, runc, containernetworking-plugins, iptables,
@@ -35,8 +36,10 @@ libc6-dev"
 command -v go >/dev/null || { echo "cluster toolchain: go is not on PATH" >&2; exit 1; }
 GO_VERSION="$(go env GOVERSION)"
 # Bump BUILD_REV when the build flags below change; go.mod/go.sum changes change the hash by themselves.
-BUILD_REV=1
-SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum; echo "pause-$PAUSE_VERSION") | sha256sum | cut -c1-12)"
+BUILD_REV=2
+K8S_MOD="$HERE/../engine/gomod/kubernetes"
+SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum "$K8S_MOD/go.mod" "$K8S_MOD/go.sum"; echo "pause-$PAUSE_VERSION") |
+    sha256sum | cut -c1-12)"
 KEY="cluster_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}_${GO_VERSION}_r${BUILD_REV}_${SRC_HASH}"
 CACHE="${ML_PLATFORM_TOOLCHAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ml-platform/toolchain}"
 DIR="$CACHE/$KEY"
@@ -84,9 +87,21 @@ build() {  # build TOOL MODULE PACKAGE LDFLAGS
     tc_build "$GOMOD/$2" "$4" "" "$1=$3"
 }
 
-for tool in kubelet kube-proxy kubectl; do
-    build "$tool" node "k8s.io/kubernetes/cmd/$tool" "$(k8s_ldflags)"
+NODE_K8S_TOOLS="kubelet kube-proxy kubectl"
+need=()
+for tool in $NODE_K8S_TOOLS; do
+    [[ -x "$DIR/$tool" ]] || need+=("$tool")
 done
+if (( ${#need[@]} )); then
+    # Built (or found) in the engine toolchain's keyed directory, with the control plane; linked here.
+    engine_dir="$(TOOLS="${need[*]}" NICE="$NICE" bash "$HERE/../engine/toolchain.sh" | tail -n 1)"
+    for tool in "${need[@]}"; do
+        ln -f "$engine_dir/$tool" "$DIR/.$tool.$$.tmp" 2>/dev/null || cp "$engine_dir/$tool" "$DIR/.$tool.$$.tmp"
+        mv "$DIR/.$tool.$$.tmp" "$DIR/$tool"
+    done
+else
+    tc_log "$NODE_K8S_TOOLS: cached"
+fi
 build coredns coredns github.com/coredns/coredns \
     "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
 
@@ -96,10 +111,10 @@ if [[ -x "$DIR/pause" ]]; then
     echo "cluster toolchain: pause: cached" >&2
 else
     start="$(tc_now)"
-    k8s_src="$(cd "$GOMOD/node" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+    k8s_src="$(cd "$K8S_MOD" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
     if [[ -z "$k8s_src" || ! -f "$k8s_src/build/pause/linux/pause.c" ]]; then
-        (cd "$GOMOD/node" && go mod download k8s.io/kubernetes) >&2
-        k8s_src="$(cd "$GOMOD/node" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+        (cd "$K8S_MOD" && go mod download k8s.io/kubernetes) >&2
+        k8s_src="$(cd "$K8S_MOD" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
     fi
     gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-ml-platform" \
         -o "$DIR/.pause.$$.tmp" "$k8s_src/build/pause/linux/pause.c"

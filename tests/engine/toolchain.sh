@@ -40,8 +40,10 @@ KWOK_VERSION=v0.8.0
 PULUMI_VERSION=v3.259.0
 PULUMI_K8S_VERSION=4.32.0
 VENDOR_SHA256=06067d8a49ddaaf028fc73d01b7d43fa9532a473f4ae0c6e217485a48ce82f95
-ALL_TOOLS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok pulumi pulumi-language-python
-pulumi-resource-kubernetes"
+# The Kubernetes binaries (control plane and node) come from one module graph (gomod/kubernetes) in one
+# `go build`: the packages they share compile once and the links run side by side.
+K8S_TOOLS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
+ALL_TOOLS="etcd $K8S_TOOLS kwok pulumi pulumi-language-python pulumi-resource-kubernetes"
 TOOLS="${TOOLS:-$ALL_TOOLS}"
 PULUMI_ENGINE_SRC="${PULUMI_ENGINE_SRC:-$HERE/../../../shared/vendor/pulumi-engine/pulumi-engine-src.tar.xz}"
 NICE="${NICE:-nice -n 19}"
@@ -49,7 +51,7 @@ NICE="${NICE:-nice -n 19}"
 command -v go >/dev/null || { echo "toolchain: go is not on PATH" >&2; exit 1; }
 GO_VERSION="$(go env GOVERSION)"
 # Bump BUILD_REV when the build flags below change; go.mod/go.sum changes change the hash by themselves.
-BUILD_REV=2
+BUILD_REV=3
 SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum; echo "$VENDOR_SHA256") | sha256sum | cut -c1-12)"
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_pulumi-${PULUMI_VERSION}_k8sprov-${PULUMI_K8S_VERSION}"
 KEY+="_${GO_VERSION}_r${BUILD_REV}_${SRC_HASH}"
@@ -99,13 +101,14 @@ no_vendor() {
 
 PULUMI_VERSION_LDFLAGS="-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION"
 
+k8s_tools=()
 for tool in $TOOLS; do
     case "$tool" in
         etcd)
             build etcd etcd go.etcd.io/etcd/server/v3 \
                 "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}" ;;
-        kube-apiserver|kube-controller-manager|kube-scheduler)
-            build "$tool" kubernetes "k8s.io/kubernetes/cmd/$tool" "$(k8s_ldflags)" ;;
+        kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl)
+            k8s_tools+=("$tool=k8s.io/kubernetes/cmd/$tool") ;;
         kwok)
             build kwok kwok sigs.k8s.io/kwok/cmd/kwok \
                 "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}" ;;
@@ -137,6 +140,10 @@ for tool in $TOOLS; do
             exit 2 ;;
     esac
 done
+
+if (( ${#k8s_tools[@]} )); then
+    tc_build "$GOMOD/kubernetes" "$(k8s_ldflags)" "" "${k8s_tools[@]}"
+fi
 
 # kwok's standalone controller simulates nothing without Stage objects: take the node and pod stages that ship
 # in the kwok module (kustomize/stage/...) from the module cache, beside the binary.

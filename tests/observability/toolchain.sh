@@ -66,19 +66,21 @@ for kv in "Version=$PROMETHEUS_RELEASE" "Revision=$PROMETHEUS_VERSION" "Branch=H
     PROMETHEUS_LDFLAGS+=" -X github.com/prometheus/common/version.$kv"
 done
 
-build() {  # build TOOL MODULE_DIR PACKAGE  (MODULE_DIR under gomod/)
-    tc_build "$GOMOD/$2" "$PROMETHEUS_LDFLAGS" "$BUILD_TAGS" "$1=$3"
-}
-
+prom_tools=()
 for tool in $TOOLS; do
     case "$tool" in
         promtool|prometheus)
-            build "$tool" prometheus "github.com/prometheus/prometheus/cmd/$tool" ;;
+            prom_tools+=("$tool=github.com/prometheus/prometheus/cmd/$tool") ;;
         *)
             echo "toolchain: unknown tool $tool (known: $ALL_TOOLS)" >&2
             exit 2 ;;
     esac
 done
+
+# Both from one module in one `go build`: the packages they share compile once.
+if (( ${#prom_tools[@]} )); then
+    tc_build "$GOMOD/prometheus" "$PROMETHEUS_LDFLAGS" "$BUILD_TAGS" "${prom_tools[@]}"
+fi
 
 # The CRDs ship in the operator module's zip (example/prometheus-operator-crd/monitoring.coreos.com_<plural>.yaml);
 # copied into a temporary directory and renamed, so crds/ is complete whenever it exists.
