@@ -38,11 +38,9 @@ install: $(STAMP) $(CHECKOV_STAMP) ## create .venv (tests, trainer, inference, i
 demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DDP training, inference, a completion
 	$(BIN)/python -m demo $(DEMO_ARGS)
 
-test: $(STAMP) $(CHECKOV_STAMP) ## set up (venvs, toolchains from Go modules, Debian packages, images) and run every tier
-	@dir="$$(bash $(TOOLCHAIN_SH))" && node="$$(bash tests/cluster/toolchain.sh)" && obs="$$(bash $(OBS_TOOLCHAIN_SH))" \
-	&& ML_PLATFORM_TOOLCHAIN="$$(echo "$$dir" | tail -n 1)" ML_PLATFORM_CLUSTER_TOOLCHAIN="$$(echo "$$node" | tail -n 1)" \
-	ML_PLATFORM_OBS_TOOLCHAIN="$$(echo "$$obs" | tail -n 1)" \
-	$(BIN)/python -m pytest -m "engine or cluster or prometheus or not engine"
+test: ## set up (venvs, toolchains from Go modules, Debian packages, images) and run every tier
+	@MAKE="$(MAKE)" bash tests/toolchain/setup.sh build/test-env.sh
+	@set -a && . build/test-env.sh && set +a && $(BIN)/python -m pytest -m "engine or cluster or prometheus or not engine"
 
 test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training), the engine and prometheus tiers
 	$(BIN)/python -m pytest -m "not slow and not engine and not prometheus"

@@ -62,8 +62,13 @@ def prepare_caches(cache_root: Path, cold: bool) -> None:
         # podman's overlay storage may hold read-only dirs and mounts: let podman itself wipe it first.
         conf = cache_root / "containers-storage.conf"
         if conf.exists():
-            subprocess.run(["podman", "system", "reset", "--force"], env={**os.environ, "CONTAINERS_STORAGE_CONF":
-                           str(conf)}, capture_output=True, timeout=600, check=False)
+            subprocess.run(
+                ["podman", "system", "reset", "--force"],
+                env={**os.environ, "CONTAINERS_STORAGE_CONF": str(conf)},
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
         subprocess.run(["chmod", "-R", "u+w", str(cache_root)], capture_output=True, check=False)
         shutil.rmtree(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -83,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     clone = run_dir / "ml-platform"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)], check=True)
     subprocess.run(["git", "checkout", "--quiet", commit], cwd=clone, check=True)
@@ -100,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
     if args.machine_caches and mode == "cold":
         filled = [str(p) for p in machine_cache_dirs() if p.exists() and any(p.iterdir())]
         if filled:
-            print(f"ci_budget: a cold run needs empty caches; these are not: {', '.join(filled)} "
-                  "(use --cache-root DIR instead)", file=sys.stderr)
+            print(
+                f"ci_budget: a cold run needs empty caches; these are not: {', '.join(filled)} "
+                "(use --cache-root DIR instead)",
+                file=sys.stderr,
+            )
             return 2
     if not args.machine_caches:
         if not args.cache_root:
@@ -118,14 +127,26 @@ def run(args: argparse.Namespace) -> int:
     env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + f" --junitxml={junit}").strip()
 
     meta: dict[str, object] = {
-        "mode": mode, "commit": commit, "machine_caches": bool(args.machine_caches), "caches": caches,
-        "machine": machine(), "start": time.time(),
+        "mode": mode,
+        "commit": commit,
+        "machine_caches": bool(args.machine_caches),
+        "caches": caches,
+        "machine": machine(),
+        "start": time.time(),
     }
     print(f"ci_budget: {mode} run of {commit[:10]} in {run_dir}", file=sys.stderr)
     start = time.monotonic()
     with open(run_dir / "log.txt", "w") as log:
-        proc = subprocess.Popen(["bash", ".ci/run"], cwd=clone, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+        proc = subprocess.Popen(
+            ["bash", ".ci/run"],
+            cwd=clone,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(f"{time.monotonic() - start:9.1f} {line}")
@@ -134,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
     meta["end"] = time.time()
     meta["rc"] = rc
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"ci_budget: rc {rc}, {meta['end'] - meta['start']:.0f} s; report: {sys.argv[0]} report {run_dir}",
-          file=sys.stderr)
+    print(
+        f"ci_budget: rc {rc}, {meta['end'] - meta['start']:.0f} s; report: {sys.argv[0]} report {run_dir}",
+        file=sys.stderr,
+    )
     return rc
 
 
@@ -212,15 +235,18 @@ def summarize(run_dir: Path) -> dict[str, object]:
     total = float(meta["end"]) - t0
     rows: list[tuple[str, float]] = []
     # Virtualenvs: from the start to the stamp each Makefile rule touches last.
+    # (Before tests/toolchain/setup.sh recorded them as a phase: from the start to the stamp each Makefile rule
+    # touches last.)
     venv_end = first(lines, r"touch \.venv/\.installed-dev")
     checkov_end = first(lines, r"touch \.venv-checkov/\.installed-")
-    if venv_end is not None:
+    phase_file = run_dir / "phases.txt"
+    recorded_venvs = phase_file.exists() and "virtualenvs" in phase_file.read_text()
+    if venv_end is not None and not recorded_venvs:
         rows.append(("pip: .venv (project, dev extras)", venv_end))
-    if checkov_end is not None and venv_end is not None:
-        rows.append(("pip: .venv-checkov", checkov_end - venv_end))
+        if checkov_end is not None:
+            rows.append(("pip: .venv-checkov", checkov_end - venv_end))
     # Recorded phases (Go builds, Debian packages, images): epoch start/end.
     recorded: list[tuple[str, float, float]] = []
-    phase_file = run_dir / "phases.txt"
     for raw in phase_file.read_text().splitlines() if phase_file.exists() else []:
         parts = raw.rsplit(" ", 2)
         if len(parts) == 3:
@@ -228,11 +254,13 @@ def summarize(run_dir: Path) -> dict[str, object]:
     for name, start, end in recorded:
         rows.append((name, end - start))
     pytest_start = first(lines, r"test session starts")
-    toolchains = (pytest_start - (checkov_end or 0.0)) if pytest_start is not None else None
     seconds, count, failed = junit_tiers(run_dir / "junit.xml")
     summary = next((text for _, text in reversed(lines) if re.search(r"=+ .*(passed|failed).* in ", text)), "")
     return {
-        "meta": meta, "total": total, "rows": rows, "toolchains": toolchains,
+        "meta": meta,
+        "total": total,
+        "rows": rows,
+        "setup": pytest_start,
         "pytest": (total - pytest_start) if pytest_start is not None else None,
         "tiers": {k: (seconds[k], count[k], failed[k]) for k in sorted(seconds, key=lambda k: -seconds[k])},
         "summary": summary.strip("= "),
@@ -255,15 +283,19 @@ def render(runs: list[Path]) -> str:
         caches = "the machine's own caches" if meta["machine_caches"] else "caches under --cache-root"
         out.append(f"### {meta['mode']}: {fmt(s['total'])} wall, commit {str(meta['commit'])[:10]}, {when}")
         out.append("")
-        out.append(f"`python3 bench/ci_budget.py run {meta['mode']}` ({caches}), {meta['machine']}; "
-                   f"exit code {meta['rc']}; pytest: {s['summary'] or 'no summary line'}.")
+        out.append(
+            f"`python3 bench/ci_budget.py run {meta['mode']}` ({caches}), {meta['machine']}; "
+            f"exit code {meta['rc']}; pytest: {s['summary'] or 'no summary line'}."
+        )
         out.append("")
         out.append("| phase | time |")
         out.append("|---|---|")
         for name, secs in s["rows"]:  # type: ignore[union-attr]
             out.append(f"| {name} | {fmt(secs)} |")
-        out.append(f"| toolchain scripts in all (builds, packages, downloads) | {fmt(s['toolchains'])} |")  # type: ignore[arg-type]
-        out.append(f"| pytest in all (images built inside it) | {fmt(s['pytest'])} |")  # type: ignore[arg-type]
+        out.append(
+            f"| **setup in all**, until pytest starts (the phases above, some side by side) | **{fmt(s['setup'])}** |"
+        )  # type: ignore[arg-type]
+        out.append(f"| **pytest in all** (by test directory, fixtures included:) | **{fmt(s['pytest'])}** |")  # type: ignore[arg-type]
         for tier, (secs, n, bad) in s["tiers"].items():  # type: ignore[union-attr]
             extra = f", {bad} failed" if bad else ""
             out.append(f"| &nbsp;&nbsp;{tier} ({n} tests{extra}) | {fmt(secs)} |")
@@ -295,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="run .ci/run in a fresh clone and record its phases")
     p_run.add_argument("mode", choices=("cold", "warm"))
     p_run.add_argument("--cache-root", help="the directory every cache goes under (cold: emptied first)")
-    p_run.add_argument("--machine-caches", action="store_true",
-                       help="use the machine's own caches (what CI uses); cold only when they are empty")
+    p_run.add_argument(
+        "--machine-caches",
+        action="store_true",
+        help="use the machine's own caches (what CI uses); cold only when they are empty",
+    )
     p_run.add_argument("--run-dir", help="where to clone and keep the logs (default /tmp/ci-budget/MODE-STAMP)")
     p_rep = sub.add_parser("report", help="the phases of one or more runs")
     p_rep.add_argument("runs", nargs="+")

@@ -5,6 +5,7 @@
 #
 #   tests/cluster/toolchain.sh              install missing packages, build what is missing, print the directory
 #   tests/cluster/toolchain.sh --print-dir  print the directory (built or not) and exit
+#   tests/cluster/toolchain.sh --packages   install the missing Debian packages and exit
 #
 # Built from Go modules (wrapper modules pinned by their go.mod + go.sum):
 #   kubelet, kube-proxy, kubectl   k8s.io/kubernetes v1.35.4, built by tests/engine/toolchain.sh from its module
@@ -71,10 +72,13 @@ if (( ${#missing[@]} )); then
     fi
 fi
 
+if [[ "${1:-}" == "--packages" ]]; then
+    exit 0
+fi
+
 # --- Go-built binaries --------------------------------------------------------------------------------------
 LABEL="cluster toolchain"
 source "$HERE/../toolchain/lib.sh"
-source "$HERE/../engine/k8s-ldflags.sh"
 
 record() {  # record TOOL START
     local secs; secs="$(awk -v a="$(tc_now)" -v b="$2" 'BEGIN { printf "%d", a - b }')"

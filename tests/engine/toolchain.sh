@@ -65,7 +65,6 @@ fi
 
 LABEL=toolchain
 source "$HERE/../toolchain/lib.sh"
-source "$HERE/k8s-ldflags.sh"
 
 build() {  # build TOOL MODULE_DIR PACKAGE LDFLAGS  (MODULE_DIR: under gomod/, or an absolute path)
     local mod="$2"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the toolchain scripts (tests/engine/toolchain.sh, tests/cluster/toolchain.sh,
 # tests/observability/toolchain.sh): the Go build environment, builds into the keyed directory $DIR, and the
 # phase record that bench/ci_budget.py reads.
@@ -61,4 +62,16 @@ tc_build() {  # tc_build MODULE_DIR LDFLAGS TAGS TOOL=PACKAGE [TOOL=PACKAGE ...]
     echo "${tools[*]} $secs" >> "$DIR/build-seconds.txt"
     tc_phase "go build: ${tools[*]}" "$start"
     tc_log "${tools[*]}: built in $secs s"
+}
+
+# The -ldflags that make binaries of the k8s.io/kubernetes module report $K8S_VERSION (a module build has no git
+# metadata to take it from).
+k8s_ldflags() {
+    local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+    local x=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        x+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    echo "-s -w$x"
 }
