@@ -47,7 +47,9 @@ from bench.engine_bench import (
     utc_now,
     write_section,
 )
-from tests.engine.cluster import Api, LocalCluster, wait_for
+from tests.engine.cluster import LocalCluster
+from tests.harness.api import Api
+from tests.harness.wait import eventually
 from tests.launcher.harness import (
     ServerProcess,
     client,
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 tasks = http.get("/tasks", timeout=120).json()["tasks"]
                 return len(tasks) == args.submissions and all(t["status"] in FINAL for t in tasks)
 
-            wait_for(f"{args.submissions} tasks finished", all_final, args.timeout, 2.0)
+            eventually(f"{args.submissions} tasks finished", all_final, args.timeout, 2.0)
             finish_wait_s = time.monotonic() - waited
             statuses: dict[str, int] = {}
             for t in http.get("/tasks", timeout=120).json()["tasks"]:

@@ -44,7 +44,9 @@ from bench.engine_bench import (
     utc_now,
     write_section,
 )
-from tests.engine.cluster import Api, LocalCluster, wait_for
+from tests.engine.cluster import LocalCluster
+from tests.harness.api import Api
+from tests.harness.wait import eventually
 from tests.operator.harness import OperatorProcess, prepare_namespace, training_job
 from workloads.trainingjob import API_VERSION, HEALTH_PATH, KIND, crd
 
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         cluster_start_s = time.monotonic() - began
         cluster.api.apply(crd())
-        wait_for("the TrainingJob CRD served", lambda: cluster.api.resource(API_VERSION, KIND), 60)
+        eventually("the TrainingJob CRD served", lambda: cluster.api.resource(API_VERSION, KIND), 60)
         kubeconfig = prepare_namespace(cluster, NS, workdir)
         operator = OperatorProcess(
             kubeconfig,
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
         operator.start()
         health = f"http://127.0.0.1:{operator.health_port}{HEALTH_PATH}"
-        wait_for("the operator's /healthz", lambda: httpx2.get(health, timeout=5).status_code == 200, 60)
+        eventually("the operator's /healthz", lambda: httpx2.get(health, timeout=5).status_code == 200, 60)
         assert operator.proc is not None
         pid = operator.proc.pid
         idle_hwm, _ = peak_rss_mib(pid)

@@ -18,14 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import images
-from tests.cluster.realcluster import (
-    CONTROL_PLANE_TOOLS,
-    NODE_TOOLS,
-    ImageSpec,
-    RealCluster,
-    default_image_store,
-    toolchain_dir,
-)
+from tests.cluster.realcluster import NODE_TOOLS, ImageSpec, RealCluster, toolchain_dir
+from tests.harness.containerd import default_image_store
+from tests.harness.controlplane import CONTROL_PLANE_TOOLS
 
 
 def pytest_configure(config: pytest.Config) -> None:

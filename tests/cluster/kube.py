@@ -1,4 +1,4 @@
-"""Small helpers over tests.engine.cluster.Api (lightkube) for the real-cluster tests: namespaces, pods, waiting with a
+"""Small helpers over tests.harness.api.Api (lightkube) for the real-cluster tests: namespaces, pods, waiting with a
 diagnosis (pod status, events, kubelet log tail) when something does not happen."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tests.cluster.realcluster import RealCluster
-from tests.engine.cluster import wait_for
+from tests.harness.wait import eventually
 
 # Pods run under the cluster's own cgroup root, outside the caller's memory cgroup: every pod gets limits.
 SMALL = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}}
@@ -17,7 +17,7 @@ def create_namespace(cluster: RealCluster, name: str, labels: Mapping[str, str] 
     """Create a namespace and wait for its default ServiceAccount (pods created before it are refused)."""
     meta = {"name": name, "labels": dict(labels or {})}
     cluster.api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
-    wait_for(
+    eventually(
         f"ServiceAccount {name}/default",
         lambda: cluster.api.get("v1", "ServiceAccount", "default", name) is not None,
         60,
@@ -58,7 +58,7 @@ def crash_looping(cluster: RealCluster, namespace: str | None, min_restarts: int
 
 def wait_or_diagnose(cluster: RealCluster, namespace: str, what: str, check: Any, timeout_s: float) -> Any:
     try:
-        return wait_for(what, check, timeout_s, 1.0)
+        return eventually(what, check, timeout_s, 1.0)
     except TimeoutError as err:
         raise AssertionError(f"{err}\n{diagnose(cluster, namespace)}") from None
 

@@ -15,7 +15,10 @@ into the real cluster, then everything a user relies on, each checked from the c
 6. a SkyPilot-style task submitted to the task launcher the stack installed runs torchrun on two pods;
 7. `pulumi destroy` (the documented full deletion) removes every object and leaves the data directories.
 
-The tests share one deployment (a module fixture) and run in file order; each depends on the ones before it.
+The tests share one deployment and the states it reaches, each a module fixture that fails (never skips) when it
+cannot reach its state: `deployed` (pulumi up), `training_run` (the Job finished after a rank was killed), `trained`
+(it completed with a registered model), `serving` (inference Available), `completions` (two completions through the
+Service). Each test asks for what it needs, so any one of them runs alone; in file order, destroy comes last.
 Overrides of Pulumi.dev.yaml: no TLS (cert-manager's chart cannot be fetched here), a short run with frequent
 checkpoints, two inference replicas (hpaMinReplicas), 250m cpu requests for training (the node has 2 cpus),
 host-path storage in a world-writable directory on the node, images as imported (IfNotPresent)."""
@@ -23,17 +26,18 @@ host-path storage in a world-writable directory on the node, images as imported 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -43,13 +47,15 @@ from pulumi import automation as auto
 
 from infra.monitoring import RULE_FILE
 from tests.cluster.kube import crash_looping, diagnose, wait_or_diagnose
-from tests.cluster.realcluster import NODE_NAME, RealCluster, toolchain_dir
-from tests.engine.cluster import condition
+from tests.cluster.realcluster import RealCluster, toolchain_dir
 from tests.engine.pulumi_engine import Engine, EngineMissing, copy_project, find_engine, stack
+from tests.harness.api import condition
+from tests.harness.node import NODE_NAME
 from tests.observability.promtools import PrometheusServer, how_to_build, missing
 from tests.observability.promtools import toolchain_dir as obs_toolchain_dir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
+T = TypeVar("T")
 
 TRAIN_STEPS = 400
 CHECKPOINT_EVERY = 50
@@ -136,7 +142,8 @@ class Deployed:
     outputs: dict[str, Any]
     storage: Path
     log: Path
-    facts: dict[str, Any] = field(default_factory=dict)
+    up_started: float
+    """time.monotonic() when `pulumi up` started."""
 
     @property
     def namespace(self) -> str:
@@ -260,14 +267,42 @@ def deployed(
                 raise AssertionError(f"pulumi up -s dev failed:\n{err}\n{log.read_text()[-4000:]}") from None
         record_timing("pulumi up -s dev (first, language host venv included)", time.monotonic() - start)
         outputs = {key: value.value for key, value in result.outputs.items()}
-        yield Deployed(dev, outputs, storage, log, {"up_started": start})
+        yield Deployed(dev, outputs, storage, log, start)
     finally:
         # Whatever happened: the platform's pods stop, so that later tests of the session get the node's CPU.
         real_cluster.kubectl("uncordon", NODE_NAME, check=False)
         real_cluster.api.delete("v1", "Namespace", NAMESPACE)
 
 
-def test_training_survives_a_sigkilled_rank_and_resumes(real_cluster: RealCluster, deployed: Deployed) -> None:
+def reached(state: str, wait: Callable[[], T]) -> T:
+    """What `wait` returns once the state is reached; a wait that times out (or an assertion on the way) fails the
+    test that needs the state, saying which state it was."""
+    try:
+        return wait()
+    except AssertionError as err:
+        pytest.fail(f"{state} was not reached:\n{err}", pytrace=False)
+
+
+@dataclass
+class TrainingRun:
+    """The dev stack's training Job as it finished, after one rank was SIGKILLed mid-run."""
+
+    checkpoint_step: int
+    """rank 0's last checkpoint when the other rank was killed."""
+    victim: dict[str, Any]
+    """The killed pod (rank 1) as it was before the kill."""
+    state: str
+    """How the Job finished: Complete or Failed."""
+    job: dict[str, Any]
+    pods: list[dict[str, Any]]
+    succeeded: dict[str, dict[str, Any]]
+    """The Succeeded pods by completion index."""
+    logs: dict[str, str]
+    """Their logs by completion index."""
+
+
+@pytest.fixture(scope="module")
+def training_run(real_cluster: RealCluster, deployed: Deployed) -> TrainingRun:
     ns, job = deployed.namespace, deployed.job
 
     # Wait until rank 0 has written a checkpoint with plenty of the run still ahead, then kill rank 1 at once
@@ -284,23 +319,58 @@ def test_training_survives_a_sigkilled_rank_and_resumes(real_cluster: RealCluste
             return int(steps[-1]), running["1"]
         return None
 
-    checkpoint_step, victim = wait_or_diagnose(real_cluster, ns, "a checkpoint mid-run", mid_run_checkpoint, 900)
+    checkpoint_step, victim = reached(
+        "a rank killed mid-run",
+        lambda: wait_or_diagnose(real_cluster, ns, "a checkpoint mid-run", mid_run_checkpoint, 900),
+    )
     real_cluster.kubectl("delete", "pod", "-n", ns, victim["metadata"]["name"], "--grace-period=0", "--force")
     print(f"\nkilled {victim['metadata']['name']} after rank 0's checkpoint at step {checkpoint_step}", file=sys.stderr)
 
     finished = lambda: job_finished(real_cluster, ns, job)  # noqa: E731
-    state = wait_or_diagnose(real_cluster, ns, f"Job {job} to finish", finished, 1800)
-    record_timing(
-        "pulumi up start to Job Complete (400 steps, one rank killed)", time.monotonic() - deployed.facts["up_started"]
+    state = reached(
+        f"the training Job {job} finished",
+        lambda: wait_or_diagnose(real_cluster, ns, f"Job {job} to finish", finished, 1800),
     )
-    deployed.facts["job"] = real_cluster.api.get("batch/v1", "Job", job, ns)
+    record_timing(
+        "pulumi up start to Job Complete (400 steps, one rank killed)", time.monotonic() - deployed.up_started
+    )
+    finished_job = real_cluster.api.get("batch/v1", "Job", job, ns)
+    assert finished_job is not None, f"Job {job} gone"
     pods = job_pods(real_cluster, ns, job)
     succeeded = {index_of(p): p for p in pods if phase(p) == "Succeeded"}
     logs = {index: real_cluster.pod_logs(ns, pod["metadata"]["name"]) for index, pod in succeeded.items()}
+    return TrainingRun(checkpoint_step, victim, state, finished_job, pods, succeeded, logs)
+
+
+@pytest.fixture(scope="module")
+def trained(real_cluster: RealCluster, deployed: Deployed, training_run: TrainingRun) -> dict[str, Any]:
+    """The dev stack's training completed and registered its model: rank 0's summary (its last log line)."""
+    rank0 = training_run.logs.get("0", "").splitlines()
+    summary: Any = None
+    with contextlib.suppress(IndexError, ValueError):
+        summary = json.loads(rank0[-1])
+    if not isinstance(summary, dict):
+        summary = {}
+    registered = summary.get("model_uri") and summary.get("alias_moved")
+    if training_run.state != "Complete" or summary.get("step") != TRAIN_STEPS or not registered:
+        pytest.fail(
+            f"the dev stack's training did not complete: Job {training_run.state}, rank 0's summary {summary or None}"
+            f"\n{diagnose(real_cluster, deployed.namespace)}",
+            pytrace=False,
+        )
+    return summary
+
+
+def test_training_survives_a_sigkilled_rank_and_resumes(
+    real_cluster: RealCluster, deployed: Deployed, training_run: TrainingRun
+) -> None:
+    ns, job = deployed.namespace, deployed.job
+    checkpoint_step, victim, state = training_run.checkpoint_step, training_run.victim, training_run.state
+    pods, succeeded, logs = training_run.pods, training_run.succeeded, training_run.logs
     assert state == "Complete", f"{logs}\n{diagnose(real_cluster, ns)}"
     assert sorted(succeeded) == [str(i) for i in range(WORKERS)], [(index_of(p), phase(p)) for p in pods]
     assert succeeded["1"]["metadata"]["uid"] != victim["metadata"]["uid"]
-    assert deployed.facts["job"]["status"].get("failed", 0) >= 1, deployed.facts["job"]["status"]
+    assert training_run.job["status"].get("failed", 0) >= 1, training_run.job["status"]
 
     # Rank 1 found rank 0 by its stable DNS name through the headless Service (no API access is granted): the
     # name resolved to the pod IP of the rank 0 it trained with.
@@ -319,14 +389,13 @@ def test_training_survives_a_sigkilled_rank_and_resumes(real_cluster: RealCluste
     assert f"at step {summary['resumed_from_step']}" in logs["0"], logs["0"][:2000]
     assert f"step {TRAIN_STEPS}/{TRAIN_STEPS}" in logs["0"], logs["0"][-3000:]
     assert summary["model_uri"] and summary["alias_moved"], summary
-    deployed.facts["summary"] = summary
     print(f"training: {rank0[-1]}", file=sys.stderr)
 
 
-def test_mlflow_in_the_cluster_has_the_run_and_the_champion(real_cluster: RealCluster, deployed: Deployed) -> None:
-    summary = deployed.facts.get("summary")
-    if summary is None:
-        pytest.skip("training did not complete (see the test before)")
+def test_mlflow_in_the_cluster_has_the_run_and_the_champion(
+    real_cluster: RealCluster, deployed: Deployed, trained: dict[str, Any]
+) -> None:
+    summary = trained
     ns = deployed.namespace
     port = real_cluster.api.get("v1", "Service", "mlflow", ns)["spec"]["ports"][0]["port"]
     forward = real_cluster.forward_service(ns, "mlflow", port)
@@ -350,10 +419,10 @@ def test_mlflow_in_the_cluster_has_the_run_and_the_champion(real_cluster: RealCl
     assert steps[-1] == TRAIN_STEPS and len(steps) >= TRAIN_STEPS // 10 - 1, steps
 
 
-def test_inference_turns_available_after_training_and_serves(real_cluster: RealCluster, deployed: Deployed) -> None:
-    job = deployed.facts.get("job")
-    if job is None:
-        pytest.skip("training did not finish (see the tests before)")
+@pytest.fixture(scope="module")
+def serving(real_cluster: RealCluster, deployed: Deployed, trained: dict[str, Any]) -> int:
+    """The inference Deployment Available with every replica Ready (it turns so only after training registered a
+    model): the inference Service's port."""
     ns = deployed.namespace
 
     def available() -> bool:
@@ -362,26 +431,44 @@ def test_inference_turns_available_after_training_and_serves(real_cluster: RealC
         ready = (deployment.get("status") or {}).get("readyReplicas", 0)
         return condition(deployment, "Available") == "True" and ready == INFERENCE_REPLICAS
 
-    wait_or_diagnose(real_cluster, ns, "Deployment inference Available", available, 600)
+    reached(
+        "inference serving",
+        lambda: wait_or_diagnose(real_cluster, ns, "Deployment inference Available", available, 600),
+    )
+    return int(real_cluster.api.get("v1", "Service", "inference", ns)["spec"]["ports"][0]["port"])
+
+
+@pytest.fixture(scope="module")
+def completions(real_cluster: RealCluster, deployed: Deployed, serving: int) -> dict[str, str]:
+    """Two completions through the inference Service, by way of the ClusterIP and of the NodePort: their texts."""
+    texts = {}
+    for way, node_port in (("ClusterIP", False), ("NodePort", True)):
+        ask = functools.partial(complete, real_cluster, deployed.namespace, serving, node_port=node_port)
+        texts[way] = reached(f"a completion via the {way}", ask)
+        if not node_port:
+            record_timing("pulumi up start to the first completion", time.monotonic() - deployed.up_started)
+    return texts
+
+
+def test_inference_turns_available_after_training_and_serves(
+    real_cluster: RealCluster, deployed: Deployed, training_run: TrainingRun, completions: dict[str, str]
+) -> None:
+    ns, job = deployed.namespace, training_run.job
     # Ready only once a model is loaded: no inference pod turned Ready before the Job completed.
     for pod in real_cluster.api.items("v1", "Pod", ns, selector=INFERENCE):
         ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
         assert ready["lastTransitionTime"] >= job["status"]["completionTime"], (pod["metadata"]["name"], ready)
 
-    port = real_cluster.api.get("v1", "Service", "inference", ns)["spec"]["ports"][0]["port"]
-    deployed.facts["inference_port"] = port
-    for node_port in (False, True):
-        text = complete(real_cluster, ns, port, node_port=node_port)
-        if not node_port:
-            record_timing("pulumi up start to the first completion", time.monotonic() - deployed.facts["up_started"])
-        print(f"completion via {'NodePort' if node_port else 'ClusterIP'}: {text!r}", file=sys.stderr)
+    # Both ways answered (complete() asserts a text and its tokens).
+    assert sorted(completions) == ["ClusterIP", "NodePort"], completions
+    for way, text in completions.items():
+        print(f"completion via {way}: {text!r}", file=sys.stderr)
 
 
+@pytest.mark.usefixtures("completions")  # what inference exports is scraped after it served
 def test_a_prometheus_in_the_cluster_scraped_every_part_by_annotation_and_evaluates_the_rules(
     real_cluster: RealCluster, deployed: Deployed, cluster_prometheus: PrometheusServer
 ) -> None:
-    if deployed.facts.get("inference_port") is None:
-        pytest.skip("inference did not serve (see the tests before)")
     ns, prometheus = deployed.namespace, cluster_prometheus
 
     def series(expr: str) -> dict[str, float]:
@@ -413,11 +500,11 @@ def test_a_prometheus_in_the_cluster_scraped_every_part_by_annotation_and_evalua
     assert world == {"": WORKERS}, world
     assert series(f'max(max_over_time(up{{namespace="{ns}",app_kubernetes_io_name="trainer"}}[1h]))') == {"": 1.0}
 
-    # What each part exports arrived: MLflow's requests (the training runs logged to it), the completions of the
-    # test before (on either replica), the operator's gauge and the launcher's request counter.
+    # What each part exports arrived: MLflow's requests (the training runs logged to it), the two `completions`
+    # (on either replica), the operator's gauge and the launcher's request counter.
     assert series(f'sum(mlflow_http_request_total{{namespace="{ns}"}}) > 0'), "no MLflow requests scraped"
     completions = f'sum(inference_requests_total{{namespace="{ns}",route="/v1/completions",status="200"}}) >= 2'
-    wait_or_diagnose(real_cluster, ns, "the 2 completions of the test before scraped", lambda: series(completions), 30)
+    wait_or_diagnose(real_cluster, ns, "the 2 completions scraped", lambda: series(completions), 30)
     for prefix in ("trainop", "skyrun"):
         assert series(f'count({{namespace="{ns}",__name__=~"{prefix}_.+"}})'), f"no {prefix}_* series scraped"
 
@@ -458,10 +545,10 @@ def complete(cluster: RealCluster, ns: str, port: int, *, node_port: bool = Fals
     return response.choices[0].text
 
 
-def test_hpa_scales_the_deployment_and_a_drain_respects_the_pdb(real_cluster: RealCluster, deployed: Deployed) -> None:
-    port = deployed.facts.get("inference_port")
-    if port is None:
-        pytest.skip("inference did not become Available (see the tests before)")
+def test_hpa_scales_the_deployment_and_a_drain_respects_the_pdb(
+    real_cluster: RealCluster, deployed: Deployed, serving: int
+) -> None:
+    port = serving
     ns = deployed.namespace
 
     # The HPA owns the replica count: the Deployment declares none (1 by default), the HPA read its scale
@@ -502,16 +589,14 @@ def test_hpa_scales_the_deployment_and_a_drain_respects_the_pdb(real_cluster: Re
         return (deployment.get("status") or {}).get("readyReplicas", 0) == INFERENCE_REPLICAS
 
     wait_or_diagnose(real_cluster, ns, "both inference replicas Ready after uncordon", all_ready, 600)
-    deployed.facts["drained"] = True
 
 
+@pytest.mark.usefixtures("trained")  # after the stack's own training: the node has 2 cpus
 def test_a_trainingjob_trains_for_real_and_reports_progress_from_mlflow(
     real_cluster: RealCluster, deployed: Deployed
 ) -> None:
     """The operator the stack installed turns a TrainingJob into a real run: owned children, two DDP pods, a model
     version, and a status whose progress comes from the in-cluster MLflow (docs/operator.md)."""
-    if deployed.facts.get("summary") is None:
-        pytest.skip("the stack's own training did not complete (see the tests before)")
     ns, name, steps = deployed.namespace, "e2e-trainingjob", 60
     resource = {
         "apiVersion": "ml-platform.dev/v1alpha1",

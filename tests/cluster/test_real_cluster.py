@@ -10,8 +10,10 @@ import httpx
 import pytest
 
 from tests.cluster.kube import SMALL, create_namespace, diagnose, python_pod, wait_or_diagnose, wait_pod_done
-from tests.cluster.realcluster import NODE_IP, NODE_NAME, POD_CIDR, RealCluster
-from tests.engine.cluster import condition
+from tests.cluster.realcluster import RealCluster
+from tests.harness.api import condition
+from tests.harness.hostns import NODE_IP, POD_CIDR
+from tests.harness.node import NODE_NAME
 
 pytestmark = pytest.mark.cluster
 

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.engine.cluster import TOOLS, LocalCluster, condition, wait_for
+from tests.engine.cluster import TOOLS, LocalCluster
 from tests.engine.pulumi_engine import Engine, EngineMissing, find_engine, which_engine
+from tests.harness.api import condition
+from tests.harness.wait import eventually
 from tests.observability import promtools
 
 HERE = Path(__file__).resolve().parent
@@ -127,7 +129,7 @@ def monitoring_crds(cluster: LocalCluster) -> None:
         cluster.api.apply(crd)
         names.append(crd["metadata"]["name"])
     for name in names:
-        wait_for(
+        eventually(
             f"CRD {name} Established",
             lambda name=name: condition(cluster.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name),
                                         "Established") == "True",

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.engine.cluster import CPU_NODE, GPU_NODE, ApiError, LocalCluster, condition, wait_for
+from tests.engine.cluster import CPU_NODE, GPU_NODE, LocalCluster
 from tests.engine.conftest import render
+from tests.harness.api import ApiError, condition
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.engine
 
@@ -92,7 +94,7 @@ def wait_job_complete(cluster: LocalCluster, job: dict[str, Any]) -> dict[str, A
         return live if condition(live, "Complete") == "True" else None
 
     try:
-        return dict(wait_for(f"Job {meta['name']} Complete", complete, JOB_TIMEOUT_S))
+        return dict(eventually(f"Job {meta['name']} Complete", complete, JOB_TIMEOUT_S))
     except TimeoutError as err:
         raise AssertionError(f"{err}\n{diagnostics(cluster, meta['namespace'])}\ncontroller-manager:\n"
                              f"{cluster.log_tail('kube-controller-manager', 15)}") from None  # fmt: skip
@@ -113,7 +115,7 @@ def wait_deployments_available(cluster: LocalCluster, deployments: list[dict[str
             )
 
         try:
-            wait_for(f"Deployment {meta['name']} Available", available, ROLLOUT_TIMEOUT_S)
+            eventually(f"Deployment {meta['name']} Available", available, ROLLOUT_TIMEOUT_S)
         except TimeoutError as err:
             raise AssertionError(f"{err}\n{diagnostics(cluster, meta['namespace'])}") from None
 
@@ -141,7 +143,7 @@ def test_dev_every_object_is_created(cluster: LocalCluster, dev: list[dict[str, 
             live = cluster.api.get("v1", "PersistentVolumeClaim", meta["name"], meta["namespace"]) or {}
             return bool(live.get("status", {}).get("phase") == "Bound")
 
-        wait_for(f"PVC {meta['name']} Bound", bound, 60)
+        eventually(f"PVC {meta['name']} Bound", bound, 60)
 
 
 def test_dev_training_job_pods_pass_admission_and_the_job_completes(
@@ -178,7 +180,7 @@ def assert_inference_waits_for_a_model(cluster: LocalCluster, namespace: str) ->
         pods = cluster.api.items("v1", "Pod", namespace, selector="app.kubernetes.io/name=inference")
         return [p for p in pods if p["status"].get("phase") == "Running" and condition(p, "Ready") == "False"]
 
-    assert wait_for("inference pods running, unready", running_unready, ROLLOUT_TIMEOUT_S)
+    assert eventually("inference pods running, unready", running_unready, ROLLOUT_TIMEOUT_S)
 
 
 def test_dev_deployments_become_available(cluster: LocalCluster, dev: list[dict[str, Any]]) -> None:
@@ -268,7 +270,7 @@ def test_dev_changed_training_run_needs_a_new_job(cluster: LocalCluster, dev: li
     meta = new_job["metadata"]
     old_uid = cluster.api.get("batch/v1", "Job", meta["name"], meta["namespace"])["metadata"]["uid"]  # type: ignore[index]
     cluster.api.delete("batch/v1", "Job", meta["name"], meta["namespace"])
-    wait_for("old Job gone", lambda: cluster.api.get("batch/v1", "Job", meta["name"], meta["namespace"]) is None, 120)
+    eventually("old Job gone", lambda: cluster.api.get("batch/v1", "Job", meta["name"], meta["namespace"]) is None, 120)
     cluster.api.apply(new_job)
     live = wait_job_complete(cluster, new_job)
     assert live["metadata"]["uid"] != old_uid
@@ -290,7 +292,7 @@ def test_dev_delete_removes_everything(cluster: LocalCluster, dev: list[dict[str
             if api.get(o["apiVersion"], o["kind"], o["metadata"]["name"], o["metadata"].get("namespace"))
         ]
 
-    wait_for("every dev object deleted (namespace finalized)", gone, 180)
+    eventually("every dev object deleted (namespace finalized)", gone, 180)
     assert cluster.api.items("v1", "Pod", DEV_NS) == []
 
 
@@ -364,7 +366,7 @@ def test_gpu_services_come_up_off_the_gpu_node(cluster: LocalCluster, gpu: list[
         live = cluster.api.get("apps/v1", "StatefulSet", meta["name"], GPU_NS) or {}
         return (live.get("status") or {}).get("readyReplicas", 0) >= 1
 
-    wait_for(f"StatefulSet {meta['name']} ready", ready, ROLLOUT_TIMEOUT_S)
+    eventually(f"StatefulSet {meta['name']} ready", ready, ROLLOUT_TIMEOUT_S)
     for pod in cluster.api.items("v1", "Pod", GPU_NS):
         if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "training":
             assert pod["spec"].get("nodeName") == CPU_NODE, pod["metadata"]["name"]

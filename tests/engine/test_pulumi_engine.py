@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 from pulumi import automation as auto
 
-from tests.engine.cluster import CPU_NODE, GPU_NODE, LocalCluster, condition, wait_for
+from tests.engine.cluster import CPU_NODE, GPU_NODE, LocalCluster
 from tests.engine.conftest import render
 from tests.engine.pulumi_engine import Engine, copy_project, install_policy_pack, stack
 from tests.engine.test_control_plane import storage_class_pool
+from tests.harness.api import condition
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.engine
 
@@ -100,7 +102,7 @@ def wait_job_complete(cluster: LocalCluster, namespace: str, name: str, not_uid:
             raise AssertionError(f"Job {name} failed: {job['status']}")
         return job if condition(job, "Complete") == "True" else None
 
-    return dict(wait_for(f"Job {name} Complete", complete, JOB_TIMEOUT_S))
+    return dict(eventually(f"Job {name} Complete", complete, JOB_TIMEOUT_S))
 
 
 def pods_of(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from inference.decoding import FINISH_CANCELLED, FINISH_LENGTH, SamplingParams, 
 from inference.engine import Engine, EngineClosedError, QueueFullError
 from inference.loading import LoadedModel, load_directory
 from inference.metrics import Metrics
+from tests.harness.wait import eventually
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +36,8 @@ class Finished:
             self.event.set()
 
 
-def wait_until(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.001)
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> None:
+    eventually("the condition", predicate, timeout, 0.001, retry_on=())
 
 
 def test_full_queue_refuses_all_or_nothing_and_cancelled_work_frees_the_slot(loaded: LoadedModel) -> None:

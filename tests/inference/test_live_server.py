@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.harness.wait import eventually
 from tests.inference.helpers import LiveServer, add_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -26,10 +27,7 @@ def metric(server: LiveServer, name: str) -> float:
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    eventually(what, predicate, timeout, 0.02, retry_on=())
 
 
 def test_official_openai_client_completion_list_prompt_and_stream(

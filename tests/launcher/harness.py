@@ -18,7 +18,9 @@ from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
 
-from tests.engine.cluster import LocalCluster, free_port, wait_for
+from tests.engine.cluster import LocalCluster
+from tests.harness.procs import free_port
+from tests.harness.wait import eventually
 from tests.proc import kill_group, stop_group
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
@@ -73,7 +75,7 @@ def prepare_namespace(cluster: LocalCluster, ns: str) -> None:
     ]
     for obj in objects:
         api.apply(obj)
-    wait_for("the default ServiceAccount", lambda: api.get("v1", "ServiceAccount", "default", ns), 60)
+    eventually("the default ServiceAccount", lambda: api.get("v1", "ServiceAccount", "default", ns), 60)
 
 
 def token(cluster: LocalCluster, ns: str, sa: str, audience: str | None = AUDIENCE, seconds: int = 3600) -> str:
@@ -132,7 +134,7 @@ class ServerProcess:
             assert self.proc is not None and self.proc.poll() is None, f"server exited:\n{self.tail()}"
             return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
 
-        wait_for("the launcher's /readyz", ready, 60, 0.3)
+        eventually("the launcher's /readyz", ready, 60, 0.3)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

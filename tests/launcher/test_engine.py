@@ -18,7 +18,8 @@ import pytest
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType
 
-from tests.engine.cluster import LocalCluster, wait_for
+from tests.engine.cluster import LocalCluster
+from tests.harness.wait import eventually
 from tests.launcher.harness import (
     ROOT,
     ServerProcess,
@@ -64,8 +65,8 @@ class Env:
         return dict(answer.json())
 
     def wait_status(self, http: httpx.Client, task_id: str, wanted: str, timeout_s: float = 60) -> dict[str, Any]:
-        return dict(wait_for(f"task {task_id} {wanted}", lambda: (s := self.status(http, task_id))["status"] == wanted
-                             and s, timeout_s, 0.3))  # fmt: skip
+        return dict(eventually(f"task {task_id} {wanted}", lambda: (s := self.status(http, task_id))["status"] == wanted
+                               and s, timeout_s, 0.3))  # fmt: skip
 
     def job(self, task_id: str) -> dict[str, Any] | None:
         return self.cluster.api.get("batch/v1", "Job", f"sky-{task_id}", NS)
@@ -110,7 +111,7 @@ def test_a_two_node_task_is_one_indexed_job_with_the_skypilot_env(env: Env) -> N
     assert container["resources"]["limits"] == {"cpu": "250m", "memory": "256Mi"}
     service = env.cluster.api.get("v1", "Service", name, NS)
     assert service is not None and service["spec"]["clusterIP"] == "None"
-    pods = wait_for("both pods", lambda: len(p := env.pods(task_id)) == 2 and p, 30)
+    pods = eventually("both pods", lambda: len(p := env.pods(task_id)) == 2 and p, 30)
     assert sorted(p["metadata"]["labels"][NODE_INDEX_LABEL] for p in pods) == ["0", "1"]
     assert all(p["spec"]["subdomain"] == name for p in pods)
     env.wait_status(env.alice, task_id, "completed")
@@ -134,8 +135,8 @@ def test_statuses_go_pending_running_completed_as_kwok_moves_the_pods(env: Env) 
 
 def test_a_pending_task_says_why(env: Env) -> None:
     task_id = env.submit(env.alice, PENDING_FOREVER)
-    info = wait_for("an unschedulable reason", lambda: "unschedulable" in (s := env.status(env.alice, task_id))
-                    ["message"] and s, 60)  # fmt: skip
+    info = eventually("an unschedulable reason", lambda: "unschedulable" in (s := env.status(env.alice, task_id))
+                      ["message"] and s, 60)  # fmt: skip
     assert info["status"] == "pending" and "node" in info["message"], info
     assert env.alice.post(f"/tasks/{task_id}/stop").json() == {"stopped": [task_id]}
 
@@ -145,7 +146,7 @@ def test_stop_really_stops(env: Env) -> None:
     env.wait_status(env.alice, task_id, "running")
     assert env.alice.post(f"/tasks/{task_id}/stop").json() == {"stopped": [task_id]}
     assert env.status(env.alice, task_id)["status"] == "cancelled"
-    wait_for("the Job and its pods gone", lambda: env.job(task_id) is None and not env.pods(task_id), 60)
+    eventually("the Job and its pods gone", lambda: env.job(task_id) is None and not env.pods(task_id), 60)
     assert env.alice.post(f"/tasks/{task_id}/stop").status_code == 409
     assert env.status(env.alice, task_id)["status"] == "cancelled"
 
@@ -165,8 +166,8 @@ def test_a_failing_setup_is_failed_setup_and_fails_the_whole_gang(env: Env) -> N
                                  patch_type=PatchType.MERGE)  # fmt: skip
     info = env.wait_status(env.alice, task_id, "failed_setup")
     assert "setup" in info["message"]
-    wait_for("rank 0 stopped by the Job", lambda: all(p["metadata"].get("deletionTimestamp") or
-             p["status"]["phase"] in ("Failed", "Succeeded") for p in env.pods(task_id)), 60)  # fmt: skip
+    eventually("rank 0 stopped by the Job", lambda: all(p["metadata"].get("deletionTimestamp") or
+               p["status"]["phase"] in ("Failed", "Succeeded") for p in env.pods(task_id)), 60)  # fmt: skip
 
 
 def test_isolation_both_ways_on_every_endpoint(env: Env) -> None:

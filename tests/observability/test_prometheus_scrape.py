@@ -12,7 +12,6 @@ import math
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness.wait import eventually
 from tests.inference.helpers import LiveServer, add_checkpoint, train_tiny_model
 from tests.observability.promtools import PrometheusServer, free_port
 from tests.proc import stop_group
@@ -36,10 +36,10 @@ THRESHOLDS = AlertThresholds(inference_p99_seconds=0.000001, inference_429_ratio
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0, why: Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}\n{why()}"
-        time.sleep(0.25)
+    try:
+        eventually(what, predicate, timeout, 0.25, retry_on=())
+    except TimeoutError as err:
+        raise AssertionError(f"{err}\n{why()}") from None
 
 
 def positive(prometheus: PrometheusServer, expr: str) -> bool:

@@ -17,7 +17,9 @@ import yaml
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType
 
-from tests.engine.cluster import LocalCluster, free_port, wait_for
+from tests.engine.cluster import LocalCluster
+from tests.harness.procs import free_port
+from tests.harness.wait import eventually
 from tests.proc import kill_group, stop_group
 from workloads.trainingjob import API_VERSION, KIND, operator_role_rules
 
@@ -91,7 +93,7 @@ def prepare_namespace(cluster: LocalCluster, ns: str, workdir: Path) -> Path:
         return base64.b64decode(data["token"]).decode() if "token" in data else None
 
     kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
-    kubeconfig["users"] = [{"name": SA, "user": {"token": wait_for("the operator's token", token, 60)}}]
+    kubeconfig["users"] = [{"name": SA, "user": {"token": eventually("the operator's token", token, 60)}}]
     kubeconfig["contexts"] = [{"name": "local", "context": {"cluster": "local", "user": SA, "namespace": ns}}]
     path = workdir / f"{ns}-operator.kubeconfig"
     path.write_text(yaml.safe_dump(kubeconfig))

@@ -12,7 +12,9 @@ import httpx2
 import pytest
 import yaml
 
-from tests.engine.cluster import ApiError, LocalCluster, wait_for
+from tests.engine.cluster import LocalCluster
+from tests.harness.api import ApiError
+from tests.harness.wait import eventually
 from tests.mlflow_server import mlflow_server
 from tests.operator.harness import ROOT, OperatorProcess, prepare_namespace, terminate_pod, training_job
 from workloads.trainingjob import (
@@ -37,7 +39,7 @@ RUNNING_LONG = {"pod-complete.stage.kwok.x-k8s.io/delay": "1h", "pod-complete.st
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     cluster.api.apply(crd())
-    wait_for("the TrainingJob CRD served", lambda: cluster.api.resource(API_VERSION, KIND), 60)
+    eventually("the TrainingJob CRD served", lambda: cluster.api.resource(API_VERSION, KIND), 60)
     workdir = tmp_path_factory.mktemp("trainop")
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as tracking_uri:
         kubeconfig = prepare_namespace(cluster, NS, workdir)
@@ -68,7 +70,7 @@ def wait_status(cluster: LocalCluster, op: OperatorProcess, name: str, what: str
         return status if check(status) else None
 
     try:
-        return dict(wait_for(f"{name}: {what}", ok, TIMEOUT_S))
+        return dict(eventually(f"{name}: {what}", ok, TIMEOUT_S))
     except TimeoutError as err:
         raise AssertionError(f"{err}\nstatus: {tj_status(cluster, name)}\noperator:\n{op.tail()}") from None
 
@@ -87,7 +89,7 @@ def running_pods(cluster: LocalCluster, job: str, count: int) -> list[dict[str, 
         return up if len(up) == count else None
 
     try:
-        return list(wait_for(f"{count} running pods of {job}", running, TIMEOUT_S))
+        return list(eventually(f"{count} running pods of {job}", running, TIMEOUT_S))
     except TimeoutError as err:
         live = cluster.api.get("batch/v1", "Job", job, NS)
         raise AssertionError(f"{err}: pods {seen}; job status {(live or {}).get('status')}") from None
@@ -117,7 +119,7 @@ def test_a_run_creates_owned_children_and_succeeds(cluster: LocalCluster, operat
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["Succeeded"]["status"] == "True" and conds["Created"]["status"] == "True"
     assert conds["Running"]["status"] == "False"
-    wait_for("Succeeded event", lambda: "Completed" in reasons(cluster, "ok"), 30)
+    eventually("Succeeded event", lambda: "Completed" in reasons(cluster, "ok"), 30)
 
 
 def test_printer_columns_through_the_table_output(cluster: LocalCluster, operator: OperatorProcess) -> None:
@@ -143,8 +145,8 @@ def test_exit_code_1_restarts_the_whole_gang(cluster: LocalCluster, operator: Op
     assert "exit code 1" in {c["type"]: c for c in status["conditions"]}["Restarting"]["message"]
     new = running_pods(cluster, "flaky-a1-train", 2)
     assert {p["metadata"]["labels"][ATTEMPT_LABEL] for p in new} == {"1"}
-    wait_for("attempt 0's Job gone", lambda: [j["metadata"]["name"] for j in
-             children(cluster, "flaky", "Job", "batch/v1")] == ["flaky-a1-train"], TIMEOUT_S)  # fmt: skip
+    eventually("attempt 0's Job gone", lambda: [j["metadata"]["name"] for j in
+               children(cluster, "flaky", "Job", "batch/v1")] == ["flaky-a1-train"], TIMEOUT_S)  # fmt: skip
     status = wait_status(cluster, operator, "flaky", "Running", lambda s: s.get("phase") == "Running")
     assert status["restarts"] == 1
     assert "WorkerFailed" in reasons(cluster, "flaky")
@@ -178,7 +180,7 @@ def test_suspend_and_resume(cluster: LocalCluster, operator: OperatorProcess) ->
     cluster.api.apply(tj)
     wait_status(cluster, operator, "pausable", "Suspended", lambda s: s.get("phase") == "Suspended")
     assert cluster.api.get("batch/v1", "Job", "pausable-a0-train", NS)["spec"]["suspend"] is True  # type: ignore[index]
-    wait_for("pods gone while suspended", lambda: not cluster.api.items(
+    eventually("pods gone while suspended", lambda: not cluster.api.items(
         "v1", "Pod", NS, "batch.kubernetes.io/job-name=pausable-a0-train"), TIMEOUT_S)  # fmt: skip
     tj["spec"]["workers"] = 4  # allowed while suspended (the CEL rule); the run resumes as a new attempt
     cluster.api.apply(tj)
@@ -217,19 +219,19 @@ def test_delete_garbage_collects_the_children(cluster: LocalCluster, operator: O
         kinds = (("Job", "batch/v1"), ("ConfigMap", "v1"), ("Service", "v1"))
         return all(not children(cluster, "doomed", k, v) for k, v in kinds)
 
-    wait_for("the children garbage-collected", gone, TIMEOUT_S)
+    eventually("the children garbage-collected", gone, TIMEOUT_S)
 
 
 def test_ttl_deletes_the_finished_resource(cluster: LocalCluster, operator: OperatorProcess) -> None:
     cluster.api.apply(training_job("brief", NS, ttlSecondsAfterFinished=0,
                                    podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "1s"}))  # fmt: skip
-    wait_for("brief deleted after it finished", lambda: cluster.api.get(API_VERSION, KIND, "brief", NS) is None,
-             TIMEOUT_S)  # fmt: skip
+    eventually("brief deleted after it finished", lambda: cluster.api.get(API_VERSION, KIND, "brief", NS) is None,
+               TIMEOUT_S)  # fmt: skip
 
 
 def test_killed_operator_restarts_without_duplicates(cluster: LocalCluster, operator: OperatorProcess) -> None:
     cluster.api.apply(training_job("crashy", NS, podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "3s"}))
-    wait_for("crashy's first child", lambda: children(cluster, "crashy", "ConfigMap"), TIMEOUT_S, 0.05)
+    eventually("crashy's first child", lambda: children(cluster, "crashy", "ConfigMap"), TIMEOUT_S, 0.05)
     operator.kill()  # mid-reconcile: the Job may or may not exist yet, the status is not written
     operator.start()
     status = wait_status(cluster, operator, "crashy", "Succeeded", lambda s: s.get("phase") == "Succeeded")

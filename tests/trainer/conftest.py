@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.harness.wait import eventually
 from tests.mlflow_server import mlflow_server as start_mlflow_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,11 +118,7 @@ def val_losses(stdout: str) -> dict[int, float]:
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 120.0, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
+    eventually(what, predicate, timeout, interval, retry_on=())
 
 
 @pytest.fixture(scope="session")
