@@ -40,7 +40,7 @@ demo: $(STAMP) ## set up, then run the whole platform locally: MLflow, 2-rank DD
 
 test: ## set up (venvs, toolchains from Go modules, Debian packages, images) and run every tier
 	@MAKE="$(MAKE)" bash tests/toolchain/setup.sh build/test-env.sh
-	@set -a && . build/test-env.sh && set +a && $(BIN)/python -m pytest -m "engine or cluster or prometheus or not engine"
+	@set -a && . build/test-env.sh && set +a && $(BIN)/python -m tests.tiers
 
 test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers, training), the engine and prometheus tiers
 	$(BIN)/python -m pytest -m "not slow and not engine and not prometheus"

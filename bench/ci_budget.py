@@ -14,7 +14,8 @@ has it), runs `bash .ci/run` there with CI=true, and keeps in RUN_DIR:
   log.txt      every line .ci/run printed, each prefixed with the seconds since the start
   phases.txt   "<name> <start epoch> <end epoch>" lines the build steps append (ML_PLATFORM_PHASE_LOG): each Go
                build, the Debian packages, the vendored sources, each container image, its import
-  junit.xml    pytest's report (per test, setup and teardown included), summed by test directory (the tiers)
+  junit/       pytest's reports (tests/tiers.py writes one per pytest process; per test, setup and teardown
+               included), summed by test directory (the tiers)
   run.json     mode, commit, start, end, exit code, the cache settings
 
 Debian packages cannot be "cold" without removing them from the machine: the phase appears only when the run
@@ -123,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     phases = run_dir / "phases.txt"
     phases.touch()
     env["ML_PLATFORM_PHASE_LOG"] = str(phases)
-    junit = run_dir / "junit.xml"
-    env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + f" --junitxml={junit}").strip()
+    # tests/tiers.py writes one junit report per pytest process there.
+    env["ML_PLATFORM_JUNIT_DIR"] = str(run_dir / "junit")
 
     meta: dict[str, object] = {
         "mode": mode,
@@ -211,13 +212,12 @@ def tier_of(classname: str) -> str:
     return classname
 
 
-def junit_tiers(path: Path) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
+def junit_tiers(paths: list[Path]) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
     seconds: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     failed: dict[str, int] = defaultdict(int)
-    if not path.exists():
-        return seconds, count, failed
-    for case in ET.parse(path).getroot().iter("testcase"):
+    cases = [case for path in paths if path.exists() for case in ET.parse(path).getroot().iter("testcase")]
+    for case in cases:
         tier = tier_of(case.get("classname", ""))
         seconds[tier] += float(case.get("time", "0"))
         if case.find("skipped") is not None:
@@ -254,8 +254,11 @@ def summarize(run_dir: Path) -> dict[str, object]:
     for name, start, end in recorded:
         rows.append((name, end - start))
     pytest_start = first(lines, r"test session starts")
-    seconds, count, failed = junit_tiers(run_dir / "junit.xml")
-    summary = next((text for _, text in reversed(lines) if re.search(r"=+ .*(passed|failed).* in ", text)), "")
+    # junit.xml: one pytest process (before tests/tiers.py); junit/*.xml: one report per process.
+    seconds, count, failed = junit_tiers([run_dir / "junit.xml", *sorted((run_dir / "junit").glob("*.xml"))])
+    summary = "; ".join(
+        re.sub(r"=+", "", text).strip() for _, text in lines if re.search(r"=+ .*\b(passed|failed)\b.* in \d", text)
+    )
     return {
         "meta": meta,
         "total": total,
@@ -263,7 +266,7 @@ def summarize(run_dir: Path) -> dict[str, object]:
         "setup": pytest_start,
         "pytest": (total - pytest_start) if pytest_start is not None else None,
         "tiers": {k: (seconds[k], count[k], failed[k]) for k in sorted(seconds, key=lambda k: -seconds[k])},
-        "summary": summary.strip("= "),
+        "summary": summary,
     }
 
 
