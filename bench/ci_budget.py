@@ -251,9 +251,10 @@ def summarize(run_dir: Path) -> dict[str, object]:
         parts = raw.rsplit(" ", 2)
         if len(parts) == 3:
             recorded.append((parts[0], float(parts[1]), float(parts[2])))
-    for name, start, end in recorded:
-        rows.append((name, end - start))
     pytest_start = first(lines, r"test session starts")
+    for name, start, end in recorded:
+        during = pytest_start is not None and start - t0 >= pytest_start
+        rows.append((f"{name} (during pytest)" if during else name, end - start))
     # junit.xml: one pytest process (before tests/tiers.py); junit/*.xml: one report per process.
     seconds, count, failed = junit_tiers([run_dir / "junit.xml", *sorted((run_dir / "junit").glob("*.xml"))])
     summary = "; ".join(
@@ -283,7 +284,11 @@ def render(runs: list[Path]) -> str:
         meta = s["meta"]  # type: ignore[assignment]
         assert isinstance(meta, dict)
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(meta["start"])))
-        caches = "the machine's own caches" if meta["machine_caches"] else "caches under --cache-root"
+        cold = meta["mode"] == "cold"
+        if meta["machine_caches"]:
+            caches = "--machine-caches: the caches CI uses" + (", checked empty at the start" if cold else "")
+        else:
+            caches = "--cache-root: every cache under one directory" + (", emptied first" if cold else "")
         out.append(f"### {meta['mode']}: {fmt(s['total'])} wall, commit {str(meta['commit'])[:10]}, {when}")
         out.append("")
         out.append(
@@ -296,7 +301,8 @@ def render(runs: list[Path]) -> str:
         for name, secs in s["rows"]:  # type: ignore[union-attr]
             out.append(f"| {name} | {fmt(secs)} |")
         out.append(
-            f"| **setup in all**, until pytest starts (the phases above, some side by side) | **{fmt(s['setup'])}** |"
+            "| **setup in all**, until pytest starts (the phases above not marked during pytest, some side by side) "
+            f"| **{fmt(s['setup'])}** |"
         )  # type: ignore[arg-type]
         out.append(f"| **pytest in all** (by test directory, fixtures included:) | **{fmt(s['pytest'])}** |")  # type: ignore[arg-type]
         for tier, (secs, n, bad) in s["tiers"].items():  # type: ignore[union-attr]

@@ -32,6 +32,7 @@ def write_run(run_dir: Path) -> None:
     (run_dir / "phases.txt").write_text(
         "virtualenvs (make install: .venv, .venv-checkov) 1001.00 1181.00\n"
         "go build: kube-apiserver kubelet 1010.5 1610.5\n"
+        "image import into containerd: localhost/ml-platform-image 1950.0 2100.0\n"
     )
     (run_dir / "junit.xml").write_text(
         '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">'
@@ -55,6 +56,7 @@ def test_report_sums_phases_setup_and_tiers(tmp_path: Path) -> None:
     assert dict(summary["rows"]) == {
         "virtualenvs (make install: .venv, .venv-checkov)": 180.0,
         "go build: kube-apiserver kubelet": 600.0,
+        "image import into containerd: localhost/ml-platform-image (during pytest)": 150.0,
     }
     assert summary["tiers"] == {
         "tests/cluster": (1500.0, 2, 1),
