@@ -6,10 +6,11 @@
     python -m tests.tiers --serial        # one after the other (what a loaded or 1-core machine may prefer)
 
 The two processes select exactly what one `pytest -m "engine or cluster or prometheus or not engine"` selects,
-split by directory so that each has about half of the warm run's work:
-  clusters  tests/cluster and tests/engine: the real single-node cluster (root) and the real Pulumi engine
-            against a local control plane
-  rest      every other directory: units, infra, trainer, inference, the operator's and the launcher's tests
+split by file so that each has about half of a warm run's work:
+  clusters  tests/cluster and tests/engine/test_pulumi_engine.py: the real single-node cluster (root) and the real
+            Pulumi engine against a local control plane
+  rest      everything else: units, infra, trainer, inference, the control plane's, the operator's and the
+            launcher's tests
 Each has a base temporary directory of its own ($TMPDIR/ml-platform-pytest/<name>, emptied by pytest at the next
 run, so a failed run's cluster logs stay there to read). Their output is printed as it comes, each line prefixed with
 the process's name. Extra arguments go to both pytest commands (e.g. `-x`, `-k expr`).
@@ -31,10 +32,10 @@ from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY_TIER = "engine or cluster or prometheus or not engine"
-CLUSTER_DIRS = ("tests/cluster", "tests/engine")
+CLUSTER_PATHS = ("tests/cluster", "tests/engine/test_pulumi_engine.py")
 GROUPS: dict[str, list[str]] = {
-    "clusters": ["-m", EVERY_TIER, *CLUSTER_DIRS],
-    "rest": ["-m", EVERY_TIER, *(f"--ignore={d}" for d in CLUSTER_DIRS)],
+    "clusters": ["-m", EVERY_TIER, *CLUSTER_PATHS],
+    "rest": ["-m", EVERY_TIER, *(f"--ignore={d}" for d in CLUSTER_PATHS)],
 }
 
 

@@ -252,7 +252,7 @@ def _context_files(root: Path, sources: Iterable[str]) -> list[Path]:
 
 def platform_key(root: Path, base_ref: str) -> str:
     """Content key of the platform image: the Dockerfile, every file its COPY instructions read (pyproject.toml,
-    README.md, trainer/, inference/ today), the base image's key and the build arguments."""
+    trainer/, inference/, ... today), the base image's key and the build arguments."""
     dockerfile = root / "Dockerfile"
     parts: list[str | bytes] = [f"platform-r{PLATFORM_REV}", base_ref, TORCH_INDEX_URL, dockerfile.read_bytes()]
     for path in _context_files(root, dockerfile_sources(dockerfile)):
