@@ -258,7 +258,9 @@ def summarize(run_dir: Path) -> dict[str, object]:
     # junit.xml: one pytest process (before tests/tiers.py); junit/*.xml: one report per process.
     seconds, count, failed = junit_tiers([run_dir / "junit.xml", *sorted((run_dir / "junit").glob("*.xml"))])
     summary = "; ".join(
-        re.sub(r"=+", "", text).strip() for _, text in lines if re.search(r"=+ .*\b(passed|failed)\b.* in \d", text)
+        re.sub(r"^\[(\w+)\s*\]\s*", r"\1: ", re.sub(r"=+", "", text)).strip()
+        for _, text in lines
+        if re.search(r"=+ .*\b(passed|failed)\b.* in \d", text)
     )
     return {
         "meta": meta,
@@ -304,7 +306,10 @@ def render(runs: list[Path]) -> str:
             "| **setup in all**, until pytest starts (the phases above not marked during pytest, some side by side) "
             f"| **{fmt(s['setup'])}** |"
         )  # type: ignore[arg-type]
-        out.append(f"| **pytest in all** (by test directory, fixtures included:) | **{fmt(s['pytest'])}** |")  # type: ignore[arg-type]
+        out.append(
+            "| **pytest in all**, wall (by test directory below, fixtures included; two processes side by side add "
+            f"up to more) | **{fmt(s['pytest'])}** |"
+        )  # type: ignore[arg-type]
         for tier, (secs, n, bad) in s["tiers"].items():  # type: ignore[union-attr]
             extra = f", {bad} failed" if bad else ""
             out.append(f"| &nbsp;&nbsp;{tier} ({n} tests{extra}) | {fmt(secs)} |")
