@@ -30,15 +30,18 @@ def timed(cmd: list[str], repeat: int) -> list[float]:
     return times
 
 
-def machine() -> str:
-    cpu = "unknown cpu"
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown cpu"
+
+
+def machine() -> str:
+    cpu = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load:.2f} at start"
 

@@ -38,6 +38,9 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_infra import cpu_model  # noqa: E402  (a sibling script, not a package)
+
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## CI budget: `.ci/run` cold and warm, by phase (issue 21)"
 SECTION_END = "<!-- end ci budget -->"
@@ -173,15 +176,7 @@ def machine_cache_dirs() -> list[Path]:
 
 
 def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores, {cpu_model()}, {platform.system()} {platform.release()}"
 
 
 # --- report -----------------------------------------------------------------------------------------------
