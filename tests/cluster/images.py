@@ -40,6 +40,8 @@ from tests import phaselog
 
 ROOT = Path(__file__).resolve().parents[2]
 PAUSE_IMAGE = "localhost/pause:3.10"
+COREDNS_REPO = "localhost/coredns"
+NETWORK_POLICIES_REPO = "localhost/kube-network-policies"
 BASE_REPO = "localhost/ml-platform-python-base"
 PLATFORM_REPO = "localhost/ml-platform-image"
 # What the dev stack's manifests name (Pulumi.dev.yaml image, imagePullPolicy IfNotPresent).
@@ -72,16 +74,25 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) ->
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_oci_archive(path: Path, name: str, files: Mapping[str, tuple[bytes, int]], entrypoint: Iterable[str]) -> Path:
+def write_oci_archive(
+    path: Path,
+    name: str,
+    files: Mapping[str, tuple[bytes, int]],
+    entrypoint: Iterable[str],
+    *,
+    compress: bool = True,
+) -> Path:
     """Write a one-layer OCI image archive (`ctr images import` reads it) named `name` (the containerd
-    `io.containerd.image.name` annotation), holding `files` {path: (content, mode)}."""
+    `io.containerd.image.name` annotation), holding `files` {path: (content, mode)}; the layer is gzipped unless
+    `compress` is false (large static binaries: gzip would cost seconds at every cluster start)."""
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
         for file_path, (data, mode) in sorted(files.items()):
             _tar_add(layer, file_path.lstrip("/"), data, mode)
     layer_tar = layer_buf.getvalue()
     diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
-    layer_gz = gzip.compress(layer_tar, mtime=0)
+    layer_blob = gzip.compress(layer_tar, mtime=0) if compress else layer_tar
+    layer_type = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
     blobs: dict[str, bytes] = {}
     config = {
         "architecture": "amd64",
@@ -94,7 +105,7 @@ def write_oci_archive(path: Path, name: str, files: Mapping[str, tuple[bytes, in
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": _blob(blobs, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
-        "layers": [_blob(blobs, layer_gz, "application/vnd.oci.image.layer.v1.tar+gzip")],
+        "layers": [_blob(blobs, layer_blob, layer_type)],
     }
     manifest_desc = _blob(blobs, json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
     manifest_desc["annotations"] = {
@@ -112,6 +123,17 @@ def write_oci_archive(path: Path, name: str, files: Mapping[str, tuple[bytes, in
 
 def pause_archive(pause_binary: Path, path: Path) -> Path:
     return write_oci_archive(path, PAUSE_IMAGE, {"/pause": (pause_binary.read_bytes(), 0o755)}, ["/pause"])
+
+
+def binary_image_name(binary: Path, repo: str) -> str:
+    """`repo`:<hash of the binary>: a new build is a new tag, so no pod runs a stale copy."""
+    return f"{repo}:{_short_hash([binary.read_bytes()])}"
+
+
+def binary_archive(binary: Path, name: str, path: Path) -> Path:
+    """A one-binary image (`/<binary's name>`, its entrypoint), e.g. CoreDNS from tests/cluster/toolchain.sh."""
+    target = f"/{binary.name}"
+    return write_oci_archive(path, name, {target: (binary.read_bytes(), 0o755)}, [target], compress=False)
 
 
 # --- podman -------------------------------------------------------------------------------------------------

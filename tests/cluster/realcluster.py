@@ -60,14 +60,14 @@ from tests.harness.node import Node
 from tests.harness.pki import Pki
 from tests.harness.procs import ClusterError, Processes, free_port, process_identity, run, stop_process
 
-NODE_TOOLS = ("kubelet", "kube-proxy", "kubectl", "coredns", "pause")
+NODE_TOOLS = ("kubelet", "kube-proxy", "kubectl", "coredns", "kube-network-policies", "pause")
 HOST_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "socat", "nsenter", "unshare", "ip",
-                 "iptables", "conntrack", "mount", "umount")  # fmt: skip
+                 "iptables", "nft", "conntrack", "mount", "umount")  # fmt: skip
 API_PORT = 6443
 # Stopped in this order (clients before servers; containers go between the kubelet and containerd); the
 # forwards (socat bridges) first.
-STOP_ORDER = ("kube-proxy", "kubelet", "containerd", "coredns", "kube-scheduler", "kube-controller-manager",
-              "api-bridge", "kube-apiserver", "etcd")  # fmt: skip
+STOP_ORDER = ("kube-proxy", "kubelet", "containerd", "kube-scheduler", "kube-controller-manager", "api-bridge",
+              "kube-apiserver", "etcd")  # fmt: skip
 OWNER_FILE = "owner"
 HOST_STATE_FILE = "host-state.json"
 
@@ -212,6 +212,12 @@ class RealCluster:
         control_plane = self._start_control_plane(Pki(self.workdir / "pki"))
         self.containerd.start()
         self.import_oci_archive(images.pause_archive(self.node_tools / "pause", self.workdir / "pause.tar"))
+        coredns = self.node_tools / "coredns"
+        coredns_image = images.binary_image_name(coredns, images.COREDNS_REPO)
+        self.import_oci_archive(images.binary_archive(coredns, coredns_image, self.workdir / "coredns.tar"))
+        enforcer = self.node_tools / "kube-network-policies"
+        enforcer_image = images.binary_image_name(enforcer, images.NETWORK_POLICIES_REPO)
+        self.import_oci_archive(images.binary_archive(enforcer, enforcer_image, self.workdir / "enforcer.tar"))
         for spec in self.images:
             self.import_podman_image(spec.podman_ref, spec.names)
         node = Node(
@@ -224,9 +230,12 @@ class RealCluster:
             containerd_sock=self.containerd.sock,
             cgroup_root=self.host.cgroup_root,
         )
-        node.start_coredns()
+        node.declare_coredns(coredns_image)
+        node.declare_network_policies(enforcer_image)
         node.start_kubelet()
         node.start_kube_proxy()
+        node.wait_network_policies()  # before the tests' first pod: every pod lives under enforcement
+        node.wait_coredns()
         self.processes.eventually(
             "the default ServiceAccount (controller-manager up)",
             lambda: self.api.get("v1", "ServiceAccount", "default", "default") is not None,

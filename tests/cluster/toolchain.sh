@@ -11,10 +11,17 @@
 #   kubelet, kube-proxy, kubectl   k8s.io/kubernetes v1.35.4, built by tests/engine/toolchain.sh from its module
 #                                  tests/engine/gomod/kubernetes together with the control plane (one module graph,
 #                                  one `go build`), linked here
-#   coredns                        github.com/coredns/coredns v1.14.7 (gomod/coredns)
+#   coredns                        github.com/coredns/coredns v1.14.7 (gomod/coredns); runs as a pod, from an image
+#                                  the cluster writes itself (tests/cluster/images.py coredns_archive)
+#   kube-network-policies          sigs.k8s.io/kube-network-policies v0.8.0 (gomod/kube-network-policies), the
+#                                  NetworkPolicy enforcer kind ships, with k8s.io raised to v0.35.4 (shared compiled
+#                                  packages) and one patch: its packets reach the userspace queue through the
+#                                  xtables NFQUEUE target, as this machine's kernel lacks nft's queue expression
+#                                  (gomod/kube-network-policies/nfqueue-target.patch; docs/cluster.md)
 #   pause                          build/pause/linux/pause.c of the k8s.io/kubernetes module, gcc -static
 # Debian packages (apt-get, only when missing): containerd, runc, containernetworking-plugins, iptables,
-# conntrack, socat, debootstrap, podman, uidmap, gcc + libc6-dev (for pause).
+# conntrack, socat, debootstrap, podman, uidmap, gcc + libc6-dev (for pause), patch, nftables (`nft`: the tests
+# read the enforcer's table).
 # The control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) is tests/engine/toolchain.sh's.
 #
 # Environment:
@@ -29,17 +36,19 @@ GOMOD="$HERE/gomod"
 
 K8S_VERSION=v1.35.4
 COREDNS_VERSION=v1.14.7
+KNP_VERSION=v0.8.0
 PAUSE_VERSION=3.10
 NICE="${NICE:-nice -n 10}"
 APT_PACKAGES="containerd runc containernetworking-plugins iptables conntrack socat debootstrap podman uidmap gcc
-libc6-dev"
+libc6-dev patch nftables"
 
 command -v go >/dev/null || { echo "cluster toolchain: go is not on PATH" >&2; exit 1; }
 GO_VERSION="$(go env GOVERSION)"
 # Bump BUILD_REV when the build flags below change; go.mod/go.sum changes change the hash by themselves.
 BUILD_REV=2
 K8S_MOD="$HERE/../engine/gomod/kubernetes"
-SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum "$K8S_MOD/go.mod" "$K8S_MOD/go.sum"; echo "pause-$PAUSE_VERSION") |
+SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum "$GOMOD"/*/*.patch "$K8S_MOD/go.mod" "$K8S_MOD/go.sum"
+    echo "pause-$PAUSE_VERSION") |
     sha256sum | cut -c1-12)"
 KEY="cluster_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}_${GO_VERSION}_r${BUILD_REV}_${SRC_HASH}"
 CACHE="${ML_PLATFORM_TOOLCHAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ml-platform/toolchain}"
@@ -109,6 +118,31 @@ fi
 build coredns coredns github.com/coredns/coredns \
     "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
 
+# kube-network-policies from a patched copy of its module source: a build module file (go.mod plus a replace to
+# the copy) beside the wrapper's own, which stays as `go mod tidy` leaves it.
+if [[ -x "$DIR/kube-network-policies" ]]; then
+    tc_log "kube-network-policies: cached"
+else
+    start="$(tc_now)"
+    knp_mod="$GOMOD/kube-network-policies"
+    src_dir="$DIR/.knp-src.$$"
+    rm -rf "$src_dir" && mkdir -p "$src_dir"
+    (cd "$knp_mod" && go mod download sigs.k8s.io/kube-network-policies) >&2
+    knp_src="$(cd "$knp_mod" && go list -m -f '{{.Dir}}' sigs.k8s.io/kube-network-policies)"
+    cp -r "$knp_src" "$src_dir/src" && chmod -R u+w "$src_dir/src"
+    patch -s -d "$src_dir/src" -p1 < "$knp_mod/nfqueue-target.patch"
+    cp "$knp_mod/go.mod" "$src_dir/go.build.mod" && cp "$knp_mod/go.sum" "$src_dir/go.build.sum"
+    echo "replace sigs.k8s.io/kube-network-policies $KNP_VERSION => $src_dir/src" >> "$src_dir/go.build.mod"
+    (cd "$knp_mod" && $NICE go build -modfile "$src_dir/go.build.mod" -ldflags "-s -w" \
+        -o "$src_dir/kube-network-policies" sigs.k8s.io/kube-network-policies/cmd) >&2
+    mv "$src_dir/kube-network-policies" "$DIR/kube-network-policies"
+    rm -rf "$src_dir"
+    secs="$(awk -v a="$(tc_now)" -v b="$start" 'BEGIN { printf "%d", a - b }')"
+    echo "kube-network-policies $secs" >> "$DIR/build-seconds.txt"
+    tc_phase "go build: kube-network-policies" "$start"
+    tc_log "kube-network-policies: built in $secs s"
+fi
+
 # The sandbox ("pause") container's binary, from the Kubernetes module's own source; the cluster packs it into
 # the image localhost/pause:$PAUSE_VERSION at start (tests/cluster/realcluster.py).
 if [[ -x "$DIR/pause" ]]; then
@@ -130,6 +164,7 @@ fi
 cat > "$DIR/versions.txt" <<EOF
 kubernetes $K8S_VERSION (kubelet, kube-proxy, kubectl)
 coredns $COREDNS_VERSION
+kube-network-policies $KNP_VERSION (+ nfqueue-target.patch)
 pause $PAUSE_VERSION
 go $GO_VERSION
 EOF
