@@ -1,12 +1,13 @@
-"""The task launcher (skyrun/): its API Deployment, Service, PodDisruptionBudget, NetworkPolicy and RBAC.
+"""The task launcher (skyrun/): its API Deployment, Service, PodDisruptionBudget and RBAC.
 
 What the launcher does is in docs/launcher.md. This component declares its ServiceAccount; a Role in the platform
 namespace with exactly `workloads.task.launcher_role_rules()` (tasks' Jobs, Services and record ConfigMaps, the
 users' PVCs, reading pods, their logs and events) and its RoleBinding; a ClusterRole with nothing but `create` on
 tokenreviews and subjectaccessreviews (cluster-scoped APIs: the only way to check a bearer token and an --all-users
 right) and its ClusterRoleBinding; the Deployment (2 replicas, rolling, probes, Pod Security restricted) that runs
-`python -m skyrun serve`; its Service; a PodDisruptionBudget; and a NetworkPolicy that lets users reach the API
-port and the server reach the Kubernetes API (NetworkPolicies add up: the namespace's default deny stays).
+`python -m skyrun serve`; its Service; and a PodDisruptionBudget. Its NetworkPolicies (who reaches the API, the
+server to the Kubernetes API, the tasks' egress) are infra/network.py's, with the namespace's others; each task
+brings its own for its ranks (workloads/task.py).
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from workloads.pod import (
     selector_labels,
     tmp_volume,
 )
-from workloads.task import TASK_LABEL, launcher_cluster_role_rules, launcher_role_rules
+from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
 NAME = "skyrun"
 """Name of the launcher's Deployment, Service, ServiceAccount, Role and pods (app.kubernetes.io/name)."""
 HTTP_PORT = 8000
 METRICS_PORT = 9090
 """Prometheus metrics (`/metrics`, no token): a port of their own, so the API port stays token-only."""
-KUBE_API_PORTS = (443, 6443)
 
 
 @dataclass(frozen=True)
@@ -210,37 +210,6 @@ class TaskLauncher(pulumi.ComponentResource):
                     "maxUnavailable": 1,
                     "selector": {"matchLabels": selector},
                     "unhealthyPodEvictionPolicy": "AlwaysAllow",
-                }
-            ),
-            opts=child,
-        )
-        self.network_policy = k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata=metadata(),
-            spec=as_input(
-                {
-                    "podSelector": {"matchLabels": selector},
-                    "policyTypes": ["Ingress", "Egress"],
-                    # Users reach the API from anywhere the Service is exposed; the bearer token is the gate.
-                    "ingress": [{"ports": [{"protocol": "TCP", "port": HTTP_PORT}]}],
-                    "egress": [{"ports": [{"protocol": "TCP", "port": p} for p in KUBE_API_PORTS]}],
-                }
-            ),
-            opts=child,
-        )
-        # The tasks' pods (every rank of every task) talk to each other on any port: torchrun's rendezvous and the
-        # collectives open pairwise connections on ephemeral ports. Nothing else reaches them.
-        task_pods = {"matchLabels": {TASK_LABEL: "true"}}
-        all_tcp = [{"protocol": "TCP", "port": 1, "endPort": 65535}]
-        self.task_network_policy = k8s.networking.v1.NetworkPolicy(
-            f"{name}-tasks-netpol",
-            metadata={**metadata(), "name": f"{NAME}-tasks"},
-            spec=as_input(
-                {
-                    "podSelector": task_pods,
-                    "policyTypes": ["Ingress", "Egress"],
-                    "ingress": [{"from": [{"podSelector": task_pods}], "ports": all_tcp}],
-                    "egress": [{"to": [{"podSelector": task_pods}], "ports": all_tcp}],
                 }
             ),
             opts=child,

@@ -15,6 +15,7 @@ from infra.config import (
     StackConfig,
 )
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
+from infra.launcher import HTTP_PORT as LAUNCHER_HTTP_PORT
 from infra.launcher import METRICS_PORT as LAUNCHER_METRICS_PORT
 from infra.launcher import NAME as LAUNCHER_NAME
 from infra.launcher import TaskLauncher, TaskLauncherArgs
@@ -135,6 +136,9 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             ingress_controller_namespace=config.inference.ingress_controller_namespace,
             acme=config.tls.enabled and config.tls.issuer == "acme",
             operator=config.operator,
+            launcher=config.launcher,
+            launcher_port=LAUNCHER_HTTP_PORT,
+            network=config.network,
         ),
         opts=after_ns,
     )

@@ -64,6 +64,12 @@ class TrainingJob(pulumi.ComponentResource):
             spec=manifests.service["spec"],
             opts=child,
         )
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{name}-ranks",
+            metadata=manifests.network_policy["metadata"],
+            spec=manifests.network_policy["spec"],
+            opts=child,
+        )
         custom_timeouts = None
         if args.wait:
             custom_timeouts = pulumi.CustomTimeouts(
@@ -75,8 +81,9 @@ class TrainingJob(pulumi.ComponentResource):
             spec=manifests.job["spec"],
             opts=pulumi.ResourceOptions(
                 parent=self,
-                # Its pods mount the ConfigMap and take their DNS names from the Service.
-                depends_on=[*after, self.config_map, self.service],
+                # Its pods mount the ConfigMap, take their DNS names from the Service and reach each other through
+                # the NetworkPolicy.
+                depends_on=[*after, self.config_map, self.service, self.network_policy],
                 delete_before_replace=True,
                 custom_timeouts=custom_timeouts,
             ),

@@ -9,11 +9,13 @@ from lightkube import ApiError, AsyncClient, codecs
 from lightkube.core.client import LabelValue
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import CascadeType, PatchType
 
 FIELD_MANAGER = "skyrun"
 KINDS: dict[str, Any] = {
     "ConfigMap": ConfigMap, "Service": Service, "Job": Job, "Pod": Pod, "PersistentVolumeClaim": PersistentVolumeClaim,
+    "NetworkPolicy": NetworkPolicy,
 }  # fmt: skip
 
 

@@ -117,6 +117,7 @@ class Launcher:
             raise Problem(409, "could not find a free task id; try again", reason="no_free_id")
         try:
             await self.kube.create(manifests.service)
+            await self.kube.create(manifests.network_policy)
             await self.kube.create(manifests.job)
         except ApiError as err:
             await self._remove(task_id)
@@ -131,7 +132,7 @@ class Launcher:
 
     async def _remove(self, task_id: str) -> None:
         name = task_object_name(task_id)
-        for kind in ("Job", "Service", "ConfigMap"):
+        for kind in ("Job", "Service", "NetworkPolicy", "ConfigMap"):
             await self.kube.delete(kind, name)
 
     async def _snapshot(self, user: str | None, task_id: str | None = None, *, active_only: bool = False) -> Snapshot:
@@ -240,6 +241,7 @@ class Launcher:
             for pod in snap.pods.get(tid, []):
                 await self.kube.delete("Pod", pod["metadata"]["name"], grace_period=10)
             await self.kube.delete("Service", name)
+            await self.kube.delete("NetworkPolicy", name)
             stopped.append(tid)
         return stopped
 

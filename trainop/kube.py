@@ -16,6 +16,7 @@ from lightkube.core.client import LabelValue
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Pod, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import CascadeType, PatchType
 
 from workloads.trainingjob import ATTEMPT_LABEL, GROUP, KIND, PLURAL, TRAININGJOB_LABEL, VERSION
@@ -64,7 +65,9 @@ class Kube:
         except ApiError as err:
             if err.status.code != 409:
                 raise
-        kind: Any = {"ConfigMap": ConfigMap, "Service": Service, "Job": Job}[obj["kind"]]
+        kind: Any = {"ConfigMap": ConfigMap, "Service": Service, "NetworkPolicy": NetworkPolicy, "Job": Job}[
+            obj["kind"]
+        ]
         live = dict((await self.client.get(kind, obj["metadata"]["name"], namespace=self.ns)).to_dict())
         owners = [o["uid"] for o in live["metadata"].get("ownerReferences") or [] if o.get("controller")]
         if owners != [owner_uid]:
@@ -74,7 +77,7 @@ class Kube:
     async def delete_other_attempts(self, tj_name: str, attempt: int) -> list[str]:
         """Delete the children of this TrainingJob's earlier attempts (their pods go with their Job)."""
         deleted = []
-        kinds: tuple[Any, ...] = (Job, Service, ConfigMap)
+        kinds: tuple[Any, ...] = (Job, Service, NetworkPolicy, ConfigMap)
         for kind in kinds:
             selector: dict[str, LabelValue] = {TRAININGJOB_LABEL: tj_name}
             async for obj in self.client.list(kind, namespace=self.ns, labels=selector):

@@ -3,6 +3,7 @@ resource requirements, scratch volumes, tolerations, and checkov's skip annotati
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,3 +119,20 @@ def checkov_skips(*, images: list[str], pull_policy: str) -> dict[str, str]:
             "set the image to repo@sha256:... to pin by digest"
         )
     return {f"checkov.io/skip{i}": reason for i, reason in enumerate(reasons, start=1)}
+
+
+def ranks_network_policy(metadata: dict[str, Any], ranks: Mapping[str, str]) -> dict[str, Any]:
+    """A NetworkPolicy that lets the pods matching `ranks` (one training run's, one task's) reach each other on
+    every port and protocol. Policies add up: the namespace's default deny and its other allowances stay."""
+    peers = [{"podSelector": {"matchLabels": dict(ranks)}}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": dict(ranks)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": peers}],
+            "egress": [{"to": peers}],
+        },
+    }

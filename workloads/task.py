@@ -26,6 +26,7 @@ from workloads.pod import (
     Resources,
     container_security_context,
     pod_security_context,
+    ranks_network_policy,
     recommended_labels,
     resource_requirements,
     tmp_volume,
@@ -159,12 +160,15 @@ class TaskManifests:
     """ConfigMap: the task as submitted, its user, and (once finished) its final status; outlives the Job."""
     service: dict[str, Any]
     """Headless Service: `<job>-<rank>.<service>` names for every node."""
+    network_policy: dict[str, Any]
+    """The task's nodes reach each other on every port, and no other task's (workloads/training.py
+    ranks_network_policy)."""
     job: dict[str, Any]
     """The Indexed Job of the task's nodes."""
 
     def objects(self) -> list[dict[str, Any]]:
         """Creation order: the record first (the task exists once it does), the Job last."""
-        return [self.record, self.service, self.job]
+        return [self.record, self.service, self.network_policy, self.job]
 
 
 def task_labels(task: Task, launch: Launch) -> dict[str, str]:
@@ -348,7 +352,8 @@ def task_manifests(task: Task, launch: Launch) -> TaskManifests:
             },
         },
     }
-    return TaskManifests(record=record, service=service, job=job)
+    network_policy = ranks_network_policy(metadata(annotations=dict(annotations)), selector)
+    return TaskManifests(record=record, service=service, network_policy=network_policy, job=job)
 
 
 def volume_claim(
@@ -386,12 +391,15 @@ def volume_claim(
 
 
 def launcher_role_rules() -> list[dict[str, Any]]:
-    """What the launcher's ServiceAccount may do in the platform namespace: run tasks (Jobs, their Services and
-    record ConfigMaps), own volumes (PVCs), and read pods, their logs and events (statuses, pending reasons)."""
+    """What the launcher's ServiceAccount may do in the platform namespace: run tasks (Jobs, their Services,
+    NetworkPolicies and record ConfigMaps), own volumes (PVCs), and read pods, their logs and events (statuses,
+    pending reasons)."""
     write = ["get", "list", "watch", "create", "update", "patch", "delete"]
     return [
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": write},
         {"apiGroups": [""], "resources": ["services", "configmaps", "persistentvolumeclaims"], "verbs": write},
+        # Each task's nodes reach each other through a NetworkPolicy of the task's own.
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": write},
         # Stop deletes a task's pods with its Job (propagation) and also directly, so they end at once.
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},

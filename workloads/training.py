@@ -27,6 +27,7 @@ from workloads.pod import (
     checkov_skips,
     container_security_context,
     pod_security_context,
+    ranks_network_policy,
     recommended_labels,
     resource_requirements,
     selector_labels,
@@ -122,6 +123,10 @@ class TrainingJobSpec:
         return max(1, self.resources.gpus)
 
     @property
+    def ranks_policy_name(self) -> str:
+        return f"{self.run_name}-ranks"
+
+    @property
     def rank0_host(self) -> str:
         """Rank 0's stable DNS name inside the namespace."""
         return f"{self.job_name}-0.{self.service_name}"
@@ -135,12 +140,16 @@ class TrainingManifests:
     """ConfigMap holding train.yaml."""
     service: dict[str, Any]
     """Headless Service that gives each pod a DNS name."""
+    network_policy: dict[str, Any]
+    """The run's ranks reach each other on every port, and no other run's (rendezvous, gloo and NCCL open
+    pairwise connections on ephemeral ports)."""
     job: dict[str, Any]
     """Indexed Job of the workers."""
 
     def objects(self) -> list[dict[str, Any]]:
-        """In creation order: the Job mounts the ConfigMap and its pods' names come from the Service."""
-        return [self.config_map, self.service, self.job]
+        """In creation order: the Job mounts the ConfigMap, its pods' names come from the Service, and its ranks
+        find each other through the NetworkPolicy."""
+        return [self.config_map, self.service, self.network_policy, self.job]
 
 
 def threads_per_rank(cpu_limit: str, ranks_per_pod: int = 1) -> int:
@@ -178,6 +187,7 @@ def training_manifests(spec: TrainingJobSpec) -> TrainingManifests:
             "ports": [{"name": "rendezvous", "port": spec.master_port, "targetPort": "rendezvous"}],
         },
     }
+    network_policy = ranks_network_policy(metadata(spec.ranks_policy_name), selector_labels("trainer", spec.run_name))
     job_labels = dict(labels)
     if spec.kueue_queue:
         job_labels[KUEUE_QUEUE_LABEL] = spec.kueue_queue
@@ -221,7 +231,7 @@ def training_manifests(spec: TrainingJobSpec) -> TrainingManifests:
             },
         },
     }
-    return TrainingManifests(config_map=config_map, service=service, job=job)
+    return TrainingManifests(config_map=config_map, service=service, network_policy=network_policy, job=job)
 
 
 def _command(spec: TrainingJobSpec) -> list[str]:

@@ -137,6 +137,12 @@ def operator_role_rules() -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "list", "create", "delete"]},
+        # Each attempt's ranks reach each other through a NetworkPolicy of their own (workloads/training.py).
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "resources": ["networkpolicies"],
+            "verbs": ["get", "list", "create", "delete"],
+        },
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},

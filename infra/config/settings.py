@@ -148,6 +148,27 @@ class InferenceSettings:
 
 
 @dataclass(frozen=True)
+class NetworkSettings:
+    """What the NetworkPolicies need to know about the cluster (docs/security.md, per CNI)."""
+
+    dns_pod_labels: tuple[tuple[str, str], ...]
+    """Labels of the cluster DNS pods, in any namespace (kind, kubeadm, GKE, EKS: k8s-app=kube-dns)."""
+    dns_cidrs: tuple[str, ...]
+    """DNS servers that are not pods (NodeLocal DNSCache's 169.254.20.10/32, a host-network CoreDNS)."""
+    api_server_cidrs: tuple[str, ...]
+    """Where the Kubernetes API server's endpoints are (after the Service's DNAT: the control-plane nodes)."""
+    api_server_ports: tuple[int, ...]
+    """The API server endpoints' ports (6443 kubeadm and kind, 443 managed clusters, 8443, 16443 microk8s)."""
+    task_egress_cidrs: tuple[str, ...]
+    """Where launched tasks may connect outside the cluster (package mirrors, datasets), on `task_egress_ports`."""
+    task_egress_ports: tuple[int, ...]
+    """TCP ports of `task_egress_cidrs`."""
+    launcher_client_cidrs: tuple[str, ...]
+    """Clients of the task launcher API outside the cluster's pods (besides the platform namespace and the
+    ingress controller's)."""
+
+
+@dataclass(frozen=True)
 class MonitoringSettings:
     prometheus_operator: bool
     """Declare PodMonitors and a PrometheusRule (else scrape annotations and a rule-file ConfigMap)."""

@@ -24,6 +24,7 @@ from infra.config.settings import (
     MlflowSettings,
     MonitoringSettings,
     NamespaceSettings,
+    NetworkSettings,
     StorageSettings,
     TlsSettings,
     TrainingSettings,
@@ -54,6 +55,8 @@ class StackConfig:
     """NodePort or ClusterIP for the inference and MLflow Services."""
     namespace: NamespaceSettings
     """Namespace, quota and defaults."""
+    network: NetworkSettings
+    """What the NetworkPolicies assume about the cluster."""
     storage: StorageSettings
     """Volumes."""
     mlflow: MlflowSettings
@@ -148,6 +151,22 @@ def _monitoring(v: Validator) -> MonitoringSettings:
             inference_429_minutes=v.integer("alertInference429Minutes", 1, 1440),
             volume_free_ratio=v.integer("alertVolumeFreePercent", 1, 99) / 100,
         ),
+    )
+
+
+def _network(v: Validator) -> NetworkSettings:
+    dns_labels = v.key_values("dnsPodLabels")
+    dns_cidrs = v.cidrs("dnsCidrs")
+    if not dns_labels and not dns_cidrs and "dnsPodLabels" in v.raw and "dnsCidrs" in v.raw:
+        v.problem("dnsPodLabels", "and dnsCidrs are both empty: pods could resolve no name; set one of them")
+    return NetworkSettings(
+        dns_pod_labels=dns_labels,
+        dns_cidrs=dns_cidrs,
+        api_server_cidrs=v.cidrs("apiServerCidrs"),
+        api_server_ports=v.ports("apiServerPorts"),
+        task_egress_cidrs=v.cidrs("taskEgressCidrs"),
+        task_egress_ports=v.ports("taskEgressPorts"),
+        launcher_client_cidrs=v.cidrs("launcherClientCidrs"),
     )
 
 
@@ -287,6 +306,7 @@ def _build(v: Validator) -> StackConfig:
             ingress_controller_namespace=v.dns_label("ingressControllerNamespace"),
         ),
         monitoring=_monitoring(v),
+        network=_network(v),
         operator=v.boolean("trainingJobOperator"),
         operator_crd=v.boolean("trainingJobCrd"),
         launcher=v.boolean("taskLauncher"),

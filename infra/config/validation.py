@@ -6,6 +6,7 @@ on; `ConfigError` reports them all at once.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -116,6 +117,27 @@ class Validator:
             self.problem(key, "must be a list of strings")
             return []
         return value
+
+    def cidrs(self, key: str) -> tuple[str, ...]:
+        """IPv4 or IPv6 networks in CIDR form (10.0.0.0/8, fd00::/64, 0.0.0.0/0, ::/0), host bits zero."""
+        result = []
+        for item in self.string_list(key):
+            try:
+                result.append(str(ipaddress.ip_network(item, strict=True)))
+            except ValueError:
+                self.problems.append(
+                    f"{key}: entry {item!r} must be a network in CIDR form with its host bits zero, such as "
+                    "10.96.0.0/12, 172.18.0.2/32, fd00::/64, 0.0.0.0/0 or ::/0"
+                )
+        return tuple(result)
+
+    def ports(self, key: str) -> tuple[int, ...]:
+        """A non-empty list of TCP port numbers."""
+        value = self.raw.get(key)
+        if isinstance(value, list) and value and all(type(p) is int and 1 <= p <= 65535 for p in value):
+            return tuple(value)
+        self.problem(key, "must be a non-empty list of port numbers between 1 and 65535, such as [443, 6443]")
+        return ()
 
     def resources(self, prefix: str, gpus: int = 0) -> Resources:
         res = Resources(

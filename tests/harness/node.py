@@ -239,7 +239,7 @@ class Node:
         self.procs.eventually("kube-network-policies' nftables table", self._knp_table, 60)
 
     def _knp_table(self) -> bool:
-        out = run(self.procs.prefix + ["nft", "list", "tables"], check=False).stdout
+        out = run([*self.procs.prefix, "nft", "list", "tables"], check=False).stdout
         return "kube-network-policies" in out
 
     def start_kubelet(self) -> None:

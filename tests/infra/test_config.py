@@ -68,6 +68,16 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"waitForTraining": "maybe"}, "waitForTraining", "true or false"),
     ("dev", {"kueueQueue": "Gpu Queue"}, "kueueQueue", "LocalQueue name"),
     ("dev", {"acmeServer": "http://acme.example.com"}, "acmeServer", "https://"),
+    ("dev", {"apiServerCidrs": ["172.18.0.2"]}, "apiServerCidrs", "CIDR form"),
+    ("dev", {"apiServerCidrs": ["10.0.0.1/8"]}, "apiServerCidrs", "host bits zero"),
+    ("dev", {"apiServerPorts": [6443, 70000]}, "apiServerPorts", "between 1 and 65535"),
+    ("dev", {"apiServerPorts": []}, "apiServerPorts", "non-empty list"),
+    ("dev", {"taskEgressPorts": ["https"]}, "taskEgressPorts", "port numbers"),
+    ("dev", {"taskEgressCidrs": ["anywhere"]}, "taskEgressCidrs", "0.0.0.0/0 or ::/0"),
+    ("dev", {"dnsCidrs": ["169.254.20.10/33"]}, "dnsCidrs", "CIDR form"),
+    ("dev", {"dnsPodLabels": ["k8s-app"]}, "dnsPodLabels", "label-key=label-value"),
+    ("dev", {"dnsPodLabels": [], "dnsCidrs": []}, "dnsPodLabels", "could resolve no name"),
+    ("dev", {"launcherClientCidrs": ["fd00::1/64"]}, "launcherClientCidrs", "host bits zero"),
 ]
 
 

@@ -44,8 +44,7 @@ def test_type_token_and_child_names(component: Run) -> None:
     assert mocks.resources[0].type == "mlplatform:launcher:TaskLauncher"
     assert all(r.name.startswith("launcher") for r in mocks.resources)
     assert sorted(o["kind"] for o in objects) == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy", "NetworkPolicy",
-        "PodDisruptionBudget", "Role",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
         "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
 
@@ -60,7 +59,6 @@ def test_selectors_match_the_pods_and_the_pods_are_restricted(component: Run) ->
         deployment["spec"]["selector"]["matchLabels"],
         find(objects, "Service")["spec"]["selector"],
         find(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-        find(objects, "NetworkPolicy", "skyrun")["spec"]["podSelector"]["matchLabels"],
     ):
         assert selector.items() <= pod_labels.items()
     spec = template["spec"]
@@ -103,14 +101,3 @@ def test_the_server_is_configured_from_the_args(component: Run) -> None:
     assert env["SKYRUN_MAX_ACTIVE_TASKS_PER_USER"] == "7" and env["SKYRUN_IMAGE"] == "ml-platform:1.0"
     assert env["SKYRUN_HOST"] == "0.0.0.0"
     assert find(objects, "Service")["spec"]["ports"][0]["nodePort"] == 30800
-
-
-def test_task_pods_reach_only_each_other(component: Run) -> None:
-    """Every rank of a task talks to the others (torchrun's rendezvous, collectives on ephemeral ports); the
-    namespace's default deny keeps everything else out."""
-    _, objects = render(component)
-    policy = find(objects, "NetworkPolicy", "skyrun-tasks")["spec"]
-    tasks = {"podSelector": {"matchLabels": {"skypilot-task": "true"}}}
-    assert policy["podSelector"] == tasks["podSelector"]
-    assert [peer for rule in policy["ingress"] for peer in rule["from"]] == [tasks]
-    assert [peer for rule in policy["egress"] for peer in rule["to"]] == [tasks]

@@ -23,7 +23,7 @@ from workloads.pod import slot_port_name
 from workloads.training import MAX_RANKS_PER_POD, metrics_ports
 
 from .conftest import containers, find, objects_of, pod_specs, render_stack
-from .test_network_policies import Endpoint, allowed
+from tests.netpol import Cluster, Endpoint
 
 Run = Callable[[Callable[[], Any]], RecordingMocks]
 NAMESPACE = "ml-platform"
@@ -31,8 +31,12 @@ SCRAPED = {"trainer", "inference", "mlflow", "trainop", "skyrun"}
 """app.kubernetes.io/name of every component whose pods serve metrics."""
 METRICS_PORT_NAMES = {"trainer": "metrics", "inference": "http", "mlflow": "http", "trainop": "metrics",
                       "skyrun": "metrics"}  # fmt: skip
-PROMETHEUS = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
-OTHER_TEAM = Endpoint("other-team", "team-b", {"app": "x"})
+PROMETHEUS = Endpoint("prometheus", "10.244.1.2", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+OTHER_TEAM = Endpoint("other-team", "10.244.1.3", "team-b", {"app": "x"})
+
+
+def allowed(policies: list[dict[str, Any]], src: Endpoint, dst: Endpoint, proto: str, port: int) -> bool:
+    return Cluster(policies, {NAMESPACE: {}, "monitoring": {}, "team-b": {}}).allowed(src, dst, proto, port)
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -148,7 +152,7 @@ def test_network_policies_admit_prometheus_to_each_metrics_port_only(
     pods = workloads_of(objects)
     for name in SCRAPED:
         metadata, spec = pods[name]
-        target = Endpoint(name, NAMESPACE, metadata["labels"])
+        target = Endpoint(name, "10.244.0.9", NAMESPACE, metadata["labels"])
         metrics_port = container_port(spec, METRICS_PORT_NAMES[name])
         assert allowed(policies, PROMETHEUS, target, "TCP", metrics_port), name
         # Every other port of the pod stays shut to Prometheus unless it was open to everyone already.
@@ -185,7 +189,7 @@ def test_every_local_rank_of_a_multi_gpu_pod_is_scraped() -> None:
     scraped = {e["port"] for e in find(objects, "PodMonitor", "trainer-metrics")["spec"]["podMetricsEndpoints"]}
     assert set(declared) <= scraped
     policies = by_kind(objects, "NetworkPolicy")
-    trainer = Endpoint("trainer", NAMESPACE, {"app.kubernetes.io/name": "trainer"})
+    trainer = Endpoint("trainer", "10.244.0.9", NAMESPACE, {"app.kubernetes.io/name": "trainer"})
     for port in declared.values():
         assert allowed(policies, PROMETHEUS, trainer, "TCP", port), port
         assert not allowed(policies, OTHER_TEAM, trainer, "TCP", port), port
@@ -204,15 +208,16 @@ def test_metrics_ports_stay_shut_to_other_namespaces(operated: list[dict[str, An
     policies = by_kind(operated, "NetworkPolicy")
     for name, (metadata, spec) in workloads_of(operated).items():
         if name in SCRAPED and METRICS_PORT_NAMES[name] == "metrics":
-            target = Endpoint(name, NAMESPACE, metadata["labels"])
+            target = Endpoint(name, "10.244.0.9", NAMESPACE, metadata["labels"])
             assert not allowed(policies, OTHER_TEAM, target, "TCP", container_port(spec, "metrics")), name
 
 
 def test_prometheus_namespace_is_configurable() -> None:
     objects = objects_of(render_stack("dev", prometheusNamespace="observability"))
     policies = by_kind(objects, "NetworkPolicy")
-    trainer = Endpoint("trainer", NAMESPACE, {"app.kubernetes.io/name": "trainer"})
-    assert allowed(policies, Endpoint("p", "observability", {}), trainer, "TCP", 9400)
+    trainer = Endpoint("trainer", "10.244.0.9", NAMESPACE, {"app.kubernetes.io/name": "trainer"})
+    other_prometheus = Endpoint("p", "10.244.1.4", "observability", {})
+    assert Cluster(policies, {NAMESPACE: {}, "observability": {}}).allowed(other_prometheus, trainer, "TCP", 9400)
     assert not allowed(policies, PROMETHEUS, trainer, "TCP", 9400)
 
 

@@ -1,179 +1,237 @@
-"""NetworkPolicies, evaluated with Kubernetes' semantics over the rendered stacks: every path the platform needs
-is open, and nothing else is."""
+"""The rendered stacks' NetworkPolicies, judged by tests/netpol.py (Kubernetes' semantics) over every component:
+each flow the design needs is open, and nothing else is. The expected tables are written by hand from the design
+(docs/security.md, "Flows"), never derived from the policies; tests/cluster/test_network_flows.py probes the same
+kind of table with real pods under a real enforcer."""
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
+from tests.netpol import Cluster, Endpoint, ip_block_matches, selector_matches
+from workloads.task import Launch, parse_task, task_manifests
+
 from .conftest import objects_of, render_stack
 
-NAMESPACE = "ml-platform"
+NS = "ml-platform"
+NODE_IP = "172.18.0.2"  # kind's node: the API server's endpoint (after the kubernetes Service's DNAT)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    namespace: str | None = None  # None: outside the cluster (an IP address)
-    labels: dict[str, str] = field(default_factory=dict)
-    ip: str = "10.244.0.10"
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-
-def pod(name: str, namespace: str = NAMESPACE, **labels: str) -> Endpoint:
-    return Endpoint(name, namespace, {"app.kubernetes.io/name": name, **labels})
+def template_labels(objects: list[dict[str, Any]], name: str) -> dict[str, str]:
+    """The pod labels of the workload whose pods are app.kubernetes.io/name=`name` (identity, not verdicts)."""
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            if labels.get("app.kubernetes.io/name") == name:
+                return dict(labels)
+    raise AssertionError(f"no workload with pods named {name}")
 
 
-TRAINER, INFERENCE, MLFLOW, POSTGRES = pod("trainer"), pod("inference"), pod("mlflow"), pod("postgres")
-DEBUG = pod("debug")  # any other pod someone runs in the namespace
-PLATFORM = [TRAINER, INFERENCE, MLFLOW, POSTGRES, DEBUG]
-KUBE_DNS = Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"})
-INGRESS_CONTROLLER = Endpoint("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
-OTHER_TEAM = Endpoint("other-team", "team-b", {"app": "x"})
-INTERNET = Endpoint("internet", None, ip="203.0.113.7")
-API_SERVER = Endpoint("kube-apiserver", None, ip="10.96.0.1")
-PORTS = [("TCP", 53), ("UDP", 53), ("TCP", 443), ("TCP", 5000), ("TCP", 5432), ("TCP", 8080), ("TCP", 29500),
-         ("TCP", 41234), ("TCP", 6443)]  # fmt: skip
+def task_objects(task_id: str, user: str) -> list[dict[str, Any]]:
+    task = parse_task({"num_nodes": 2, "run": "torchrun train.py"}).task
+    launch = Launch(task_id=task_id, user=user, namespace=NS, default_image="img:1",
+                    image_pull_policy="IfNotPresent", default_cpus="1", default_memory="2Gi")  # fmt: skip
+    return task_manifests(task, launch).objects()
 
 
-def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
-    if selector is None:
-        return True
-    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+class World:
+    """The stack's pods (two ranks of its run, a rank of another run, two ranks of each of two users' tasks, and a
+    stray pod), pods in other namespaces, and addresses outside; each with the ports it listens on."""
+
+    def __init__(self, stack: str, **overrides: Any) -> None:
+        objects = objects_of(render_stack(stack, **overrides))
+        tasks = [*task_objects("alice001", "alice"), *task_objects("bob00001", "bob")]
+        policies = [o for o in [*objects, *tasks] if o["kind"] == "NetworkPolicy"]
+        self.cluster = Cluster(policies, {NS: {}, "kube-system": {}, "ingress-nginx": {}, "team-b": {},
+                                          "dns-elsewhere": {}})  # fmt: skip
+        ip = iter(f"10.244.0.{i}" for i in range(10, 250))
+
+        def pod(name: str, labels: dict[str, str], ns: str = NS) -> Endpoint:
+            return Endpoint(name, next(ip), ns, labels)
+
+        trainer = template_labels(objects, "trainer")
+        self.listening: dict[Endpoint, list[tuple[str, int]]] = {}
+        collective = [("TCP", 29500), ("TCP", 41234)]
+        for name, labels, ports in [
+            ("trainer-0", trainer, collective),
+            ("trainer-1", trainer, collective),
+            ("other-run-0", {**trainer, "app.kubernetes.io/instance": "other-run"}, collective),
+            ("mlflow", template_labels(objects, "mlflow"), [("TCP", 5000)]),
+            ("inference", template_labels(objects, "inference"), [("TCP", 8080)]),
+            ("trainop", template_labels(objects, "trainop"), []),
+            ("skyrun", template_labels(objects, "skyrun"), [("TCP", 8000)]),
+            ("debug", {"app.kubernetes.io/name": "debug"}, [("TCP", 8080)]),
+        ]:
+            self.listening[pod(name, labels)] = ports
+        if any(o["kind"] == "StatefulSet" for o in objects):
+            self.listening[pod("postgres", template_labels(objects, "postgres"))] = [("TCP", 5432)]
+        for task in ("alice001", "bob00001"):
+            labels = next(o for o in tasks if o["kind"] == "Job" and task in o["metadata"]["name"])
+            for rank in range(2):
+                self.listening[pod(f"{task}-{rank}", labels["spec"]["template"]["metadata"]["labels"])] = collective
+        dns_ports = [("UDP", 53), ("TCP", 53)]
+        self.listening[pod("kube-dns", {"k8s-app": "kube-dns"}, "kube-system")] = dns_ports
+        self.listening[pod("other-dns", {"k8s-app": "kube-dns"}, "dns-elsewhere")] = dns_ports
+        self.listening[Endpoint("node-local-dns", "169.254.20.10")] = dns_ports
+        self.listening[pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx")] = []
+        self.listening[pod("other-team", {"app": "x"}, "team-b")] = [("TCP", 8080)]
+        self.listening[Endpoint("kube-apiserver", NODE_IP)] = [("TCP", 6443)]
+        self.listening[Endpoint("internet", "203.0.113.7")] = [("TCP", 80), ("TCP", 443)]
+        self.listening[Endpoint("internet6", "2001:db8::7")] = [("TCP", 443)]
+        self.by_name = {e.name: e for e in self.listening}
+
+    def open_flows(self) -> set[tuple[str, str, str, int]]:
+        """Every (source, destination, protocol, port) that passes, where one end is a pod of the namespace."""
+        return {
+            (src.name, dst.name, proto, port)
+            for src in self.listening
+            for dst, ports in self.listening.items()
+            if src != dst and NS in (src.namespace, dst.namespace)
+            for proto, port in ports
+            if self.cluster.allowed(src, dst, proto, port)
+        }
 
 
-def peer_matches(peer: dict[str, Any], other: Endpoint) -> bool:
-    if "ipBlock" in peer:
-        return ipaddress.ip_address(other.ip) in ipaddress.ip_network(peer["ipBlock"]["cidr"])
-    if other.namespace is None:
-        return False
-    if "namespaceSelector" in peer:
-        ns_labels = {"kubernetes.io/metadata.name": other.namespace}
-        if not selector_matches(peer["namespaceSelector"], ns_labels):
-            return False
-    elif other.namespace != NAMESPACE:
-        return False
-    return selector_matches(peer.get("podSelector"), other.labels)
+MLFLOW_CLIENTS = ["trainer-0", "trainer-1", "other-run-0", "inference", "trainop"]
+PLATFORM = ["trainer-0", "trainer-1", "other-run-0", "mlflow", "inference", "trainop", "skyrun", "debug"]
+TASKS = ["alice001-0", "alice001-1", "bob00001-0", "bob00001-1"]
 
 
-def port_matches(ports: list[dict[str, Any]] | None, proto: str, port: int) -> bool:
-    if not ports:
-        return True
-    for p in ports:
-        if p.get("protocol", "TCP") != proto:
-            continue
-        if "port" not in p or p["port"] <= port <= p.get("endPort", p["port"]):
-            return True
-    return False
+def to_dns(sources: Iterable[str], server: str = "kube-dns") -> set[tuple[str, str, str, int]]:
+    return {(s, server, proto, 53) for s in sources for proto in ("UDP", "TCP")}
 
 
-def allowed(policies: list[dict[str, Any]], src: Endpoint, dst: Endpoint, proto: str, port: int) -> bool:
-    def side(pod_: Endpoint, direction: str, peer: Endpoint) -> bool:
-        if pod_.namespace != NAMESPACE:
-            return True  # other namespaces carry no policies of ours
-        selecting = [p for p in policies if selector_matches(p["spec"]["podSelector"], pod_.labels)
-                     and direction in p["spec"]["policyTypes"]]  # fmt: skip
-        if not selecting:
-            return True
-        key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
-        return any(
-            port_matches(rule.get("ports"), proto, port)
-            and (not rule.get(peers_key) or any(peer_matches(pe, peer) for pe in rule[peers_key]))
-            for p in selecting
-            for rule in p["spec"].get(key, [])
-        )
-
-    return side(src, "Egress", dst) and side(dst, "Ingress", src)
+def mesh(*pods: str) -> set[tuple[str, str, str, int]]:
+    return {(a, b, "TCP", port) for a in pods for b in pods if a != b for port in (29500, 41234)}
 
 
-def open_paths(policies: list[dict[str, Any]], sources: list[Endpoint], destinations: list[Endpoint]) -> set:
-    """Every (source, destination, protocol, port) allowed where at least one end is a platform pod."""
-    return {
-        (s.name, d.name, proto, port)
-        for s in sources
-        for d in destinations
-        if (s != d or s is TRAINER) and NAMESPACE in (s.namespace, d.namespace)
-        for proto, port in PORTS
-        if allowed(policies, s, d, proto, port)
-    }
-
-
-def policies_of(stack: str, **overrides: Any) -> list[dict[str, Any]]:
-    return [o for o in objects_of(render_stack(stack, **overrides)) if o["kind"] == "NetworkPolicy"]
-
-
-def dns(*pods: Endpoint) -> set:
-    return {(p.name, "kube-dns", proto, 53) for p in pods for proto in ("TCP", "UDP")}
-
-
-def trainer_mesh() -> set:
-    return {("trainer", "trainer", "TCP", port) for _, port in PORTS if port != 53} | {
-        ("trainer", "trainer", "TCP", 53)
-    }
+def common(platform: list[str]) -> set[tuple[str, str, str, int]]:
+    """What both stacks open, written from the design (docs/security.md, "Flows")."""
+    return (
+        to_dns([*platform, *TASKS])
+        | to_dns([*platform, *TASKS], "other-dns")  # the DNS pods' label, in whatever namespace they run
+        | mesh("trainer-0", "trainer-1")  # one run's ranks, every port; never another run's
+        | mesh("alice001-0", "alice001-1")  # one task's nodes; never another task's
+        | mesh("bob00001-0", "bob00001-1")
+        | {(s, "mlflow", "TCP", 5000) for s in [*MLFLOW_CLIENTS, *TASKS]}
+        | {(s, "kube-apiserver", "TCP", 6443) for s in ("trainop", "skyrun")}
+        # apiServerCidrs defaults to anywhere: the operator and the launcher also reach https elsewhere.
+        | {(s, d, "TCP", 443) for s in ("trainop", "skyrun") for d in ("internet", "internet6")}
+        # Tasks: package mirrors and datasets on http(s), IPv4 and IPv6 (taskEgressCidrs, taskEgressPorts).
+        | {(t, "internet", "TCP", port) for t in TASKS for port in (80, 443)}
+        | {(t, "internet6", "TCP", 443) for t in TASKS}
+        | {("ingress-nginx", "skyrun", "TCP", 8000)}
+    )
 
 
 def test_default_deny_covers_every_pod_both_ways() -> None:
-    deny = next(p for p in policies_of("dev") if p["metadata"]["name"] == "default-deny")
+    policies = World("dev").cluster.policies
+    deny = next(p for p in policies if p["metadata"]["name"] == "default-deny")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
 
-def test_dev_paths_exactly() -> None:
-    policies = policies_of("dev")
-    sources = [*PLATFORM, INTERNET, OTHER_TEAM, INGRESS_CONTROLLER]
-    destinations = [*PLATFORM, KUBE_DNS, INTERNET, API_SERVER]
+def test_dev_flows_exactly() -> None:
+    world = World("dev")
+    outside = [e.name for e in world.listening if e.namespace != NS]
     expected = (
-        dns(*PLATFORM)
-        | trainer_mesh()
-        | {("trainer", "mlflow", "TCP", 5000), ("inference", "mlflow", "TCP", 5000)}
-        # NodePorts: traffic from outside (and hence from anywhere) reaches only the two published ports.
-        | {(s.name, "inference", "TCP", 8080) for s in (INTERNET, OTHER_TEAM, INGRESS_CONTROLLER)}
-        | {(s.name, "mlflow", "TCP", 5000) for s in (INTERNET, OTHER_TEAM, INGRESS_CONTROLLER)}
+        common(PLATFORM)
+        # NodePorts: from anything outside the namespace (hence from anywhere), only the two published ports.
+        | {(s, "inference", "TCP", 8080) for s in outside}
+        | {(s, "mlflow", "TCP", 5000) for s in outside}
     )
-    assert open_paths(policies, sources, destinations) == expected
+    assert world.open_flows() == expected
 
 
-def test_gpu_paths_exactly() -> None:
-    policies = policies_of("gpu")
-    sources = [*PLATFORM, INTERNET, OTHER_TEAM, INGRESS_CONTROLLER]
-    destinations = [*PLATFORM, KUBE_DNS, INTERNET, API_SERVER]
+def test_gpu_flows_exactly() -> None:
+    world = World("gpu")
+    got = world.open_flows()
     expected = (
-        dns(*PLATFORM)
-        | trainer_mesh()
-        | {("trainer", "mlflow", "TCP", 5000), ("inference", "mlflow", "TCP", 5000)}
+        common([*PLATFORM, "postgres"])
         | {("mlflow", "postgres", "TCP", 5432)}
-        | {("ingress-nginx", "inference", "TCP", 8080)}
+        | {("ingress-nginx", "inference", "TCP", 8080)}  # ClusterIP: through the ingress controller only
     )
-    got = open_paths(policies, sources, destinations)
     assert got == expected
-    assert ("internet", "inference", "TCP", 8080) not in got
-    assert ("other-team", "mlflow", "TCP", 5000) not in got
-    assert ("trainer", "postgres", "TCP", 5432) not in got
 
 
-def test_acme_solvers_reachable_from_the_ingress_controller_only() -> None:
-    policies = policies_of("gpu")
-    solver = pod("cm-acme-http-solver", **{"acme.cert-manager.io/http01-solver": "true"})
-    assert allowed(policies, INGRESS_CONTROLLER, solver, "TCP", 8089)
-    assert not allowed(policies, INTERNET, solver, "TCP", 8089)
-    assert not allowed(policies, OTHER_TEAM, solver, "TCP", 8089)
+def test_tasks_never_reach_the_launcher_api_even_on_an_allowed_port() -> None:
+    world = World("dev", taskEgressPorts=[443, 8000])
+    skyrun = world.by_name["skyrun"]
+    assert not world.cluster.allowed(world.by_name["alice001-0"], skyrun, "TCP", 8000)
+    assert world.cluster.allowed(world.by_name["ingress-nginx"], skyrun, "TCP", 8000)
+
+
+def test_cluster_specific_settings_move_the_edges() -> None:
+    world = World(
+        "dev",
+        apiServerCidrs=[f"{NODE_IP}/32"],
+        apiServerPorts=[8443, 6443],
+        dnsCidrs=["169.254.20.10/32"],
+        taskEgressCidrs=["203.0.113.0/24"],
+        taskEgressPorts=[443],
+        launcherClientCidrs=["198.51.100.0/24"],
+    )
+    c, e = world.cluster, world.by_name
+    api_8443 = Endpoint("kube-apiserver", NODE_IP)
+    assert c.allowed(e["trainop"], api_8443, "TCP", 8443) and c.allowed(e["skyrun"], api_8443, "TCP", 6443)
+    assert not c.allowed(e["trainop"], e["internet"], "TCP", 443), "apiServerCidrs narrowed to the node"
+    assert c.allowed(e["mlflow"], e["node-local-dns"], "UDP", 53), "dnsCidrs"
+    assert c.allowed(e["alice001-0"], e["internet"], "TCP", 443)
+    assert not c.allowed(e["alice001-0"], e["internet"], "TCP", 80), "taskEgressPorts"
+    assert not c.allowed(e["alice001-0"], e["internet6"], "TCP", 443), "taskEgressCidrs has no IPv6 network"
+    assert c.allowed(Endpoint("vpn-client", "198.51.100.9"), e["skyrun"], "TCP", 8000), "launcherClientCidrs"
+    assert not c.allowed(Endpoint("stranger", "192.0.2.1"), e["skyrun"], "TCP", 8000)
+
+
+def test_without_defaults_dns_to_node_local_dns_is_closed() -> None:
+    world = World("dev")
+    assert not world.cluster.allowed(world.by_name["mlflow"], world.by_name["node-local-dns"], "UDP", 53)
 
 
 @pytest.mark.parametrize("discovery", ["dns", "kubernetes-api"])
 def test_trainer_reaches_the_api_server_only_with_api_discovery(discovery: str) -> None:
-    policies = policies_of("dev", rankDiscovery=discovery)
-    for port in (443, 6443):
-        assert allowed(policies, TRAINER, API_SERVER, "TCP", port) == (discovery == "kubernetes-api")
-        assert not allowed(policies, INFERENCE, API_SERVER, "TCP", port)
-        assert not allowed(policies, MLFLOW, API_SERVER, "TCP", port)
+    world = World("dev", rankDiscovery=discovery)
+    api, c = world.by_name["kube-apiserver"], world.cluster
+    assert c.allowed(world.by_name["trainer-0"], api, "TCP", 6443) == (discovery == "kubernetes-api")
+    for name in ("inference", "mlflow", "debug", "alice001-0"):
+        assert not c.allowed(world.by_name[name], api, "TCP", 6443), name
+
+
+# --- the evaluator's own semantics, from the API's documentation ---------------------------------------------
+def test_selector_semantics() -> None:
+    labels = {"a": "1", "b": "2"}
+    assert selector_matches({}, labels) and selector_matches({"matchLabels": {"a": "1"}}, labels)
+    assert not selector_matches({"matchLabels": {"a": "2"}}, labels)
+    expr = [{"key": "a", "operator": "In", "values": ["1", "3"]}, {"key": "c", "operator": "DoesNotExist"}]
+    assert selector_matches({"matchExpressions": expr}, labels)
+    assert not selector_matches({"matchExpressions": [{"key": "b", "operator": "NotIn", "values": ["2"]}]}, labels)
+    assert not selector_matches({"matchExpressions": [{"key": "c", "operator": "Exists"}]}, labels)
+
+
+def test_ip_block_except_and_families() -> None:
+    block = {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}
+    assert ip_block_matches(block, "10.2.3.4") and not ip_block_matches(block, "10.1.3.4")
+    assert not ip_block_matches({"cidr": "0.0.0.0/0"}, "2001:db8::1")
+    assert ip_block_matches({"cidr": "::/0"}, "2001:db8::1")
+
+
+def test_policy_types_default_and_named_ports() -> None:
+    server = Endpoint("srv", "10.0.0.2", "ns", {"app": "srv"}, {"http": ("TCP", 8080)})
+    client = Endpoint("cli", "10.0.0.3", "ns", {"app": "cli"})
+    ingress_only = {"metadata": {"namespace": "ns"}, "spec": {"podSelector": {"matchLabels": {"app": "srv"}},
+                    "ingress": [{"ports": [{"port": "http"}]}]}}  # fmt: skip
+    cluster = Cluster([ingress_only], {"ns": {}})
+    assert cluster.allowed(client, server, "TCP", 8080)
+    assert not cluster.allowed(client, server, "TCP", 9090)
+    # No policyTypes and no egress rules: Ingress only, so the server's own egress stays open.
+    assert cluster.allowed(server, client, "TCP", 1234)
 
 
 def test_evaluator_is_not_vacuous() -> None:
     """Without policies everything is open; with only the default deny, nothing is."""
-    assert allowed([], INTERNET, TRAINER, "TCP", 29500)
-    deny = [p for p in policies_of("dev") if p["metadata"]["name"] == "default-deny"]
-    assert open_paths(deny, [*PLATFORM, INTERNET], [*PLATFORM, KUBE_DNS, INTERNET]) == set()
+    world = World("dev")
+    deny = [p for p in world.cluster.policies if p["metadata"]["name"] == "default-deny"]
+    assert Cluster([], {NS: {}}).allowed(world.by_name["internet"], world.by_name["trainer-0"], "TCP", 29500)
+    world.cluster = Cluster(deny, world.cluster.namespaces)
+    assert world.open_flows() == set()

@@ -61,7 +61,7 @@ def null_fields(value: Any, path: str = "") -> Iterator[str]:
 def training_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The run's objects among everything rendered, in the builder's order."""
     return [o for o in objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == "training"
-            and o["kind"] in ("ConfigMap", "Service", "Job")]  # fmt: skip
+            and o["kind"] in ("ConfigMap", "Service", "NetworkPolicy", "Job")]  # fmt: skip
 
 
 # --- the component and the program declare the builder's objects -------------------------------------------------

@@ -59,17 +59,6 @@ def test_gpus_available_follows_the_accelerator() -> None:
         assert env.get(tj.ENV_CHECKPOINT_SUB_PATH) == ("dev/checkpoints" if stack == "dev" else None)
 
 
-def test_network_policies_let_the_operator_reach_the_api_and_mlflow(stack_objects: list[dict[str, Any]]) -> None:
-    api = find(stack_objects, "NetworkPolicy", "trainop-to-kubernetes-api")
-    assert api["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "trainop"}}
-    assert {p["port"] for p in api["spec"]["egress"][0]["ports"]} == {443, 6443}
-    egress = find(stack_objects, "NetworkPolicy", "trainop-to-mlflow")
-    assert egress["spec"]["egress"][0]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}]
-    ingress = find(stack_objects, "NetworkPolicy", "mlflow-ingress")
-    sources = [peer for rule in ingress["spec"]["ingress"] for peer in rule["from"]]
-    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "trainop"}}} in sources
-
-
 def test_a_second_stack_on_the_cluster_leaves_the_crd_to_the_first() -> None:
     objects = objects_of(render_stack("gpu", trainingJobCrd=False))
     assert not [o for o in objects if o["kind"] == "CustomResourceDefinition"]

@@ -99,7 +99,7 @@ def test_the_reconciler_creates_the_job_with_them(enabled: bool, monkeypatch: py
     kube = RecordingKube(tj())
     reconciler = Reconciler(kube, settings(**{ENV_SCRAPE_ANNOTATIONS: str(enabled).lower()}), ProgressCache(""))  # type: ignore[arg-type]
     asyncio.run(reconciler.reconcile("run"))
-    assert [o["kind"] for o in kube.created] == ["ConfigMap", "Service", "Job"]
+    assert [o["kind"] for o in kube.created] == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
     assert kube.statuses[-1]["phase"] == "Pending"
     annotations = pod_template(kube.created)["metadata"]["annotations"]
     assert (annotations.get("prometheus.io/port") == "9400") is enabled

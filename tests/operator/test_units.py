@@ -93,13 +93,13 @@ def test_role_is_namespaced_least_privilege() -> None:
 
 def test_children_come_from_the_shared_builder_owned_and_per_attempt() -> None:
     objects = attempt_manifests(tj(workers=3, train={"train": {"batch_size": 6}}), 2, PLATFORM, suspend=False)
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Service", "Job"]
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
     for obj in objects:
         (ref,) = obj["metadata"]["ownerReferences"]
         assert (ref["kind"], ref["uid"], ref["controller"], ref["blockOwnerDeletion"]) == ("TrainingJob", "u-1",
                                                                                           True, True)  # fmt: skip
         assert obj["metadata"]["labels"][ATTEMPT_LABEL] == "2" and obj["metadata"]["namespace"] == "ml"
-    job_obj = objects[2]
+    job_obj = objects[-1]
     assert job_obj["metadata"]["name"] == "run-a2-train" and len(job_obj["metadata"]["name"]) <= 63
     assert job_obj["spec"]["backoffLimitPerIndex"] == 0 and job_obj["spec"]["completions"] == 3
     assert job_obj["spec"]["suspend"] is False
@@ -109,7 +109,7 @@ def test_children_come_from_the_shared_builder_owned_and_per_attempt() -> None:
     assert {"name": "checkpoints", "mountPath": "/checkpoints", "subPath": "sub"} in volumes
     other = attempt_manifests(tj(workers=3, train={"train": {"batch_size": 6}}), 3, PLATFORM, suspend=True)
     assert other[0]["data"]["train.yaml"] == train_yaml, "every attempt resumes from the same checkpoint dir"
-    assert other[2]["spec"]["suspend"] is True
+    assert other[-1]["spec"]["suspend"] is True
 
 
 # --- validation -------------------------------------------------------------------------------------------
