@@ -68,7 +68,7 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"waitForTraining": "maybe"}, "waitForTraining", "true or false"),
     ("dev", {"kueueQueue": "Gpu Queue"}, "kueueQueue", "LocalQueue name"),
     ("dev", {"acmeServer": "http://acme.example.com"}, "acmeServer", "https://"),
-    ("dev", {"apiServerCidrs": ["172.18.0.2"]}, "apiServerCidrs", "CIDR form"),
+    ("dev", {"apiServerCidrs": ["kind-control-plane:6443"]}, "apiServerCidrs", "CIDR form"),
     ("dev", {"apiServerCidrs": ["10.0.0.1/8"]}, "apiServerCidrs", "host bits zero"),
     ("dev", {"apiServerPorts": [6443, 70000]}, "apiServerPorts", "between 1 and 65535"),
     ("dev", {"apiServerPorts": []}, "apiServerPorts", "non-empty list"),
