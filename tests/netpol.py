@@ -17,6 +17,10 @@ Semantics implemented (each one a documented rule of the API, not a reading of o
   kube-network-policies and Calico do; Cilium does not match node addresses, see docs/security.md);
 - an address that is no pod (a node, the internet) is matched only by ipBlocks; traffic is judged after the
   Service's DNAT, so the API server is its endpoint (a node address and port 6443), not the Service address.
+
+`unfiltered_destinations` models an enforcer's blind spot: kube-network-policies judges forwarded packets only, so
+a pod's connection to its own node's address (a host-network API server on a single-node kind cluster) passes
+whatever the policies say.
 """
 
 from __future__ import annotations
@@ -84,8 +88,15 @@ def ip_block_matches(block: Mapping[str, Any], ip: str) -> bool:
 class Cluster:
     """Namespaces with their labels, and the policies; `allowed` judges one connection."""
 
-    def __init__(self, policies: Iterable[Mapping[str, Any]], namespaces: Mapping[str, Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        policies: Iterable[Mapping[str, Any]],
+        namespaces: Mapping[str, Mapping[str, str]],
+        *,
+        unfiltered_destinations: Iterable[str] = (),
+    ) -> None:
         self.policies = list(policies)
+        self.unfiltered = set(unfiltered_destinations)
         # The API server labels every namespace with its own name.
         self.namespaces = {ns: {"kubernetes.io/metadata.name": ns, **labels} for ns, labels in namespaces.items()}
 
@@ -144,4 +155,6 @@ class Cluster:
 
     def allowed(self, src: Endpoint, dst: Endpoint, proto: str, port: int) -> bool:
         """Whether a connection from `src` to `dst`:`port` passes both ends' policies."""
+        if dst.ip in self.unfiltered:
+            return True
         return self._side(src, "Egress", dst, dst, proto, port) and self._side(dst, "Ingress", src, dst, proto, port)
