@@ -69,6 +69,10 @@ API_PORT = 6443
 STOP_ORDER = ("kube-proxy", "kubelet", "containerd", "kube-scheduler", "kube-controller-manager", "api-bridge",
               "kube-apiserver", "etcd")  # fmt: skip
 OWNER_FILE = "owner"
+# "Outside the cluster": a host in a network namespace of its own behind the node, on a link of its own, reached
+# by routing through the node (so an enforcer sees that traffic as it sees traffic to the internet). Nothing else
+# is reachable from it: it has no other link.
+OUTSIDE_NODE_SIDE, OUTSIDE_IP, OUTSIDE_PREFIX = "10.201.0.1", "10.201.0.2", 24
 HOST_STATE_FILE = "host-state.json"
 
 
@@ -292,6 +296,26 @@ class RealCluster:
         return self.containerd.import_podman_image(ref, names)
 
     # --- helpers for tests --------------------------------------------------------------------------------
+    @property
+    def outside_netns(self) -> str:
+        return f"{self.name}-out"
+
+    def outside_host(self) -> list[str]:
+        """Create (once) the host outside the cluster at OUTSIDE_IP; the prefix that runs a command there."""
+        prefix = ["ip", "netns", "exec", self.outside_netns]
+        if Path(f"/run/netns/{self.outside_netns}").exists():
+            return prefix
+        run(["ip", "netns", "add", self.outside_netns])
+        node, out = ["ip", "-n", self.name], ["ip", "-n", self.outside_netns]
+        run([*node, "link", "add", "mlpo0", "type", "veth", "peer", "name", "mlpo1", "netns", self.outside_netns])
+        run([*node, "addr", "add", f"{OUTSIDE_NODE_SIDE}/{OUTSIDE_PREFIX}", "dev", "mlpo0"])
+        run([*node, "link", "set", "mlpo0", "up"])
+        run([*out, "addr", "add", f"{OUTSIDE_IP}/{OUTSIDE_PREFIX}", "dev", "mlpo1"])
+        run([*out, "link", "set", "mlpo1", "up"])
+        run([*out, "link", "set", "lo", "up"])
+        run([*out, "route", "add", "default", "via", OUTSIDE_NODE_SIDE])
+        return prefix
+
     def forward(self, host: str, port: int) -> Forward:
         """Forward a free port on the machine's 127.0.0.1 to host:port inside the namespace (a ClusterIP, a pod
         IP, or the node IP and a NodePort)."""
@@ -351,6 +375,8 @@ class RealCluster:
         step("releasing the image store", self.containerd.release_image_store)
         step("removing cgroups", self.host.remove_cgroups)
         step("unmounting", self.host.unmount_all)
+        if Path(f"/run/netns/{self.outside_netns}").exists():
+            step("deleting the outside host's namespace", run, ["ip", "netns", "delete", self.outside_netns])
         if self.host.created:
             step("deleting the network namespace", run, ["ip", "netns", "delete", self.name])
         step(

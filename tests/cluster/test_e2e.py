@@ -31,6 +31,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,11 +48,13 @@ from pulumi import automation as auto
 
 from infra.monitoring import RULE_FILE
 from tests.cluster.kube import crash_looping, diagnose, wait_or_diagnose
-from tests.cluster.realcluster import RealCluster, toolchain_dir
+from tests.cluster.prometheus_pod import CONFIG_DIR as PROMETHEUS_CONFIG_DIR
+from tests.cluster.prometheus_pod import PodPrometheus
+from tests.cluster.realcluster import OUTSIDE_IP, RealCluster, toolchain_dir
 from tests.engine.pulumi_engine import Engine, EngineMissing, copy_project, find_engine, stack
 from tests.harness.api import condition
 from tests.harness.node import NODE_NAME
-from tests.observability.promtools import PrometheusServer, how_to_build, missing
+from tests.observability.promtools import how_to_build, missing
 from tests.observability.promtools import toolchain_dir as obs_toolchain_dir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
@@ -159,17 +162,16 @@ SCRAPED = ("inference", "mlflow", "trainop", "skyrun")
 """app.kubernetes.io/name of the long-running parts that serve metrics (training pods come and go)."""
 
 
-def kubernetes_pods_job(kubeconfig: Path, namespace: str) -> dict[str, Any]:
+def kubernetes_pods_job(namespace: str) -> dict[str, Any]:
     """The `kubernetes-pods` scrape job of the prometheus-community `prometheus` chart (IPv4 form): pods found
-    through the API server, kept by `prometheus.io/scrape`, scraped at `prometheus.io/port` and `path`, pod labels
-    mapped onto the series (`job-name` becomes `job_name`). Every 2 s so that a short training run gets samples."""
+    through the API server (in-cluster, with the pod's ServiceAccount), kept by `prometheus.io/scrape`, scraped at
+    `prometheus.io/port` and `path`, pod labels mapped onto the series (`job-name` becomes `job_name`). Every 2 s
+    so that a short training run gets samples."""
     return {
         "job_name": "kubernetes-pods",
         "scrape_interval": "2s",
         "scrape_timeout": "2s",
-        "kubernetes_sd_configs": [
-            {"role": "pod", "kubeconfig_file": str(kubeconfig), "namespaces": {"names": [namespace]}}
-        ],
+        "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
         "relabel_configs": [
             {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "action": "keep",
              "regex": "true"},
@@ -188,35 +190,28 @@ def kubernetes_pods_job(kubeconfig: Path, namespace: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cluster_prometheus(
-    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrometheusServer]:
-    """A real Prometheus (the observability toolchain's, built from Go modules) inside the cluster's network
-    namespace, as a platform team's plain Prometheus would run: it discovers pods through the API server and
-    scrapes pod IPs. Started before `pulumi up`, so it sees the training pods while they run. Its rule file starts
-    empty; the test loads the one the stack deployed."""
+def cluster_prometheus(real_cluster: RealCluster) -> Iterator[PodPrometheus]:
+    """A real Prometheus (the observability toolchain's, built from Go modules) as a pod in `monitoring`, as a
+    platform team's plain Prometheus runs: it discovers pods through the API server and scrapes pod IPs through
+    the platform's NetworkPolicies (tests/cluster/prometheus_pod.py). Started before `pulumi up`, so it sees the
+    training pods while they run. Its rule file starts empty; the test loads the one the stack deployed."""
     toolchain = obs_toolchain_dir()
     if lacks := missing(toolchain, "prometheus"):
         pytest.fail(how_to_build(toolchain, lacks), pytrace=False)
-    work = tmp_path_factory.mktemp("cluster-prometheus")
-    (work / RULE_FILE).write_text("groups: []\n")
     config = {
         "global": {"evaluation_interval": "2s"},
-        "rule_files": [str(work / RULE_FILE)],
-        "scrape_configs": [kubernetes_pods_job(real_cluster.netns_kubeconfig(), NAMESPACE)],
+        "rule_files": [f"{PROMETHEUS_CONFIG_DIR}/{RULE_FILE}"],
+        "scrape_configs": [kubernetes_pods_job(NAMESPACE)],
     }
-    server = PrometheusServer(
-        toolchain / "prometheus", work, config, prefix=real_cluster.in_netns([]), extra_args=["--web.enable-lifecycle"]
-    )
+    server = PodPrometheus(real_cluster, toolchain / "prometheus", config)
+    (server.directory / RULE_FILE).write_text("groups: []\n")
     try:
         server.start()
-        forward = real_cluster.forward("127.0.0.1", server.port)
-        server.url = forward.url
         server.wait_ready()
         yield server
     finally:
-        server.stop()
         print(f"\nin-cluster prometheus log (tail):\n{server.log()[-2000:]}", file=sys.stderr)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +219,7 @@ def deployed(
     real_cluster: RealCluster,
     platform_image: str,
     pulumi_engine: Engine,
-    cluster_prometheus: PrometheusServer,  # watching before anything is deployed
+    cluster_prometheus: PodPrometheus,  # watching before anything is deployed
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("e2e")
@@ -467,7 +462,7 @@ def test_inference_turns_available_after_training_and_serves(
 
 @pytest.mark.usefixtures("completions")  # what inference exports is scraped after it served
 def test_a_prometheus_in_the_cluster_scraped_every_part_by_annotation_and_evaluates_the_rules(
-    real_cluster: RealCluster, deployed: Deployed, cluster_prometheus: PrometheusServer
+    real_cluster: RealCluster, deployed: Deployed, cluster_prometheus: PodPrometheus
 ) -> None:
     ns, prometheus = deployed.namespace, cluster_prometheus
 
@@ -673,16 +668,20 @@ def test_a_trainingjob_trains_for_real_and_reports_progress_from_mlflow(
     )  # fmt: skip
 
 
-TORCHRUN_TASK = """
+MIRROR_TOKEN = "mirror-index-7f3a"
+TORCHRUN_TASK = f"""
 name: torchrun-e2e
 num_nodes: 2
-resources: {cpus: "250m", memory: "1Gi"}
+resources: {{cpus: "250m", memory: "1Gi"}}
+setup: |
+  echo "mirror says $(python3 -c "import urllib.request as u
+  print(u.urlopen('http://{OUTSIDE_IP}/simple/index.txt', timeout=30).read().decode())")"
 run: |
   cat > /tmp/train.yaml <<'EOF'
-  model: {block_size: 32, n_layer: 1, n_head: 2, n_embd: 32}
-  train: {batch_size: 8, max_steps: 20, eval_every: 0, eval_iters: 2, log_every: 10, device: cpu}
-  checkpoint: {dir: /tmp/checkpoints, every: 0}
-  distributed: {backend: gloo}
+  model: {{block_size: 32, n_layer: 1, n_head: 2, n_embd: 32}}
+  train: {{batch_size: 8, max_steps: 20, eval_every: 0, eval_iters: 2, log_every: 10, device: cpu}}
+  checkpoint: {{dir: /tmp/checkpoints, every: 0}}
+  distributed: {{backend: gloo}}
   EOF
   echo "node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, rank 0 at $MASTER_ADDR, nodes: $(echo $SKYPILOT_NODE_IPS)"
   torchrun --nnodes "$NUM_NODES" --node_rank "$NODE_RANK" --nproc_per_node 1 \\
@@ -690,10 +689,28 @@ run: |
 """
 
 
-def test_a_skypilot_task_runs_torchrun_on_two_nodes(real_cluster: RealCluster, deployed: Deployed) -> None:
+def test_a_skypilot_task_runs_torchrun_on_two_nodes(
+    real_cluster: RealCluster, deployed: Deployed, tmp_path: Path
+) -> None:
     """The task launcher the stack installed (docs/launcher.md): a user with a real audience-bound token submits a
-    2-node task YAML; both pods run torchrun with the SKYPILOT_* variables and the trainer, for real."""
+    2-node task YAML; both pods fetch from a package mirror outside the cluster in `setup` (taskEgressCidrs and
+    taskEgressPorts' defaults, through the NetworkPolicies) and run torchrun with the SKYPILOT_* variables and the
+    trainer, for real."""
     ns = deployed.namespace
+    (tmp_path / "simple").mkdir()
+    (tmp_path / "simple" / "index.txt").write_text(MIRROR_TOKEN)
+    mirror = subprocess.Popen(
+        [*real_cluster.outside_host(), sys.executable, "-m", "http.server", "80", "--bind", OUTSIDE_IP,
+         "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        run_the_task(real_cluster, ns)
+    finally:
+        mirror.kill()
+        mirror.wait(10)
+
+
+def run_the_task(real_cluster: RealCluster, ns: str) -> None:
     real_cluster.api.create(
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "alice", "namespace": ns}}
     )
@@ -727,6 +744,7 @@ def test_a_skypilot_task_runs_torchrun_on_two_nodes(real_cluster: RealCluster, d
     finally:
         forward.close()
     for node in (0, 1):
+        assert f"node-{node} | mirror says {MIRROR_TOKEN}" in logs, logs[-3000:]
         assert f"node-{node} | node {node} of 2, rank 0 at " in logs, logs[-3000:]
     summary = next(json.loads(line.split(" | ", 1)[1]) for line in logs.splitlines() if line.startswith("node-0 | {"))
     assert summary["step"] == 20 and summary["world_size"] == 2, summary

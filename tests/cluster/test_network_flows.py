@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.realcluster import RealCluster
+from tests.cluster.realcluster import OUTSIDE_IP, RealCluster
 from tests.harness.hostns import NODE_IP
 from tests.harness.node import DNS_SERVICE_IP
-from tests.harness.procs import run
 from tests.harness.wait import eventually
 from tests.infra.conftest import objects_of, render_stack
 from tests.netpol import Cluster, Endpoint
@@ -36,10 +35,8 @@ pytestmark = pytest.mark.cluster
 NS, GPU_NS = "flows", "flows-gpu"
 MONITORING, INGRESS, OTHER = "flows-monitoring", "flows-ingress", "flows-team-b"
 DENY_BOUND_S = 3.0
-# "Outside the cluster": a host in a network namespace of its own behind the node (routed through it, so the
-# enforcer sees the traffic, as it would going to the internet), serving a package mirror on a port of
-# taskEgressPorts and something on a port that is not.
-OUTSIDE_NODE_SIDE, OUTSIDE_IP, OUTSIDE_PREFIX = "10.201.0.1", "10.201.0.2", 24
+# On the host outside the cluster (RealCluster.outside_host): a package mirror on a port of taskEgressPorts, and
+# something on a port that is not.
 MIRROR_PORT, CLOSED_PORT = 80, 8082
 # The API server listens on the node's own address: kube-network-policies judges forwarded packets only
 # (postrouting), so on a single node (kind's default) it never sees a pod's connection to the node itself and
@@ -275,21 +272,11 @@ def matrix(real_cluster: RealCluster, base_image: str) -> Iterator[Matrix]:
     policies, probes = world()
     namespaces = (NS, GPU_NS, MONITORING, INGRESS, OTHER)
     restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
-    outside = f"{real_cluster.name}-out"
-    run(["ip", "netns", "add", outside])
     mirror = None
     try:
-        node = ["ip", "-n", real_cluster.name]
-        run([*node, "link", "add", "mlpo0", "type", "veth", "peer", "name", "mlpo1", "netns", outside])
-        run([*node, "addr", "add", f"{OUTSIDE_NODE_SIDE}/{OUTSIDE_PREFIX}", "dev", "mlpo0"])
-        run([*node, "link", "set", "mlpo0", "up"])
-        out = ["ip", "-n", outside]
-        run([*out, "addr", "add", f"{OUTSIDE_IP}/{OUTSIDE_PREFIX}", "dev", "mlpo1"])
-        run([*out, "link", "set", "mlpo1", "up"])
-        run([*out, "link", "set", "lo", "up"])
-        run([*out, "route", "add", "default", "via", OUTSIDE_NODE_SIDE])
+        outside = real_cluster.outside_host()
         mirror = subprocess.Popen(
-            ["ip", "netns", "exec", outside, sys.executable, "-c", SERVER],
+            [*outside, sys.executable, "-c", SERVER],
             env={"LISTEN": f"tcp:{MIRROR_PORT},tcp:{CLOSED_PORT}"}, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -319,7 +306,6 @@ def matrix(real_cluster: RealCluster, base_image: str) -> Iterator[Matrix]:
         if mirror is not None:
             mirror.kill()
             mirror.wait(10)
-        run(["ip", "netns", "delete", outside], check=False)
         for ns in namespaces:
             api.delete("v1", "Namespace", ns)
 
@@ -365,3 +351,24 @@ def test_the_evaluator_agrees_with_the_enforcer(matrix: Matrix) -> None:
         if judged != real:
             differ.append(f"{src} -> {dst}:{port}: enforcer {real}, evaluator {judged}")
     assert not differ, "\n".join(differ)
+
+
+def test_a_policy_that_breaks_a_needed_flow_fails_the_matrix_naming_it(matrix: Matrix) -> None:
+    """The negative control: without the DNS rule, the matrix sees every DNS flow blocked, and says which."""
+    api = matrix.cluster.api
+    (dns_policy,) = [
+        p for p in matrix.policies if p["metadata"]["name"] == "allow-dns" and p["metadata"]["namespace"] == NS
+    ]
+    dns_flows = [f for f in FLOWS if f[1] == "dns" and matrix.probes[f[0]].namespace == NS]
+    api.delete("networking.k8s.io/v1", "NetworkPolicy", "allow-dns", NS)
+    try:
+        blocked = eventually(
+            "DNS blocked without its rule",
+            lambda: (got := matrix.probe(dns_flows)) and not any(got.values()) and got,
+            30,
+            interval_s=1,
+        )
+        assert sorted(f"{s} -> {d}:{p}" for s, d, p in blocked) == sorted(f"{s} -> dns:53" for s, _, _, _ in dns_flows)
+    finally:
+        api.apply(dns_policy)
+    eventually("DNS back with its rule", lambda: all(matrix.probe(dns_flows).values()), 30, interval_s=1)
