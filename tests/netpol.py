@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from workloads.task import Launch, parse_task, task_manifests
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -158,3 +160,23 @@ class Cluster:
         if dst.ip in self.unfiltered:
             return True
         return self._side(src, "Egress", dst, dst, proto, port) and self._side(dst, "Ingress", src, dst, proto, port)
+
+
+# --- what the policies are judged over: the rendered stacks' pods and the launcher's tasks -----------------------
+def template_labels(objects: Iterable[Mapping[str, Any]], name: str) -> dict[str, str]:
+    """The pod labels of the rendered workload whose pods are app.kubernetes.io/name=`name` (who a pod is; the
+    verdicts never come from here)."""
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            if labels.get("app.kubernetes.io/name") == name:
+                return dict(labels)
+    raise AssertionError(f"the rendered stack has no pods named {name}")
+
+
+def task_objects(task_id: str, user: str, namespace: str) -> list[dict[str, Any]]:
+    """The objects the launcher creates for a 2-node task of `user` (its NetworkPolicy among them)."""
+    task = parse_task({"num_nodes": 2, "run": "torchrun train.py"}).task
+    launch = Launch(task_id=task_id, user=user, namespace=namespace, default_image="img:1",
+                    image_pull_policy="IfNotPresent", default_cpus="1", default_memory="2Gi")  # fmt: skip
+    return task_manifests(task, launch).objects()

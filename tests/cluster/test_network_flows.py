@@ -26,9 +26,8 @@ from tests.harness.hostns import NODE_IP
 from tests.harness.node import DNS_SERVICE_IP
 from tests.harness.wait import eventually
 from tests.infra.conftest import objects_of, render_stack
-from tests.netpol import Cluster, Endpoint
+from tests.netpol import Cluster, Endpoint, task_objects, template_labels
 from workloads.pod import container_security_context, pod_security_context
-from workloads.task import Launch, parse_task, task_manifests
 
 pytestmark = pytest.mark.cluster
 
@@ -89,30 +88,14 @@ class Probe:
     listen: tuple[int, ...] = ()
 
 
-def task_objects(task_id: str, user: str) -> list[dict[str, Any]]:
-    task = parse_task({"num_nodes": 2, "run": "torchrun train.py"}).task
-    launch = Launch(task_id=task_id, user=user, namespace=NS, default_image="img:1",
-                    image_pull_policy="IfNotPresent", default_cpus="1", default_memory="2Gi")  # fmt: skip
-    return task_manifests(task, launch).objects()
-
-
-def labels_of(objects: list[dict[str, Any]], name: str) -> dict[str, str]:
-    for obj in objects:
-        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
-            labels = obj["spec"]["template"]["metadata"]["labels"]
-            if labels.get("app.kubernetes.io/name") == name:
-                return dict(labels)
-    raise AssertionError(f"the rendered stack has no pods named {name}")
-
-
 def world() -> tuple[list[dict[str, Any]], list[Probe]]:
     """The policies to apply and the probe pods, from the rendered stacks and the task builder."""
     keys = {"ingressControllerNamespace": INGRESS, "prometheusNamespace": MONITORING}
     dev = objects_of(render_stack("dev", namespace=NS, **keys))
     gpu = objects_of(render_stack("gpu", namespace=GPU_NS, **keys))
-    tasks = [*task_objects("alice001", "alice"), *task_objects("bob00001", "bob")]
+    tasks = [*task_objects("alice001", "alice", NS), *task_objects("bob00001", "bob", NS)]
     policies = [o for o in [*dev, *gpu, *tasks] if o["kind"] == "NetworkPolicy"]
-    trainer = labels_of(dev, "trainer")
+    trainer = template_labels(dev, "trainer")
     collective = (29500, 41234)
     task_labels = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"] for o in tasks
                    if o["kind"] == "Job"}  # fmt: skip
@@ -121,20 +104,20 @@ def world() -> tuple[list[dict[str, Any]], list[Probe]]:
         Probe("trainer-0", NS, trainer, (*collective, 9400)),
         Probe("trainer-1", NS, trainer, (*collective, 9400)),
         Probe("other-run-0", NS, {**trainer, "app.kubernetes.io/instance": "other-run"}, collective),
-        Probe("mlflow", NS, labels_of(dev, "mlflow"), (5000,)),
-        Probe("inference", NS, labels_of(dev, "inference"), (8080,)),
-        Probe("trainop", NS, labels_of(dev, "trainop"), (9090,)),
-        Probe("skyrun", NS, labels_of(dev, "skyrun"), (8000, 9090)),
+        Probe("mlflow", NS, template_labels(dev, "mlflow"), (5000,)),
+        Probe("inference", NS, template_labels(dev, "inference"), (8080,)),
+        Probe("trainop", NS, template_labels(dev, "trainop"), (9090,)),
+        Probe("skyrun", NS, template_labels(dev, "skyrun"), (8000, 9090)),
         Probe("alice-0", NS, alice, collective),
         Probe("alice-1", NS, alice, collective),
         Probe("bob-0", NS, bob, collective),
         Probe("prometheus", MONITORING, {"app.kubernetes.io/name": "prometheus"}),
         Probe("ingress", INGRESS, {"app.kubernetes.io/name": "ingress-controller"}),
         Probe("team-b", OTHER, {"app": "x"}, (8080,)),
-        Probe("g-mlflow", GPU_NS, labels_of(gpu, "mlflow"), (5000,)),
-        Probe("g-postgres", GPU_NS, labels_of(gpu, "postgres"), (5432,)),
-        Probe("g-trainer", GPU_NS, labels_of(gpu, "trainer"), collective),
-        Probe("g-inference", GPU_NS, labels_of(gpu, "inference"), (8080,)),
+        Probe("g-mlflow", GPU_NS, template_labels(gpu, "mlflow"), (5000,)),
+        Probe("g-postgres", GPU_NS, template_labels(gpu, "postgres"), (5432,)),
+        Probe("g-trainer", GPU_NS, template_labels(gpu, "trainer"), collective),
+        Probe("g-inference", GPU_NS, template_labels(gpu, "inference"), (8080,)),
     ]
     return policies, probes
 

@@ -15,6 +15,7 @@ import yaml
 from infra.config import ConfigError
 from infra.monitoring import DASHBOARD_LABEL, FOLDER_ANNOTATION, RULE_FILE, Monitoring, MonitoringArgs
 from infra.render import RecordingMocks
+from tests.netpol import Cluster, Endpoint
 from trainer.metrics import metrics_port
 from workloads.monitoring.dashboards import dashboards, panel_queries
 from workloads.monitoring.rules import AlertThresholds, prometheus_rule_spec, rule_file
@@ -23,7 +24,6 @@ from workloads.pod import slot_port_name
 from workloads.training import MAX_RANKS_PER_POD, metrics_ports
 
 from .conftest import containers, find, objects_of, pod_specs, render_stack
-from tests.netpol import Cluster, Endpoint
 
 Run = Callable[[Callable[[], Any]], RecordingMocks]
 NAMESPACE = "ml-platform"

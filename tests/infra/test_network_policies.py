@@ -10,30 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.netpol import Cluster, Endpoint, ip_block_matches, selector_matches
-from workloads.task import Launch, parse_task, task_manifests
+from tests.netpol import Cluster, Endpoint, ip_block_matches, selector_matches, task_objects, template_labels
 
 from .conftest import objects_of, render_stack
 
 NS = "ml-platform"
 NODE_IP = "172.18.0.2"  # kind's node: the API server's endpoint (after the kubernetes Service's DNAT)
-
-
-def template_labels(objects: list[dict[str, Any]], name: str) -> dict[str, str]:
-    """The pod labels of the workload whose pods are app.kubernetes.io/name=`name` (identity, not verdicts)."""
-    for obj in objects:
-        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
-            labels = obj["spec"]["template"]["metadata"]["labels"]
-            if labels.get("app.kubernetes.io/name") == name:
-                return dict(labels)
-    raise AssertionError(f"no workload with pods named {name}")
-
-
-def task_objects(task_id: str, user: str) -> list[dict[str, Any]]:
-    task = parse_task({"num_nodes": 2, "run": "torchrun train.py"}).task
-    launch = Launch(task_id=task_id, user=user, namespace=NS, default_image="img:1",
-                    image_pull_policy="IfNotPresent", default_cpus="1", default_memory="2Gi")  # fmt: skip
-    return task_manifests(task, launch).objects()
 
 
 class World:
@@ -42,7 +24,7 @@ class World:
 
     def __init__(self, stack: str, **overrides: Any) -> None:
         objects = objects_of(render_stack(stack, **overrides))
-        tasks = [*task_objects("alice001", "alice"), *task_objects("bob00001", "bob")]
+        tasks = [*task_objects("alice001", "alice", NS), *task_objects("bob00001", "bob", NS)]
         policies = [o for o in [*objects, *tasks] if o["kind"] == "NetworkPolicy"]
         self.cluster = Cluster(policies, {NS: {}, "kube-system": {}, "ingress-nginx": {}, "team-b": {},
                                           "dns-elsewhere": {}})  # fmt: skip
