@@ -80,7 +80,7 @@ class PodPrometheus(PrometheusServer):
                             "imagePullPolicy": "Never",
                             "args": [
                                 f"--config.file={CONFIG_DIR}/prometheus.yml",
-                                "--storage.tsdb.path=/prometheus",
+                                "--storage.tsdb.path=/data",  # /prometheus is the binary
                                 f"--web.listen-address=:{PORT}",
                                 "--web.enable-lifecycle",
                                 "--log.level=info",
@@ -92,7 +92,7 @@ class PodPrometheus(PrometheusServer):
                             "securityContext": {"allowPrivilegeEscalation": False,
                                                 "capabilities": {"drop": ["ALL"]}},
                             "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR},
-                                             {"name": "data", "mountPath": "/prometheus"}],
+                                             {"name": "data", "mountPath": "/data"}],
                         }
                     ],
                     "volumes": [
@@ -110,7 +110,11 @@ class PodPrometheus(PrometheusServer):
             ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
             return status.get("podIP") if ready else None
 
-        ip = eventually("the Prometheus pod Ready", ready_ip, timeout)
+        try:
+            ip = eventually("the Prometheus pod Ready", ready_ip, timeout)
+        except TimeoutError as err:
+            events = [f"{e.get('reason')}: {e.get('message')}" for e in self.cluster.api.events(NAMESPACE)]
+            raise TimeoutError(f"{err}; events in {NAMESPACE}:\n" + "\n".join(events[-10:])) from None
         self.url = self.cluster.forward(ip, PORT).url
 
     def write_config(self, config: dict[str, Any]) -> None:
