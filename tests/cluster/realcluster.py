@@ -316,6 +316,11 @@ class RealCluster:
         run([*out, "route", "add", "default", "via", OUTSIDE_NODE_SIDE])
         return prefix
 
+    def outside_listening(self, port: int) -> bool:
+        """Whether something on the outside host accepts TCP connections on `port` (asked from the node)."""
+        probe = self.in_netns(["bash", "-c", f"exec 3<>/dev/tcp/{OUTSIDE_IP}/{port}"])
+        return run(probe, check=False, timeout=10).returncode == 0
+
     def forward(self, host: str, port: int) -> Forward:
         """Forward a free port on the machine's 127.0.0.1 to host:port inside the namespace (a ClusterIP, a pod
         IP, or the node IP and a NodePort)."""

@@ -54,6 +54,7 @@ from tests.cluster.realcluster import OUTSIDE_IP, RealCluster, toolchain_dir
 from tests.engine.pulumi_engine import Engine, EngineMissing, copy_project, find_engine, stack
 from tests.harness.api import condition
 from tests.harness.node import NODE_NAME
+from tests.harness.wait import eventually
 from tests.observability.promtools import how_to_build, missing
 from tests.observability.promtools import toolchain_dir as obs_toolchain_dir
 
@@ -704,6 +705,7 @@ def test_a_skypilot_task_runs_torchrun_on_two_nodes(
          "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        eventually("the mirror outside the cluster listening", lambda: real_cluster.outside_listening(80), 60)
         run_the_task(real_cluster, ns)
     finally:
         mirror.kill()

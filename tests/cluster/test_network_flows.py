@@ -284,6 +284,10 @@ def matrix(real_cluster: RealCluster, base_image: str) -> Iterator[Matrix]:
             return found
 
         addresses = eventually("every probe pod Running with an IP", ips, 180)
+        for port in (MIRROR_PORT, CLOSED_PORT):
+            eventually(
+                f"the outside host listening on {port}", lambda port=port: real_cluster.outside_listening(port), 60
+            )
         yield Matrix(real_cluster, policies, {p.name: p for p in probes}, addresses)
     finally:
         if mirror is not None:
