@@ -6,7 +6,6 @@ crash); it is taken over when it already belongs to this TrainingJob and refused
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,8 +87,14 @@ class Kube:
         return deleted
 
     async def delete(self, kind: Any, name: str) -> None:
-        with contextlib.suppress(ApiError):  # already gone
+        """Delete in the background (dependents by the garbage collector). Gone already (404) is done; any other
+        refusal (403, 409, 500, ...) raises, so the reconciliation fails and is retried instead of reporting a
+        delete that did not happen while the object keeps its resources."""
+        try:
             await self.client.delete(kind, name, namespace=self.ns, cascade=CascadeType.BACKGROUND)
+        except ApiError as err:
+            if not _missing(err):
+                raise
 
     async def delete_job(self, name: str) -> None:
         await self.delete(Job, name)
