@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tests.cluster import images
 from tests.cluster.realcluster import RealCluster
 from tests.harness.wait import eventually
@@ -116,9 +114,6 @@ class PodPrometheus(PrometheusServer):
             events = [f"{e.get('reason')}: {e.get('message')}" for e in self.cluster.api.events(NAMESPACE)]
             raise TimeoutError(f"{err}; events in {NAMESPACE}:\n" + "\n".join(events[-10:])) from None
         self.url = self.cluster.forward(ip, PORT).url
-
-    def write_config(self, config: dict[str, Any]) -> None:
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def log(self) -> str:
         try:

@@ -216,12 +216,8 @@ class RealCluster:
         control_plane = self._start_control_plane(Pki(self.workdir / "pki"))
         self.containerd.start()
         self.import_oci_archive(images.pause_archive(self.node_tools / "pause", self.workdir / "pause.tar"))
-        coredns = self.node_tools / "coredns"
-        coredns_image = images.binary_image_name(coredns, images.COREDNS_REPO)
-        self.import_oci_archive(images.binary_archive(coredns, coredns_image, self.workdir / "coredns.tar"))
-        enforcer = self.node_tools / "kube-network-policies"
-        enforcer_image = images.binary_image_name(enforcer, images.NETWORK_POLICIES_REPO)
-        self.import_oci_archive(images.binary_archive(enforcer, enforcer_image, self.workdir / "enforcer.tar"))
+        coredns_image = self._import_binary_image("coredns", images.COREDNS_REPO)
+        enforcer_image = self._import_binary_image("kube-network-policies", images.NETWORK_POLICIES_REPO)
         for spec in self.images:
             self.import_podman_image(spec.podman_ref, spec.names)
         node = Node(
@@ -280,6 +276,13 @@ class RealCluster:
         self.kubeconfig, self.api = control_plane.connect_admin(f"https://127.0.0.1:{self.api_port}")
         control_plane.start_controllers()
         return control_plane
+
+    def _import_binary_image(self, tool: str, repo: str) -> str:
+        """Import the node tool `tool` as a one-binary image of `repo` (tests/cluster/images.py); its name."""
+        binary = self.node_tools / tool
+        name = images.binary_image_name(binary, repo)
+        self.import_oci_archive(images.binary_archive(binary, name, self.workdir / f"{tool}.tar"))
+        return name
 
     def _bridge_args(self, listen_port: int, host: str, port: int) -> list[str]:
         return bridge_args(self.netns_path, self.workdir / "bin", listen_port, host, port)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.realcluster import OUTSIDE_IP, RealCluster
+from tests.harness.controlplane import SERVICE_IP
 from tests.harness.hostns import NODE_IP
 from tests.harness.node import DNS_SERVICE_IP
 from tests.harness.wait import eventually
@@ -41,7 +42,7 @@ MIRROR_PORT, CLOSED_PORT = 80, 8082
 # (postrouting), so on a single node (kind's default) it never sees a pod's connection to the node itself and
 # cannot deny it. Those flows are designed denied, reported, and judged by the evaluator with the same blind spot.
 NODE_LOCAL = {"api"}
-API_SERVICE = ("10.96.0.1", 443)  # the kubernetes Service; packets reach the endpoint NODE_IP:6443 after DNAT
+API_SERVICE = (SERVICE_IP, 443)  # the kubernetes Service; packets reach the endpoint NODE_IP:6443 after DNAT
 
 # The probe: listen on $LISTEN (tcp:PORT,...) and accept forever; `CLIENT` connects to a list of targets at once.
 SERVER = """
@@ -238,8 +239,6 @@ class Matrix:
         return results
 
     def endpoint(self, name: str) -> Endpoint:
-        if name in ("dns",):
-            raise ValueError(name)
         if name == "api":
             return Endpoint(name, NODE_IP)  # after the Service's DNAT, the API server is the node's 6443
         if name in ("mirror", "closed"):

@@ -89,10 +89,10 @@ fi
 LABEL="cluster toolchain"
 source "$HERE/../toolchain/lib.sh"
 
-record() {  # record TOOL START
+record() {  # record TOOL START [PHASE]: TOOL's build time, in build-seconds.txt and as PHASE (default TOOL)
     local secs; secs="$(awk -v a="$(tc_now)" -v b="$2" 'BEGIN { printf "%d", a - b }')"
     echo "$1 $secs" >> "$DIR/build-seconds.txt"
-    tc_phase "$1" "$2"
+    tc_phase "${3:-$1}" "$2"
     tc_log "$1: built in $secs s"
 }
 
@@ -137,10 +137,7 @@ else
         -o "$src_dir/kube-network-policies" sigs.k8s.io/kube-network-policies/cmd) >&2
     mv "$src_dir/kube-network-policies" "$DIR/kube-network-policies"
     rm -rf "$src_dir"
-    secs="$(awk -v a="$(tc_now)" -v b="$start" 'BEGIN { printf "%d", a - b }')"
-    echo "kube-network-policies $secs" >> "$DIR/build-seconds.txt"
-    tc_phase "go build: kube-network-policies" "$start"
-    tc_log "kube-network-policies: built in $secs s"
+    record kube-network-policies "$start" "go build: kube-network-policies"
 fi
 
 # The sandbox ("pause") container's binary, from the Kubernetes module's own source; the cluster packs it into
