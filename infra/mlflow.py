@@ -24,6 +24,14 @@ SERVICE_NAME = "mlflow"
 POSTGRES_PORT = 5432
 # Secret files are mounted here; the official postgres image reads POSTGRES_PASSWORD_FILE.
 PASSWORD_DIR = "/etc/postgres"
+# argv: the command to exec with MLFLOW_BACKEND_STORE_URI set from the password file (trailing newline dropped).
+BACKEND_URI_FROM_SECRET = f"""\
+import os, sys, urllib.parse
+with open("{PASSWORD_DIR}/password") as f:
+    password = urllib.parse.quote(f.read().rstrip("\\r\\n"), safe="")
+os.environ["MLFLOW_BACKEND_STORE_URI"] = f"postgresql://mlflow:{{password}}@postgres:{POSTGRES_PORT}/mlflow"
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
 # `mlflow server --expose-prometheus DIR` serves /metrics on the http port (prometheus_flask_exporter in multiprocess
 # mode, which keeps its files in DIR: on the writable /tmp emptyDir).
 METRICS_DIR = "/tmp/prometheus-metrics"
@@ -127,15 +135,9 @@ class Mlflow(pulumi.ComponentResource):
                 k8s.core.v1.VolumeMountArgs(name="postgres-password", mount_path=PASSWORD_DIR, read_only=True)
             )
             extra_volumes.append(self._password_volume())
-            # The password is read from the mounted Secret file at start, so it is in no env var and no pod spec.
-            # (`read`, not `$(cat ...)`: the kubelet would take `$(...)` for one of its variable references.)
-            command = [
-                "sh", "-c",
-                f"read -r PGPASS < {PASSWORD_DIR}/password && "
-                f'export MLFLOW_BACKEND_STORE_URI="postgresql://mlflow:$PGPASS@postgres:{POSTGRES_PORT}/mlflow" && '
-                'exec mlflow server "$@"',
-                "mlflow-server",
-            ]  # fmt: skip
+            # The password is read from the mounted Secret file at start, so it is in no env var and no pod spec,
+            # and percent-encoded into the URI, so any character works (`@ : / # ?` would break a raw one).
+            command = ["python", "-c", BACKEND_URI_FROM_SECRET, "mlflow", "server"]
             init_containers.append(
                 k8s.core.v1.ContainerArgs(
                     name="wait-for-postgres",

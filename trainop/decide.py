@@ -66,12 +66,16 @@ def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Observation:
-    """The attempt's state. A config error outranks a preemption, which outranks other failures (the peers of a
-    preempted rank fail too, and that is the preemption's doing, not the run's)."""
+    """The attempt's state. The Job's Complete condition outranks its pods: the Job controller completes a Job only
+    when every index succeeded, after failures it ignored (a preemption) or retried. Then a config error outranks a
+    preemption, which outranks other failures (the peers of a preempted rank fail too, and that is the preemption's
+    doing, not the run's)."""
     if job is None:
         return Observation(MISSING)
     if (job.get("spec") or {}).get("suspend"):  # its pods are being deleted: their ends are not failures
         return Observation(SUSPENDED)
+    if _true(job, "Complete"):
+        return Observation(SUCCEEDED)
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
     for pod in failed:
         end = _terminated(pod)
@@ -88,8 +92,6 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
         text = (end.get("message") or "").strip()
         what = f"exit code {code}" if code is not None else (pod["status"].get("reason") or "failed")
         return Observation(FAILED, f"pod {pod['metadata']['name']} failed ({what}){': ' + text if text else ''}")
-    if _true(job, "Complete"):
-        return Observation(SUCCEEDED)
     if cond := _true(job, "Failed"):
         return Observation(FAILED, f"Job failed: {cond.get('reason', '')}: {cond.get('message', '')}")
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):

@@ -269,7 +269,7 @@ def test_mlflow_backends(dev_objects: list[dict[str, Any]], gpu_objects: list[di
     assert mlflow["spec"]["replicas"] == 1 and mlflow["spec"]["strategy"]["type"] == "Recreate"
     gpu_pod = mlflow["spec"]["template"]["spec"]
     gpu_cmd = gpu_pod["containers"][0]["command"]
-    assert gpu_cmd[:2] == ["sh", "-c"] and "postgresql://mlflow:$PGPASS@postgres:5432/mlflow" in gpu_cmd[2]
+    assert gpu_cmd[:2] == ["python", "-c"] and gpu_cmd[3:5] == ["mlflow", "server"], gpu_cmd
     assert "$(" not in gpu_cmd[2], "the kubelet would expand $(...)"
     password_volume = next(v for v in gpu_pod["volumes"] if v["name"] == "postgres-password")
     assert password_volume["secret"]["secretName"] == "postgres"
@@ -354,3 +354,33 @@ def test_mlflow_runs_without_its_job_workers(stack_objects: list[dict[str, Any]]
     # They take ~1.1 GB beside the server: over the pod's limit (OOMKilled on the real cluster, tests/cluster).
     container = find(stack_objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(container)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_the_postgres_password_reaches_mlflow_intact_whatever_its_characters(
+    gpu_objects: list[dict[str, Any]], tmp_path: Any
+) -> None:
+    """The rendered MLflow command, run as the container runs it (a stand-in `mlflow` on PATH records what it got):
+    a password with the URI's own delimiters must arrive percent-encoded, so the URI parses back to it."""
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy.engine import make_url
+
+    password = "p@ss:w/rd#1?x%20 &$HOME"
+    secrets = tmp_path / "postgres"
+    secrets.mkdir()
+    (secrets / "password").write_text(password + "\n")  # as a Secret written by hand often is
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "mlflow"
+    fake.write_text(f'#!/bin/sh\nprintf "%s" "$MLFLOW_BACKEND_STORE_URI" > {tmp_path}/uri\n')
+    fake.chmod(0o755)
+    os.symlink(sys.executable, bin_dir / "python")
+    command = find(gpu_objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["command"]
+    command = [part.replace("/etc/postgres", str(secrets)) for part in command]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": "/tmp"}
+    subprocess.run(command, env=env, check=True, timeout=60)
+    url = make_url((tmp_path / "uri").read_text())
+    assert (url.drivername, url.username, url.password, url.host, url.port, url.database) == (
+        "postgresql", "mlflow", password, "postgres", 5432, "mlflow")  # fmt: skip

@@ -163,6 +163,9 @@ def test_settings_report_every_problem() -> None:
         (job(), [pod("p0", "Failed", 1), pod("p1", "Failed", 2, "bad key")], CONFIG_ERROR),
         (job(), [pod("p0", "Failed", 1), pod("p1", "Failed", 137, disrupted=True)], PREEMPTED),
         (job(suspend=True), [pod("p0", "Failed", 143)], SUSPENDED),
+        # The Job ignored a preempted pod's failure (podFailurePolicy) and completed with its replacement: done.
+        (job("Complete"), [pod("p1", "Failed", 137, disrupted=True), pod("p1b", "Succeeded", 0)], SUCCEEDED),
+        (job("Complete"), [pod("p1", "Failed", 1), pod("p1b", "Succeeded", 0)], SUCCEEDED),
     ],
 )
 def test_observe(the_job: dict | None, pods: list[dict], state: str) -> None:
