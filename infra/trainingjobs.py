@@ -50,6 +50,8 @@ class OperatorArgs:
     """PVC holding every run's checkpoints."""
     checkpoint_sub_path: str | None
     """subPath of that claim (host-path stacks), or None."""
+    checkpoint_access_mode: str
+    """Access mode of that claim (ReadWriteOnce keeps a run's pods on one node; ReadWriteOncePod allows 1 worker)."""
     trainer_service_account: str
     """ServiceAccount of the training pods."""
     gpus_available: bool
@@ -72,6 +74,7 @@ def operator_env(args: OperatorArgs) -> list[dict[str, Any]]:
         {"name": tj.ENV_IMAGE_PULL_POLICY, "value": args.image_pull_policy},
         {"name": tj.ENV_MLFLOW_TRACKING_URI, "value": args.tracking_uri},
         {"name": tj.ENV_CHECKPOINT_CLAIM, "value": args.checkpoint_claim},
+        {"name": tj.ENV_CHECKPOINT_ACCESS_MODE, "value": args.checkpoint_access_mode},
         {"name": tj.ENV_TRAINER_SERVICE_ACCOUNT, "value": args.trainer_service_account},
         {"name": tj.ENV_GPUS_AVAILABLE, "value": "true" if args.gpus_available else "false"},
         {"name": tj.ENV_HEALTH_PORT, "value": str(tj.HEALTH_PORT)},

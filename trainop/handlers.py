@@ -97,7 +97,8 @@ class Reconciler:
         now = dt.datetime.now(dt.UTC)
         if status.get("phase") in TERMINAL:
             return await self._finished(tj, status, now)
-        if problems := spec_problems(tj, gpus_available=self.settings.gpus_available):
+        access_mode = self.settings.platform.checkpoint_access_mode
+        if problems := spec_problems(tj, gpus_available=self.settings.gpus_available, access_mode=access_mode):
             step = Transition("Failed", "InvalidSpec", "; ".join(problems), 0, 0, 0)
             await self._write(tj, status, step, now, completed=True)
             return "invalid"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from workloads.monitoring.scrape import TRAINER_TARGET, scrape_annotations
 from workloads.trainingjob import (
+    ENV_CHECKPOINT_ACCESS_MODE,
     ENV_CHECKPOINT_CLAIM,
     ENV_CHECKPOINT_SUB_PATH,
     ENV_GPUS_AVAILABLE,
@@ -26,6 +27,10 @@ from workloads.trainingjob import (
 )
 
 ENV_RESTART_BACKOFF_S = "RESTART_BACKOFF_S"
+ENV_FINISHED_FOLLOW_S = "FINISHED_FOLLOW_S"
+"""How long a finished TrainingJob is still reconciled on the timer (its last metrics may land in MLflow after the
+Job completes); after that only a change of the resource, or its ttlSecondsAfterFinished, reconciles it."""
+ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 ENV_SCRAPE_ANNOTATIONS = "SCRAPE_ANNOTATIONS"
 """true: training pods get the prometheus.io/* scrape annotations (infra/trainingjobs.py sets it when the stack
 does not use the Prometheus Operator, whose PodMonitors select the pods by label instead)."""
@@ -53,6 +58,8 @@ class Settings:
     """How often each TrainingJob is reconciled besides on its own changes (its children are polled)."""
     restart_backoff_s: float
     """First whole-gang restart delay; doubles with each restart, at most 300 s."""
+    finished_follow_s: float = 60.0
+    """How long after it finished a TrainingJob is still reconciled on the timer (FINISHED_FOLLOW_S)."""
     trainer_pod_annotations: tuple[tuple[str, str], ...] = ()
     """Annotations of every training pod, under the TrainingJob's own spec.podAnnotations (which win): the
     prometheus.io/* scrape annotations with SCRAPE_ANNOTATIONS=true, else none."""
@@ -79,6 +86,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             problems.append(f"{key}={value!r}: true or false")
         return value == "true"
 
+    access_mode = env.get(ENV_CHECKPOINT_ACCESS_MODE) or "ReadWriteOnce"
+    if access_mode not in ACCESS_MODES:
+        problems.append(f"{ENV_CHECKPOINT_ACCESS_MODE}={access_mode!r}: one of {', '.join(ACCESS_MODES)}")
     settings = Settings(
         platform=Platform(
             namespace=env.get(ENV_WATCH_NAMESPACE, ""),
@@ -88,6 +98,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             checkpoint_claim=env.get(ENV_CHECKPOINT_CLAIM, ""),
             checkpoint_sub_path=env.get(ENV_CHECKPOINT_SUB_PATH) or None,
             service_account_name=env.get(ENV_TRAINER_SERVICE_ACCOUNT) or "default",
+            checkpoint_access_mode=access_mode,
         ),
         gpus_available=flag(ENV_GPUS_AVAILABLE),
         health_port=int(number(ENV_HEALTH_PORT, HEALTH_PORT)),
@@ -95,6 +106,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         listen_host=env.get("LISTEN_HOST") or "0.0.0.0",
         interval_s=number(ENV_RECONCILE_INTERVAL_S, 5.0),
         restart_backoff_s=number(ENV_RESTART_BACKOFF_S, 10.0),
+        finished_follow_s=number(ENV_FINISHED_FOLLOW_S, 60.0),
         trainer_pod_annotations=(
             tuple(scrape_annotations(TRAINER_TARGET).items()) if flag(ENV_SCRAPE_ANNOTATIONS) else ()
         ),

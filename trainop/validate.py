@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainer.config import ConfigError, build_config
-from workloads.trainingjob import RUN_NAME_MAX, run_name
+from workloads.trainingjob import READ_WRITE_ONCE_POD, RUN_NAME_MAX, run_name
 
 # train.yaml keys the resource decides itself, and the spec field to use instead.
 OWNED_KEYS = {
@@ -23,10 +23,17 @@ OWNED_KEYS = {
 }
 
 
-def spec_problems(tj: Mapping[str, Any], *, gpus_available: bool) -> list[str]:
-    """Every problem of a TrainingJob's spec, each naming its field; empty when the run can be created."""
+def spec_problems(tj: Mapping[str, Any], *, gpus_available: bool, access_mode: str = "ReadWriteOnce") -> list[str]:
+    """Every problem of a TrainingJob's spec, each naming its field; empty when the run can be created.
+    `access_mode` is the checkpoint volume's: ReadWriteOncePod lets one pod mount it."""
     spec = tj["spec"]
     problems: list[str] = []
+    workers = int(spec.get("workers", 1))
+    if access_mode == READ_WRITE_ONCE_POD and workers > 1:
+        problems.append(
+            f"spec.workers={workers}: the checkpoint volume is ReadWriteOncePod, so only one pod can mount it; "
+            "use workers: 1 with more GPUs per worker, or ask the platform for a ReadWriteOnce/ReadWriteMany volume"
+        )
     if len(run_name(tj)) > RUN_NAME_MAX:
         problems.append(f"spec.runName: {run_name(tj)!r} is longer than {RUN_NAME_MAX} characters")
     gpus = int(spec.get("gpusPerWorker", 0))

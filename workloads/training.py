@@ -105,6 +105,9 @@ class TrainingJobSpec:
     """Labels the creator adds to every object and pod (e.g. an operator's link back to its resource)."""
     pod_annotations: tuple[tuple[str, str], ...] = ()
     """Annotations the creator adds to the pod template (besides the train.yaml checksum)."""
+    colocate_ranks: bool = False
+    """Keep every pod of the run on one node (required pod affinity): the checkpoint volume is ReadWriteOnce, which
+    the pods of one node may share and the pods of two nodes may not (rank 1 would wait on a Multi-Attach error)."""
 
     @property
     def job_name(self) -> str:
@@ -308,6 +311,17 @@ def _pod_spec(spec: TrainingJobSpec) -> dict[str, Any]:
         pod["tolerations"] = [toleration(t) for t in spec.tolerations]
     if spec.priority_class_name:
         pod["priorityClassName"] = spec.priority_class_name
+    if spec.colocate_ranks and spec.workers > 1:
+        pod["affinity"] = {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "labelSelector": {"matchLabels": selector_labels("trainer", spec.run_name)},
+                        "topologyKey": "kubernetes.io/hostname",
+                    }
+                ]
+            }
+        }
     pod["containers"] = [container]
     pod["volumes"] = [
         {"name": "config", "configMap": {"name": spec.config_map_name}},

@@ -46,6 +46,8 @@ ENV_IMAGE_PULL_POLICY = "IMAGE_PULL_POLICY"
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_CHECKPOINT_CLAIM = "CHECKPOINT_CLAIM"
 ENV_CHECKPOINT_SUB_PATH = "CHECKPOINT_SUB_PATH"
+ENV_CHECKPOINT_ACCESS_MODE = "CHECKPOINT_ACCESS_MODE"
+READ_WRITE_ONCE_POD = "ReadWriteOncePod"
 ENV_TRAINER_SERVICE_ACCOUNT = "TRAINER_SERVICE_ACCOUNT"
 ENV_GPUS_AVAILABLE = "GPUS_AVAILABLE"
 ENV_HEALTH_PORT = "HEALTH_PORT"
@@ -75,6 +77,8 @@ class Platform:
     """ServiceAccount of the training pods."""
     shm_size: str = "1Gi"
     """Size limit of each pod's in-memory /dev/shm."""
+    checkpoint_access_mode: str = "ReadWriteOnce"
+    """Access mode of that claim: ReadWriteOnce keeps a run's pods on one node, ReadWriteOncePod allows one worker."""
 
 
 PRINTER_COLUMNS = [
@@ -226,6 +230,7 @@ def training_spec(tj: Mapping[str, Any], attempt: int, platform: Platform) -> Tr
         managed_by=MANAGED_BY,
         extra_labels=((TRAININGJOB_LABEL, meta["name"]), (ATTEMPT_LABEL, str(attempt))),
         pod_annotations=tuple(sorted((spec.get("podAnnotations") or {}).items())),
+        colocate_ranks=platform.checkpoint_access_mode == "ReadWriteOnce",
     )
 
 

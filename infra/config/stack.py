@@ -187,6 +187,14 @@ def _build(v: Validator) -> StackConfig:
     if accelerator == "cpu" and quota_gpus:
         v.problem("quotaGpus", "must be 0 with accelerator cpu")
 
+    access_mode = v.choice("storageAccessMode", ACCESS_MODES)
+    if access_mode == "ReadWriteOncePod" and workers > 1:
+        v.problem(
+            "storageAccessMode",
+            f"ReadWriteOncePod: only one pod can mount the checkpoint volume, and workers={workers} pods each mount "
+            "it; use ReadWriteOnce (the workers share one node) or ReadWriteMany (workers on several nodes)",
+        )
+
     batch_size = v.integer("trainBatchSize", 1)
     if workers >= 1 and batch_size >= 1 and batch_size % workers:
         v.problem("trainBatchSize", f"must be divisible by workers={workers} (it is the global batch)")
@@ -252,7 +260,7 @@ def _build(v: Validator) -> StackConfig:
             mode=storage_mode,
             host_path=host_path,
             storage_class=storage_class,
-            access_mode=v.choice("storageAccessMode", ACCESS_MODES),
+            access_mode=access_mode,
             checkpoint_size=v.quantity("checkpointStorageSize"),
             mlflow_size=v.quantity("mlflowStorageSize"),
             protect_data=v.boolean("protectData"),

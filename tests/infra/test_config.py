@@ -16,6 +16,7 @@ from .conftest import render_stack
 BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"workers": 0}, "workers", "between 1 and 256"),
     ("dev", {"workers": "two"}, "workers", "integer"),
+    ("dev", {"storageAccessMode": "ReadWriteOncePod"}, "storageAccessMode", "only one pod can mount"),
     ("dev", {"trainCpuRequest": "lots"}, "trainCpuRequest", "quantity"),
     ("dev", {"trainMemoryLimit": "4GB"}, "trainMemoryLimit", "quantity"),
     ("dev", {"trainCpuRequest": "2", "trainCpuLimit": "1"}, "trainCpuRequest", "must not exceed trainCpuLimit"),

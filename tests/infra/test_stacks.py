@@ -384,3 +384,17 @@ def test_the_postgres_password_reaches_mlflow_intact_whatever_its_characters(
     url = make_url((tmp_path / "uri").read_text())
     assert (url.drivername, url.username, url.password, url.host, url.port, url.database) == (
         "postgresql", "mlflow", password, "postgres", 5432, "mlflow")  # fmt: skip
+
+
+def test_ranks_share_one_node_only_on_a_read_write_once_volume(
+    dev_objects: list[dict[str, Any]], gpu_objects: list[dict[str, Any]]
+) -> None:
+    """dev (ReadWriteOnce, 2 workers): pods of two nodes cannot both mount the volume, so the ranks keep to one node;
+    gpu (ReadWriteMany): they may spread."""
+    dev_pod = find(dev_objects, "Job")["spec"]["template"]
+    term = dev_pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "trainer", "app.kubernetes.io/instance": "run-1"}  # runName's default  # fmt: skip
+    assert term["labelSelector"]["matchLabels"].items() <= dev_pod["metadata"]["labels"].items()
+    assert "affinity" not in find(gpu_objects, "Job")["spec"]["template"]["spec"]

@@ -4,6 +4,7 @@ condition mapping from Job and pod states, the restart decision and backoff, and
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 import subprocess
 import sys
 from typing import Any
@@ -129,6 +130,33 @@ def test_children_come_from_the_shared_builder_owned_and_per_attempt() -> None:
 def test_spec_problems_name_the_field(spec: dict[str, Any], needle: str) -> None:
     problems = spec_problems(tj(**spec), gpus_available=False)
     assert any(needle in p for p in problems), problems
+
+
+def test_more_than_one_worker_on_a_read_write_once_pod_volume_is_refused() -> None:
+    # ReadWriteOncePod: one pod in the cluster may mount the checkpoint volume, so rank 1 could never start.
+    problems = spec_problems(tj(workers=2), gpus_available=False, access_mode="ReadWriteOncePod")
+    assert problems == [
+        "spec.workers=2: the checkpoint volume is ReadWriteOncePod, so only one pod can mount it; "
+        "use workers: 1 with more GPUs per worker, or ask the platform for a ReadWriteOnce/ReadWriteMany volume"
+    ]
+    assert spec_problems(tj(workers=1), gpus_available=False, access_mode="ReadWriteOncePod") == []
+    assert spec_problems(tj(workers=2), gpus_available=False, access_mode="ReadWriteOnce") == []
+
+
+def test_ranks_share_one_node_on_a_read_write_once_volume() -> None:
+    """ReadWriteOnce: pods of one node may share the volume, so the ranks are kept on one node (required pod
+    affinity on the run's pods); ReadWriteMany needs nothing."""
+    rwo = attempt_manifests(tj(workers=2), 0, replace(PLATFORM, checkpoint_access_mode="ReadWriteOnce"), suspend=False)
+    affinity = rwo[-1]["spec"]["template"]["spec"]["affinity"]["podAffinity"]
+    term = affinity["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    selector = term["labelSelector"]["matchLabels"]
+    assert selector["app.kubernetes.io/instance"] == "run-a0", selector  # this attempt's pods, no other run's
+    assert selector.items() <= rwo[-1]["spec"]["template"]["metadata"]["labels"].items()
+    rwx = attempt_manifests(tj(workers=2), 0, replace(PLATFORM, checkpoint_access_mode="ReadWriteMany"), suspend=False)
+    assert "affinity" not in rwx[-1]["spec"]["template"]["spec"]
+    single = attempt_manifests(tj(workers=1), 0, replace(PLATFORM, checkpoint_access_mode="ReadWriteOnce"), suspend=False)
+    assert "affinity" not in single[-1]["spec"]["template"]["spec"]
 
 
 def test_a_valid_spec_has_no_problems_and_gpus_count_in_the_world_size() -> None:
