@@ -4,6 +4,7 @@ to WATCH_NAMESPACE, with the liveness endpoint on HEALTH_PORT (/healthz) and Pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -12,7 +13,7 @@ import kopf
 from lightkube import AsyncClient, KubeConfig
 from prometheus_client import start_http_server
 
-from trainop.handlers import Reconciler, register
+from trainop.handlers import Reconciler, follow, register
 from trainop.kube import Kube
 from trainop.progress import ProgressCache
 from trainop.settings import SettingsError, from_env
@@ -23,7 +24,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per API call drowns the transitions
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # "Timer succeeded" every interval; see handlers
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # "Handler succeeded" on every event
     try:
         settings = from_env()
     except SettingsError as err:
@@ -50,7 +51,8 @@ def main() -> int:
         reconciler = Reconciler(
             Kube(client, settings.platform.namespace), settings, ProgressCache(settings.platform.tracking_uri)
         )
-        register(registry, reconciler, settings.interval_s)
+        register(registry, reconciler)
+        follower = asyncio.create_task(follow(reconciler))
         try:
             await kopf.operator(
                 registry=registry,
@@ -61,6 +63,9 @@ def main() -> int:
                 liveness_endpoint=f"http://{settings.listen_host}:{settings.health_port}{HEALTH_PATH}",
             )
         finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
             await client.close()
 
     asyncio.run(run())

@@ -37,6 +37,8 @@ class Observation:
     """One of the module's states (missing, pending, running, suspended, succeeded, failed, ...)."""
     message: str = ""
     """What happened, for the condition (a pod's failure, the trainer's termination message)."""
+    reason: str = ""
+    """Why a pending attempt waits (QuotaExceeded, Queued, ...), for the condition; empty: just created."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
         return Observation(FAILED, f"pod {pod['metadata']['name']} failed ({what}){': ' + text if text else ''}")
     if cond := _true(job, "Failed"):
         return Observation(FAILED, f"Job failed: {cond.get('reason', '')}: {cond.get('message', '')}")
-    if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
-        return Observation(RUNNING)
+    if any((p.get("status") or {}).get("phase") in ("Running", "Succeeded") for p in pods):
+        return Observation(RUNNING)  # a rank that already finished its part is not pending
     return Observation(PENDING)
 
 
@@ -155,7 +157,12 @@ def transition(
         return replace(current, phase="Suspended", reason="Suspended", message="spec.suspend is true")
     if seen.state == RUNNING:
         return replace(current, phase="Running", reason="Running", message=f"attempt {attempt} is running")
-    return replace(current, phase="Pending", reason="Created", message=f"attempt {attempt} created, pods pending")
+    return replace(
+        current,
+        phase="Pending",
+        reason=seen.reason or "Created",
+        message=seen.message or f"attempt {attempt} created, pods pending",
+    )
 
 
 def _reason(status: Mapping[str, Any]) -> str:

@@ -1,5 +1,12 @@
-"""Reconciliation of TrainingJobs: Kopf triggers it (on every watch event of a TrainingJob, and on a timer that
-follows its children), `Reconciler.reconcile` reads the resource afresh, acts, and writes the whole status.
+"""Reconciliation of TrainingJobs: Kopf triggers it on every watch event of a TrainingJob, and `follow` (a timer
+of our own) every interval for the live ones, whose Job and pods change without an event of the resource;
+`Reconciler.reconcile` reads the resource afresh, acts, and writes the whole status.
+
+No finalizer: nothing has to happen before a TrainingJob goes (its children are owned by it and garbage-collected),
+so a TrainingJob deleted while the operator is down, or with the CRD at `pulumi destroy` after the operator's
+Deployment is gone, goes at once. (A `kopf.timer` would make Kopf put its finalizer on every resource it follows,
+and then a destroy waits forever on finalizers nobody removes; Kopf removes its finalizer from resources that still
+carry one, as soon as it sees them, since no handler requires it.)
 
 A restart is two reconciliations: the first only records the decision in the status (attempt + 1, the counter,
 Restarting, when it may start); the next deletes the earlier attempt's children and, once the backoff has passed,
@@ -10,13 +17,14 @@ counts nothing twice: creation is create-or-adopt and every decision is taken ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from lightkube import ApiError
@@ -25,6 +33,7 @@ from trainop import metrics
 from trainop.decide import (
     CONFIG_ERROR,
     PENDING,
+    RUNNING,
     SUSPENDED,
     TERMINAL,
     Observation,
@@ -106,6 +115,12 @@ class Reconciler:
         if attempt:
             await self.kube.delete_other_attempts(name, attempt)
         job = await self.kube.job(job_name(tj, attempt))
+        if job is None and attempt and (left := await self.kube.attempt_pods_left(name, attempt)):
+            # The old gang may still be writing its SIGTERM checkpoint into the directory this attempt resumes
+            # from: the new one starts only once every old pod is gone (their grace period bounds the wait).
+            step = self._same(status, message=f"waiting for the pods of earlier attempts to exit: {', '.join(left)}")
+            await self._write(tj, status, step, now)
+            return "draining"
         suspend = bool(spec.get("suspend"))
         # Kueue admits a Job by unsuspending it: with a queue, Jobs start suspended and only suspend is ours.
         queued = bool(spec.get("queueName"))
@@ -163,7 +178,9 @@ class Reconciler:
         pods = await self.kube.pods(job["metadata"]["name"])
         seen = observe(job, pods)
         if queued and not suspend and seen.state == SUSPENDED:
-            seen = Observation(PENDING, "waiting for Kueue to admit the Job")
+            seen = Observation(PENDING, "waiting for Kueue to admit the Job", reason="Queued")
+        if seen.state in (PENDING, RUNNING) and len(pods) < int(job["spec"].get("parallelism") or 1):
+            seen = await self._why_pods_are_missing(job, seen)
         if seen.state == CONFIG_ERROR and seen.message.endswith("(configuration error)"):
             seen = await self._with_log(seen, pods)
         step = transition(
@@ -198,9 +215,7 @@ class Reconciler:
         ttl = tj["spec"].get("ttlSecondsAfterFinished")
         done = _time(status.get("completionTime"))
         if ttl is not None and done is not None and now >= done + dt.timedelta(seconds=int(ttl)):
-            kopf.event(
-                cast(kopf.Body, tj), type="Normal", reason="Deleted", message=f"ttlSecondsAfterFinished={ttl} passed"
-            )
+            await self.kube.post_event(tj, "Normal", "Deleted", f"ttlSecondsAfterFinished={ttl} passed")
             await self.kube.delete_training_job(tj["metadata"]["name"])
             metrics.record_phase(tj["metadata"]["uid"], None)
             self.progress.forget(tj["metadata"]["uid"])
@@ -209,6 +224,17 @@ class Reconciler:
         if status.get("phase") == "Succeeded":  # the last metrics may land after the Job completes
             await self._write(tj, dict(status), self._same(status), now)
         return "finished"
+
+    async def _why_pods_are_missing(self, job: Mapping[str, Any], seen: Observation) -> Observation:
+        """The Job controller could not create every pod: its newest FailedCreate says why (a ResourceQuota it
+        exceeds, most often). The run waits, visibly, until the quota has room; it never fails for it."""
+        events = await self.kube.warning_events("Job", job["metadata"]["name"])
+        failed = [e for e in events if e.get("reason") == "FailedCreate"]
+        if not failed:
+            return seen
+        message = str(failed[-1].get("message", ""))
+        reason = "QuotaExceeded" if "exceeded quota" in message else "FailedCreate"
+        return Observation(PENDING, f"the Job's pods cannot be created: {message}", reason=reason)
 
     async def _with_log(self, seen: Observation, pods: list[dict[str, Any]]) -> Observation:
         """A config error without a termination message: the trainer's last log lines say what is wrong."""
@@ -267,11 +293,11 @@ class Reconciler:
             log.info("%s: %s -> %s (%s) %s", meta["name"], status.get("phase"), step.phase, step.reason, step.message)
         if step.phase != status.get("phase") or step.reason != self._same(status).reason:
             kind = "Warning" if step.reason in WARNING_REASONS else "Normal"
-            kopf.event(cast(kopf.Body, tj), type=kind, reason=step.reason, message=step.message[:1000] or step.phase)
+            await self.kube.post_event(tj, kind, step.reason, step.message or step.phase)
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval_s: float) -> None:
-    """Reconcile on every change of a TrainingJob, and every `interval_s` to follow its Job and pods."""
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """Reconcile on every change of a TrainingJob (an event handler: Kopf adds no finalizer for it)."""
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def changed(event: Mapping[str, Any], name: str, uid: str, **_: Any) -> None:
@@ -281,6 +307,33 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, interval_s
             return
         await reconciler.reconcile(name)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=interval_s, registry=registry)
-    async def follow(name: str, **_: Any) -> None:
-        await reconciler.reconcile(name)
+
+def followed(tj: Mapping[str, Any], now: dt.datetime, finished_follow_s: float) -> bool:
+    """Whether the timer reconciles `tj` now: a live run always (its Job and pods change without an event of the
+    resource); a finished one only for `finished_follow_s` after it succeeded (its last metrics may still land in
+    MLflow) and once its ttlSecondsAfterFinished has passed; never one being deleted."""
+    if tj["metadata"].get("deletionTimestamp"):
+        return False
+    status = tj.get("status") or {}
+    done = _time(status.get("completionTime"))
+    if status.get("phase") not in TERMINAL or done is None:
+        return True
+    ttl = tj["spec"].get("ttlSecondsAfterFinished")
+    if ttl is not None and now >= done + dt.timedelta(seconds=int(ttl)):
+        return True
+    return status.get("phase") == "Succeeded" and now < done + dt.timedelta(seconds=finished_follow_s)
+
+
+async def follow(reconciler: Reconciler) -> None:
+    """The timer: every `interval_s`, reconcile each TrainingJob `followed` says to. Runs until cancelled; a
+    failure (the API server away, one resource's reconciliation) is logged and tried again next round."""
+    settings = reconciler.settings
+    while True:
+        try:
+            for tj in await reconciler.kube.training_jobs():
+                if followed(tj, dt.datetime.now(dt.UTC), settings.finished_follow_s):
+                    with contextlib.suppress(kopf.TemporaryError):  # counted as an error; retried next round
+                        await reconciler.reconcile(tj["metadata"]["name"])
+        except Exception:  # the timer must outlive any one failure
+            log.exception("following TrainingJobs")
+        await asyncio.sleep(settings.interval_s)

@@ -6,6 +6,8 @@ crash); it is taken over when it already belongs to this TrainingJob and refused
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,12 +16,13 @@ from lightkube import ApiError, AsyncClient, codecs
 from lightkube.core.client import LabelValue
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import CascadeType, PatchType
 
-from workloads.trainingjob import ATTEMPT_LABEL, GROUP, KIND, PLURAL, TRAININGJOB_LABEL, VERSION
+from workloads.trainingjob import API_VERSION, ATTEMPT_LABEL, GROUP, KIND, PLURAL, TRAININGJOB_LABEL, VERSION
 
+log = logging.getLogger(__name__)
 TrainingJobResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 FIELD_MANAGER = "trainop"
 
@@ -44,6 +47,9 @@ class Kube:
             if _missing(err):
                 return None
             raise
+
+    async def training_jobs(self) -> list[dict[str, Any]]:
+        return [dict(tj.to_dict()) async for tj in self.client.list(TrainingJobResource, namespace=self.ns)]
 
     async def job(self, name: str) -> dict[str, Any] | None:
         try:
@@ -123,6 +129,44 @@ class Kube:
             patch_type=PatchType.MERGE,
             field_manager=FIELD_MANAGER,
         )
+
+    async def attempt_pods_left(self, tj_name: str, attempt: int) -> list[str]:
+        """Pods of this TrainingJob's other attempts that still exist (terminating ones included): an old gang may
+        still be writing its SIGTERM checkpoint into the directory the next attempt resumes from."""
+        selector: dict[str, LabelValue] = {TRAININGJOB_LABEL: tj_name}
+        return [
+            p.metadata.name
+            async for p in self.client.list(Pod, namespace=self.ns, labels=selector)
+            if (p.metadata.labels or {}).get(ATTEMPT_LABEL) != str(attempt)
+        ]
+
+    async def warning_events(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """Warning events about one object (e.g. the Job controller's FailedCreate: exceeded quota), newest last."""
+        fields = {"involvedObject.kind": kind, "involvedObject.name": name, "type": "Warning"}
+        events = [dict(e.to_dict()) async for e in self.client.list(Event, namespace=self.ns, fields=fields)]
+        return sorted(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+
+    async def post_event(self, tj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """An Event about the TrainingJob (what `kubectl describe tj` shows). Posting is best effort: a refused
+        Event is logged and never fails the reconciliation."""
+        meta = tj["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": self.ns},
+            "involvedObject": {
+                "apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "namespace": self.ns,
+                "uid": meta["uid"], "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": kind, "reason": reason, "message": message[:1000],
+            "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }  # fmt: skip
+        try:
+            await self.client.create(codecs.from_dict(event))
+        except ApiError as err:
+            log.warning("event %s on %s not posted: %s", reason, meta["name"], err)
 
     async def log_tail(self, pod: str, lines: int = 5) -> str:
         """The last lines of a pod's trainer log, or "" when the log cannot be read (no kubelet, pod gone)."""

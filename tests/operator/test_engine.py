@@ -4,6 +4,7 @@ kwok's simulated pods. Pod failures are written into pod status as a kubelet wou
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,12 +12,15 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
+from lightkube.resources.core_v1 import Pod
+from lightkube.types import PatchType
 
 from tests.engine.cluster import LocalCluster
 from tests.harness.api import ApiError
 from tests.harness.wait import eventually
 from tests.mlflow_server import mlflow_server
 from tests.operator.harness import ROOT, OperatorProcess, prepare_namespace, terminate_pod, training_job
+from trainop.kube import TrainingJobResource
 from workloads.trainingjob import (
     API_VERSION,
     ATTEMPT_LABEL,
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.engine
 NS = "trainop-e2e"
 TIMEOUT_S = 90
 # kwok: pods stay Running until a test ends them (a jitter below the delay would replace it, so both are set).
+SETTLE_S = 2  # FINISHED_FOLLOW_S: how long a finished run is still reconciled on the timer
 RUNNING_LONG = {"pod-complete.stage.kwok.x-k8s.io/delay": "1h", "pod-complete.stage.kwok.x-k8s.io/jitter-delay": "1h"}
 
 
@@ -43,7 +48,9 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     workdir = tmp_path_factory.mktemp("trainop")
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as tracking_uri:
         kubeconfig = prepare_namespace(cluster, NS, workdir)
-        proc = OperatorProcess(kubeconfig, NS, workdir / "operator.log", MLFLOW_TRACKING_URI=tracking_uri)
+        proc = OperatorProcess(
+            kubeconfig, NS, workdir / "operator.log", MLFLOW_TRACKING_URI=tracking_uri, FINISHED_FOLLOW_S=str(SETTLE_S)
+        )
         proc.start()
         yield proc
         proc.stop()
@@ -347,3 +354,132 @@ def test_progress_comes_from_the_run_the_trainer_tags(cluster: LocalCluster, ope
         headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
     ).json()
     assert table["rows"][0]["cells"][3:5] == [25, 2.75], "the Progress and Val loss columns"
+
+
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+HOLD = "ml-platform.dev/test-hold"
+
+
+def patch_meta(cluster: LocalCluster, kind: Any, name: str, meta: dict[str, Any]) -> None:
+    cluster.api.client.patch(kind, name, {"metadata": meta}, namespace=NS, patch_type=PatchType.MERGE)
+
+
+def test_no_finalizer_holds_a_live_run_and_an_old_one_is_removed(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """A finalizer nobody removes (the operator deleted before the CRD at `pulumi destroy`, or down) blocks the
+    deletion of the resource, its CRD and its namespace: a running TrainingJob carries none, and one left by an
+    earlier operator version (Kopf's, for its timer) is taken away."""
+    cluster.api.apply(training_job("live", NS, podAnnotations=RUNNING_LONG))
+    running_pods(cluster, "live-a0-train", 2)
+    assert not cluster.api.get(API_VERSION, KIND, "live", NS)["metadata"].get("finalizers")  # type: ignore[index]
+    resource = TrainingJobResource
+    patch_meta(cluster, resource, "live", {"finalizers": [KOPF_FINALIZER]})
+    eventually(
+        "Kopf's old finalizer removed",
+        lambda: not (cluster.api.get(API_VERSION, KIND, "live", NS) or {})["metadata"].get("finalizers"),
+        TIMEOUT_S,
+    )
+
+
+def test_a_run_deleted_while_the_operator_is_down_is_cleaned_up(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    cluster.api.apply(training_job("orphan", NS, podAnnotations=RUNNING_LONG))
+    running_pods(cluster, "orphan-a0-train", 2)
+    operator.stop()
+    try:
+        cluster.api.delete(API_VERSION, KIND, "orphan", NS)
+        eventually("orphan gone without the operator", lambda: cluster.api.get(API_VERSION, KIND, "orphan", NS) is None,
+                   TIMEOUT_S)  # fmt: skip
+    finally:
+        operator.start()
+    kinds = (("Job", "batch/v1"), ("ConfigMap", "v1"), ("Service", "v1"), ("Pod", "v1"))
+
+    def cleaned() -> bool:
+        assert operator.alive(), operator.tail()
+        return all(not children(cluster, "orphan", k, v) for k, v in kinds)
+
+    eventually("orphan's children garbage-collected", cleaned, TIMEOUT_S)
+    # The operator back up creates nothing for it.
+    eventually("the operator healthy again", lambda: operator_healthy(operator), TIMEOUT_S)
+    assert all(not children(cluster, "orphan", k, v) for k, v in kinds)
+
+
+def operator_healthy(operator: OperatorProcess) -> bool:
+    try:
+        return httpx2.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
+def reconciliations(operator: OperatorProcess, result: str) -> float:
+    text = httpx2.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f'trainop_reconciliations_total{{result="{result}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_finished_run_is_not_reconciled_forever(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    """The timer follows live runs; a finished one only for FINISHED_FOLLOW_S (its last metrics), then never again
+    (every reconciliation of a finished run polls MLflow)."""
+    cluster.api.apply(training_job("settled", NS, podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "1s"}))
+    cluster.api.apply(training_job("ticker", NS, podAnnotations=RUNNING_LONG))
+    status = wait_status(cluster, operator, "settled", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    done = dt.datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00"))
+    settled = done + dt.timedelta(seconds=SETTLE_S + 2)
+    eventually("the settle window over", lambda: dt.datetime.now(dt.UTC) > settled, TIMEOUT_S)
+    finished, running = reconciliations(operator, "finished"), reconciliations(operator, "running")
+    # Five more rounds of the timer (RECONCILE_INTERVAL_S=1), seen through the live run it reconciles each round.
+    eventually("five rounds of the timer", lambda: reconciliations(operator, "running") >= running + 5, TIMEOUT_S)
+    assert reconciliations(operator, "finished") == finished, "a finished run was reconciled again"
+
+
+def test_a_new_attempt_waits_for_the_old_gang_to_exit(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    """A preempted gang's survivors get SIGTERM and write a checkpoint into the directory the next attempt resumes
+    from: the next attempt starts only once they are gone (a finalizer here keeps one Terminating)."""
+    cluster.api.apply(training_job("relay", NS, podAnnotations=RUNNING_LONG))
+    pods = running_pods(cluster, "relay-a0-train", 2)
+    survivor = next(p for p in pods if p["metadata"]["labels"].get("batch.kubernetes.io/job-completion-index") == "0")
+    victim = next(p for p in pods if p is not survivor)
+    patch_meta(cluster, Pod, survivor["metadata"]["name"], {"finalizers": [HOLD]})
+    try:
+        terminate_pod(cluster, victim, 137, disruption="PreemptionByScheduler")
+
+        def waiting(s: dict[str, Any]) -> bool:
+            messages = [c.get("message", "") for c in s.get("conditions") or []]
+            return any("waiting for the pods of earlier attempts" in m for m in messages)
+
+        status = wait_status(cluster, operator, "relay", "waiting for the old gang", waiting)
+        assert status["attempt"] == 1, status
+        assert cluster.api.get("batch/v1", "Job", "relay-a1-train", NS) is None, "started while the old gang ran"
+        live = cluster.api.get("v1", "Pod", survivor["metadata"]["name"], NS)
+        assert live is not None and live["metadata"].get("deletionTimestamp"), "the survivor is being deleted"
+    finally:
+        patch_meta(cluster, Pod, survivor["metadata"]["name"], {"finalizers": None})
+    running_pods(cluster, "relay-a1-train", 2)
+
+
+def test_a_run_the_quota_cannot_admit_waits_visibly(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    """The namespace's ResourceQuota has room for one worker: the Job controller cannot create the second pod, and
+    the TrainingJob says so (reason QuotaExceeded, the quota's own message) instead of a bare Pending."""
+    quota = {
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "tight", "namespace": NS},
+        "spec": {"hard": {"limits.memory": "300Mi"}},
+    }  # fmt: skip
+    cluster.api.apply(quota)
+    try:
+        eventually("the quota counted", lambda: (cluster.api.get("v1", "ResourceQuota", "tight", NS) or {}).get(
+            "status", {}).get("hard"), TIMEOUT_S)  # fmt: skip
+        cluster.api.apply(training_job("crowded", NS, podAnnotations=RUNNING_LONG))
+
+        def quota_reason(s: dict[str, Any]) -> bool:
+            return any(c.get("reason") == "QuotaExceeded" and c["status"] == "True" for c in s.get("conditions") or [])
+
+        status = wait_status(cluster, operator, "crowded", "QuotaExceeded", quota_reason)
+        assert status["phase"] == "Pending", status
+        created = next(c for c in status["conditions"] if c["reason"] == "QuotaExceeded")
+        assert "exceeded quota: tight" in created["message"] and "limits.memory" in created["message"], created
+    finally:
+        cluster.api.delete("v1", "ResourceQuota", "tight", NS)

@@ -4,9 +4,9 @@ condition mapping from Job and pod states, the restart decision and backoff, and
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -146,7 +146,8 @@ def test_more_than_one_worker_on_a_read_write_once_pod_volume_is_refused() -> No
 def test_ranks_share_one_node_on_a_read_write_once_volume() -> None:
     """ReadWriteOnce: pods of one node may share the volume, so the ranks are kept on one node (required pod
     affinity on the run's pods); ReadWriteMany needs nothing."""
-    rwo = attempt_manifests(tj(workers=2), 0, replace(PLATFORM, checkpoint_access_mode="ReadWriteOnce"), suspend=False)
+    rwo_platform = replace(PLATFORM, checkpoint_access_mode="ReadWriteOnce")
+    rwo = attempt_manifests(tj(workers=2), 0, rwo_platform, suspend=False)
     affinity = rwo[-1]["spec"]["template"]["spec"]["affinity"]["podAffinity"]
     term = affinity["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert term["topologyKey"] == "kubernetes.io/hostname"
@@ -155,7 +156,7 @@ def test_ranks_share_one_node_on_a_read_write_once_volume() -> None:
     assert selector.items() <= rwo[-1]["spec"]["template"]["metadata"]["labels"].items()
     rwx = attempt_manifests(tj(workers=2), 0, replace(PLATFORM, checkpoint_access_mode="ReadWriteMany"), suspend=False)
     assert "affinity" not in rwx[-1]["spec"]["template"]["spec"]
-    single = attempt_manifests(tj(workers=1), 0, replace(PLATFORM, checkpoint_access_mode="ReadWriteOnce"), suspend=False)
+    single = attempt_manifests(tj(workers=1), 0, rwo_platform, suspend=False)
     assert "affinity" not in single[-1]["spec"]["template"]["spec"]
 
 
