@@ -11,14 +11,24 @@ served as is; the `step-NNNNNNNN` names and the `COMPLETE` marker are tinygpt.sa
 
 A checkpoint is written into a hidden temporary directory, flushed to disk, marked COMPLETE and then renamed
 into place, so a crash at any moment leaves either the previous newest checkpoint or the new complete one.
+
+Several processes may write into one checkpoint root at once: every attempt of a job shares it, and a preempted
+gang's rank 0 may still be writing its SIGTERM checkpoint while the next gang's rank 0 starts saving. So each
+temporary directory is named after its writer (`.tmp-step-NNNNNNNN-<host>-<pid>-<token>`), a writer removes
+only its own leftovers and those untouched for `ABANDONED_TMP_AGE_S`, and a complete checkpoint is never
+replaced by another copy of the same step.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import secrets
 import shutil
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +47,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "trainer_state.json"
 _TMP_PREFIX = ".tmp-"
+ABANDONED_TMP_AGE_S = 3600.0
+"""Another writer's temporary directory with nothing in it written for this long is abandoned (its writer
+crashed) and may be removed. Far longer than any save takes: a directory still being written is never removed."""
+_WRITER_TOKEN = secrets.token_hex(4)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,7 +127,7 @@ def save_checkpoint(
         # Only reachable right after resuming from this very step: training is deterministic, so the state
         # on disk is the state in memory.
         return final
-    tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
+    tmp = root / f"{_TMP_PREFIX}{final.name}-{writer_id()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     saved.save(model, tokenizer, tmp)
@@ -124,20 +138,65 @@ def save_checkpoint(
     _write_synced(tmp / STATE_FILE, lambda path: path.write_text(json.dumps(asdict(state), indent=2)))
     _write_synced(tmp / COMPLETE_FILE, lambda path: path.write_text(f"{state.step}\n"))
     _fsync_dir(tmp)
-    if final.exists():  # an incomplete directory with the final name, left by something else
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    _move_into_place(tmp, final)
     _fsync_dir(root)
     prune(root, keep)
     return final
 
 
+def writer_id() -> str:
+    """This process's name in its temporary directories: host and pid say who wrote one, the random token tells
+    apart processes that share both (successive pods with the same hostname, each with the trainer as pid 1)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{_WRITER_TOKEN}"
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete `tmp` to `final`.
+
+    If another writer saved the same step first, its complete checkpoint holds the same state (training is
+    deterministic) and stays; `tmp` is dropped. A `final` without COMPLETE cannot be a writer's (writers rename
+    only complete directories), so it is replaced. rename(2) never replaces a non-empty directory, so a complete
+    checkpoint that appears at any moment is never lost.
+    """
+    for _ in range(2):
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if (final / COMPLETE_FILE).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+
+
+def _last_written(path: Path) -> float:
+    """The newest mtime of `path` and its entries: a file being written keeps its directory's mtime still."""
+    with os.scandir(path) as entries:
+        return max([path.stat().st_mtime, *(entry.stat(follow_symlinks=False).st_mtime for entry in entries)])
+
+
+def _is_removable_tmp(path: Path, now: float) -> bool:
+    """Whether the temporary directory `path` is this process's leftover or another writer's abandoned one."""
+    if path.name.endswith(f"-{writer_id()}"):
+        return True
+    try:
+        return now - _last_written(path) > ABANDONED_TMP_AGE_S
+    except OSError:  # removed meanwhile (its writer renamed it into place, or another prune)
+        return False
+
+
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints, and temporary leftovers of crashed saves."""
+    """Delete all but the newest `keep` complete checkpoints, this process's temporary leftovers and other
+    writers' abandoned ones (see `ABANDONED_TMP_AGE_S`)."""
     for _, path in complete_checkpoints(root)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+    now = time.time()
     for path in root.glob(f"{_TMP_PREFIX}step-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        if _is_removable_tmp(path, now):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

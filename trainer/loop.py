@@ -27,13 +27,20 @@ from tinygpt.model import GPT
 from tinygpt.saved import latest_checkpoint, step_dir_name
 from trainer.accel import Acceleration, choose_acceleration
 from trainer.accel import apply as apply_acceleration
-from trainer.checkpoint import Checkpoint, TrainingState, load_checkpoint, read_state, restore_rng, save_checkpoint
+from trainer.checkpoint import Checkpoint, TrainingState, load_checkpoint, restore_rng, save_checkpoint
 from trainer.config import ConfigError, TrainConfig, TrainerConfig
 from trainer.data import BatchSampler, Corpus, build_corpus, mix_seed
 from trainer.distenv import DistEnv
 from trainer.metrics import TrainerMetrics, metrics_port
 from trainer.progress import Progress, format_metrics
-from trainer.runtime import process_group
+from trainer.runtime import (
+    acknowledge_finish,
+    announce_start,
+    await_acknowledgements,
+    await_start,
+    process_group,
+    rendezvous_store,
+)
 from trainer.stopping import Stopped, StopRequest, StopVote
 from trainer.tracking import RunLogger, make_logger
 
@@ -179,16 +186,27 @@ class Trainer:
         cfg = self.config
         corpus = build_corpus(cfg.data, cfg.model.block_size)
         model_config = cfg.model.with_vocab(corpus.tokenizer.vocab_size)
-        latest = latest_checkpoint(self.root)
-        # Rank 0's checkpoint is the truth; it is sent to the other ranks once they have joined, so they
-        # need not share rank 0's filesystem.
-        checkpoint = load_checkpoint(latest) if latest and self.is_main else None
-        if checkpoint is not None:
-            _check_compatible(checkpoint, model_config, corpus)
-        if latest is not None and read_state(latest).step >= cfg.train.max_steps:
-            # Nothing left to train: don't wait for ranks whose pods may already have completed.
-            state = read_state(latest)
-            return self._finish(latest, state, state.step, tokens_per_s=0.0) if self.is_main else None
+        # Rank 0's checkpoint is the truth: the ranks need not share rank 0's filesystem, so rank 0 alone reads
+        # it, decides whether anything is left to train, and sends it to the others once they have joined.
+        checkpoint = None
+        if self.is_main:
+            latest = latest_checkpoint(self.root)
+            checkpoint = load_checkpoint(latest) if latest else None
+            if checkpoint is not None:
+                _check_compatible(checkpoint, model_config, corpus)
+        finished = checkpoint if checkpoint and checkpoint.state.step >= cfg.train.max_steps else None
+        env, store = self.env, None
+        if env.is_distributed:
+            env = self.rendezvous()
+            store = rendezvous_store(env, cfg.distributed.timeout_s)
+            if self.is_main:
+                announce_start(store, finished.state.step if finished else None)
+                if finished:
+                    self._release_peers(store, env)
+            elif self._told_finished(store, env):
+                return None
+        if finished:
+            return self._finish(finished.path, finished.state, finished.state.step, tokens_per_s=0.0)
 
         logger = make_logger(cfg.tracking, checkpoint.state.run_id if checkpoint else None) if self.is_main else None
         metrics = TrainerMetrics(self.env.rank)
@@ -197,8 +215,7 @@ class Trainer:
         if url:
             print(f"rank {self.env.rank}: metrics at {url}", file=sys.stderr, flush=True)
         try:
-            env = self.rendezvous()
-            with process_group(env, self.backend, cfg.distributed.timeout_s, self.device):
+            with process_group(env, self.backend, cfg.distributed.timeout_s, self.device, store):
                 if env.is_distributed:
                     box = [checkpoint]
                     dist.broadcast_object_list(box, src=0)
@@ -219,6 +236,33 @@ class Trainer:
         if not self.is_main:
             return None
         return self._finish(path, state, start, tokens_per_s=tokens_per_s, logger=logger)
+
+    def _told_finished(self, store: dist.Store, env: DistEnv) -> bool:
+        """Ranks > 0: whether rank 0 found training finished; if so, acknowledge it (rank 0 waits for that)."""
+        finished_step = await_start(store)
+        if finished_step is None:
+            return False
+        acknowledge_finish(store, env.rank)
+        print(
+            f"rank {env.rank}: rank 0's checkpoint is at step {finished_step} "
+            f"(train.max_steps={self.config.train.max_steps}): nothing to train",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        return True
+
+    def _release_peers(self, store: dist.Store, env: DistEnv) -> None:
+        """Rank 0 of a finished job: keep the store up until the other ranks have read that training is over,
+        at most `distributed.rendezvous_timeout_s` (pods that already completed, and are not retried, never
+        come)."""
+        timeout_s = self.config.distributed.rendezvous_timeout_s
+        missing = await_acknowledgements(store, env, timeout_s)
+        if missing:
+            ranks = ", ".join(map(str, missing))
+            print(
+                f"rank 0: rank{'s' if len(missing) > 1 else ''} {ranks} did not acknowledge the end of training "
+                f"within {timeout_s:g} s (already completed?); finishing without them",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
 
     def _finish(
         self, path: Path, state: TrainingState, start: int, *, tokens_per_s: float, logger: RunLogger | None = None

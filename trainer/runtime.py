@@ -1,4 +1,5 @@
-"""Per-process runtime: CPU threads, device, process-group backend and the process group's lifetime."""
+"""Per-process runtime: CPU threads, device, process-group backend, the rendezvous store, rank 0's start decision
+and the process group's lifetime."""
 
 from __future__ import annotations
 
@@ -107,22 +108,84 @@ def choose_backend(config: DistributedConfig, device: torch.device, train: Train
     return config.backend
 
 
-@contextmanager
-def process_group(env: DistEnv, backend: str, timeout_s: float, device: torch.device) -> Iterator[None]:
-    """Join the job's process group for the duration of the block (nothing to join for one process).
+def rendezvous_store(env: DistEnv, timeout_s: float) -> dist.Store:
+    """The job's store at MASTER_ADDR:MASTER_PORT, made as `env://` makes it except that rank 0 does not wait
+    for the other ranks to connect (a finished rank 0 must not wait for peers that already completed).
 
-    MASTER_ADDR/MASTER_PORT are (re)exported because `env://` reads them: for an Indexed Job they are the
-    address `trainer.distenv.find_rank0` resolved, and loopback on rank 0, which hosts the store on all
-    interfaces.
+    Rank 0 hosts it (on all interfaces; MASTER_ADDR is loopback on rank 0, see `trainer.distenv.find_rank0`),
+    unless torchrun's agent already hosts it there (TORCHELASTIC_USE_AGENT_STORE, as `env://` checks); every
+    other rank is a client. `timeout_s` bounds every store operation, as it does under `env://`.
     """
+    agent_hosts = (
+        env.source == "torchrun"
+        and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        and os.environ.get("MASTER_ADDR") == env.master_addr
+        and os.environ.get("MASTER_PORT") == str(env.master_port)
+    )
+    return dist.TCPStore(
+        env.master_addr, env.master_port, env.world_size, is_master=env.rank == 0 and not agent_hosts,
+        timeout=timedelta(seconds=timeout_s), wait_for_workers=False, multi_tenant=True,
+    )  # fmt: skip
+
+
+_DECISION_KEY = "decision"
+_TRAIN = "train"
+_FINISHED = "finished:"
+
+
+def _trainer_keys(store: dist.Store) -> dist.Store:
+    # Apart from the process group's keys ("default_pg/...", as under env://).
+    return dist.PrefixStore("trainer", store)
+
+
+def _ack_key(rank: int) -> str:
+    return f"finished-ack/{rank}"
+
+
+def announce_start(store: dist.Store, finished_step: int | None) -> None:
+    """Rank 0: tell the other ranks whether to train (None) or that rank 0's checkpoint already reached
+    train.max_steps at `finished_step`. Ranks need not share rank 0's filesystem, so only rank 0 can know."""
+    decision = _TRAIN if finished_step is None else f"{_FINISHED}{finished_step}"
+    _trainer_keys(store).set(_DECISION_KEY, decision)
+
+
+def await_start(store: dist.Store) -> int | None:
+    """Ranks > 0: rank 0's decision (see `announce_start`): None to train, or the step training finished at."""
+    decision = _trainer_keys(store).get(_DECISION_KEY).decode()
+    return int(decision.removeprefix(_FINISHED)) if decision.startswith(_FINISHED) else None
+
+
+def acknowledge_finish(store: dist.Store, rank: int) -> None:
+    """Ranks > 0: say that this rank read rank 0's "finished" and is leaving, so rank 0 may close the store."""
+    _trainer_keys(store).set(_ack_key(rank), "")
+
+
+def await_acknowledgements(store: dist.Store, env: DistEnv, timeout_s: float) -> list[int]:
+    """Rank 0 after announcing "finished": keep the store up until every other rank has read it, at most
+    `timeout_s` (ranks whose pods already completed never come). Returns the ranks that did not acknowledge."""
+    keys = _trainer_keys(store)
+    peers = range(1, env.world_size)
+    try:
+        keys.wait([_ack_key(rank) for rank in peers], timedelta(seconds=timeout_s))
+    except dist.DistStoreError:
+        return [rank for rank in peers if not keys.check([_ack_key(rank)])]
+    return []
+
+
+@contextmanager
+def process_group(
+    env: DistEnv, backend: str, timeout_s: float, device: torch.device, store: dist.Store | None
+) -> Iterator[None]:
+    """Join the job's process group, on `store` (`rendezvous_store`), for the duration of the block (nothing to
+    join, and no store, for one process)."""
     if not env.is_distributed:
         yield
         return
-    os.environ["MASTER_ADDR"] = env.master_addr
-    os.environ["MASTER_PORT"] = str(env.master_port)
+    assert store is not None, "a distributed run joins its process group on the rendezvous store"
     dist.init_process_group(
         backend=backend,
-        init_method="env://",
+        # The prefix env:// gives the default group's keys.
+        store=dist.PrefixStore("default_pg", store),
         rank=env.rank,
         world_size=env.world_size,
         timeout=timedelta(seconds=timeout_s),

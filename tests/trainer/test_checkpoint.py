@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,8 @@ from trainer import checkpoint as ckpt
 from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 
 TOKENIZER = CharTokenizer(list("abcdef"))
+TWO_HOURS_S = 2 * 3600.0
+"""Longer than `trainer.checkpoint.ABANDONED_TMP_AGE_S`."""
 
 
 def _model() -> tuple[GPT, torch.optim.Optimizer]:
@@ -121,3 +126,54 @@ def test_rng_states_round_trip(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(3), expected[0])
     assert random.random() == expected[1]
     assert ckpt.np.random.rand() == expected[2]
+
+
+def _other_writers_temp(root: Path, step: int, age_s: float, file_age_s: float | None = None) -> Path:
+    """A temporary checkpoint directory of another process (another pod's rank 0), created `age_s` ago, with a
+    file last written `file_age_s` ago (default: then too)."""
+    temp = root / f".tmp-step-{step:08d}-otherpod-1-0123abcd"
+    temp.mkdir(parents=True)
+    (temp / "model.pt").write_bytes(b"half written")
+    now = time.time()
+    for path, age in ((temp / "model.pt", age_s if file_age_s is None else file_age_s), (temp, age_s)):
+        os.utime(path, (now - age, now - age))
+    return temp
+
+
+@pytest.mark.parametrize(
+    ("age_s", "file_age_s"),
+    [(60, None), (TWO_HOURS_S, 60)],  # the second: a file still being written for a long time
+)
+def test_saving_keeps_another_writers_temporary_directory_while_it_may_be_in_use(
+    tmp_path: Path, age_s: float, file_age_s: float | None
+) -> None:
+    # A preempted gang's rank 0 may still be writing its SIGTERM checkpoint into the shared directory.
+    other = _other_writers_temp(tmp_path, 10, age_s, file_age_s)
+    _save(tmp_path, 20)
+    assert (other / "model.pt").read_bytes() == b"half written"
+
+
+def test_saving_removes_another_writers_abandoned_temporary_directory(tmp_path: Path) -> None:
+    stale = _other_writers_temp(tmp_path, 10, TWO_HOURS_S)
+    _save(tmp_path, 20)
+    assert not stale.exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_another_writers_complete_checkpoint_of_the_same_step_is_never_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final = tmp_path / "step-00000010"
+    real_sync = ckpt._write_synced
+
+    def other_writer_finishes_first(path: Path, write: object) -> None:
+        real_sync(path, write)  # type: ignore[arg-type]
+        if path.name == COMPLETE_FILE:  # ours is complete; the other writer renames its own copy in first
+            shutil.copytree(path.parent, final)
+            (final / "written-by").write_text("other")
+
+    monkeypatch.setattr(ckpt, "_write_synced", other_writer_finishes_first)
+    assert _save(tmp_path, 10) == final
+    assert (final / "written-by").read_text() == "other"
+    assert latest_checkpoint(tmp_path) == final
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -1,4 +1,5 @@
-"""Small pure pieces: learning-rate schedule, launcher exit codes and environments, progress lines, CPU budget."""
+"""Small pure pieces: learning-rate schedule, launcher exit codes and environments, progress lines, CPU budget,
+rank 0's start decision."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import io
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 from trainer.config import TrainConfig
+from trainer.distenv import DistEnv
 from trainer.launcher import exit_code, rank_environments
 from trainer.loop import lr_at
 from trainer.progress import Progress
-from trainer.runtime import cpu_budget
+from trainer.runtime import (
+    acknowledge_finish,
+    announce_start,
+    await_acknowledgements,
+    await_start,
+    cpu_budget,
+)
 
 
 def test_lr_warms_up_linearly_then_decays_to_min_lr() -> None:
@@ -83,3 +92,23 @@ def test_cpu_budget_respects_a_cgroup_limit(tmp_path: Path) -> None:
     cpu_max.write_text("max 100000\n")
     assert cpu_budget(cpu_max) >= 1
     assert cpu_budget(tmp_path / "missing") >= 1
+
+
+def test_rank_0s_decision_to_train_reaches_the_other_ranks() -> None:
+    store = dist.HashStore()  # the protocol without the network; the real TCPStore in test_distributed_runs
+    announce_start(store, None)
+    assert await_start(store) is None
+
+
+def test_rank_0_learns_which_ranks_acknowledged_that_training_is_finished() -> None:
+    store = dist.HashStore()
+    rank0 = DistEnv(
+        rank=0, world_size=3, local_rank=0, local_world_size=1, master_addr="127.0.0.1", master_port=29500,
+        source="indexed-job",
+    )  # fmt: skip
+    announce_start(store, 40)
+    assert await_start(store) == 40
+    acknowledge_finish(store, 2)
+    assert await_acknowledgements(store, rank0, timeout_s=0.1) == [1]  # rank 1 never came: bounded
+    acknowledge_finish(store, 1)
+    assert await_acknowledgements(store, rank0, timeout_s=60) == []  # all there: no waiting
