@@ -1,13 +1,18 @@
 """The task launcher (skyrun/): its API Deployment, Service, PodDisruptionBudget and RBAC.
 
 What the launcher does is in docs/launcher.md. This component declares its ServiceAccount; a Role in the platform
-namespace with exactly `workloads.task.launcher_role_rules()` (tasks' Jobs, Services and record ConfigMaps, the
-users' PVCs, reading pods, their logs and events) and its RoleBinding; a ClusterRole with nothing but `create` on
-tokenreviews and subjectaccessreviews (cluster-scoped APIs: the only way to check a bearer token and an --all-users
-right) and its ClusterRoleBinding; the Deployment (2 replicas, rolling, probes, Pod Security restricted) that runs
-`python -m skyrun serve`; its Service; and a PodDisruptionBudget. Its NetworkPolicies (who reaches the API, the
-server to the Kubernetes API, the tasks' egress) are infra/network.py's, with the namespace's others; each task
-brings its own for its ranks (workloads/task.py).
+namespace with exactly `workloads.task.launcher_role_rules(NAME)` (tasks' Jobs, Services and record ConfigMaps, the
+users' PVCs, reading pods, their logs and events, the namespace's ResourceQuotas, `get` on its own Deployment) and
+its RoleBinding; a ClusterRole with nothing but `create` on tokenreviews and subjectaccessreviews (cluster-scoped
+APIs: the only way to check a bearer token and an --all-users right) and its ClusterRoleBinding; the Deployment
+(2 replicas, rolling, probes, Pod Security restricted) that runs `python -m skyrun serve`; its Service; and a
+PodDisruptionBudget. Its NetworkPolicies (who reaches the API, the server to the Kubernetes API, the tasks' egress)
+are infra/network.py's, with the namespace's others; each task brings its own for its ranks (workloads/task.py).
+
+The Deployment owns every task: each task object carries an ownerReference to its uid (SKYRUN_DEPLOYMENT names
+it). With protectData the platform namespace outlives the stack, so tasks owned by nothing would keep running after
+`pulumi destroy`; owned, they go with this component: destroy deletes the Deployment and the garbage collector
+deletes every task. A rolling update keeps the Deployment's uid, and the tasks; a replacement (a new uid) does not.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class TaskLauncherArgs:
 def launcher_env(args: TaskLauncherArgs) -> list[dict[str, Any]]:
     return [
         {"name": "SKYRUN_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # The owner of every task: deleting this Deployment (pulumi destroy) garbage-collects them all.
+        {"name": "SKYRUN_DEPLOYMENT", "value": NAME},
         {"name": "SKYRUN_IMAGE", "value": args.image},
         {"name": "SKYRUN_IMAGE_PULL_POLICY", "value": args.image_pull_policy},
         {"name": "SKYRUN_MAX_ACTIVE_TASKS_PER_USER", "value": str(args.max_active_tasks_per_user)},
@@ -150,7 +157,9 @@ class TaskLauncher(pulumi.ComponentResource):
 
         subject = as_input([{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}])
         account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(), opts=child)
-        role = k8s.rbac.v1.Role(f"{name}-role", metadata=metadata(), rules=as_input(launcher_role_rules()), opts=child)
+        role = k8s.rbac.v1.Role(
+            f"{name}-role", metadata=metadata(), rules=as_input(launcher_role_rules(NAME)), opts=child
+        )
         binding = k8s.rbac.v1.RoleBinding(
             f"{name}-rolebinding",
             metadata=metadata(),

@@ -134,7 +134,8 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
         try:
             submitted = await svc.submit(me.user, body.task_yaml, body.envs)
         except Problem as exc:
-            metrics.submit_rejections.labels(reason=exc.reason or "other").inc()
+            if exc.status < 500:  # the launcher's own fault (no Deployment to own the task) is no rejection
+                metrics.submit_rejections.labels(reason=exc.reason or "other").inc()
             raise
         metrics.tasks_submitted.inc()
         return submitted

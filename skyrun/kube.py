@@ -7,15 +7,16 @@ from typing import Any
 
 from lightkube import ApiError, AsyncClient, codecs
 from lightkube.core.client import LabelValue
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Pod, ResourceQuota, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import CascadeType, PatchType
 
 FIELD_MANAGER = "skyrun"
 KINDS: dict[str, Any] = {
     "ConfigMap": ConfigMap, "Service": Service, "Job": Job, "Pod": Pod, "PersistentVolumeClaim": PersistentVolumeClaim,
-    "NetworkPolicy": NetworkPolicy,
+    "NetworkPolicy": NetworkPolicy, "ResourceQuota": ResourceQuota, "Deployment": Deployment,
 }  # fmt: skip
 
 

@@ -44,7 +44,7 @@ class Metrics:
         self.submit_rejections = Counter(
             "skyrun_submit_rejections",
             "Submissions of authenticated users refused, by reason: malformed_request (422), invalid_task (YAML or "
-            "spec), unknown_volume, active_task_limit, cluster_refused, no_free_id.",
+            "spec), unknown_volume, over_quota, active_task_limit, cluster_refused, no_free_id.",
             ["reason"],
             registry=self.registry,
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -18,6 +18,7 @@ from skyrun.common import invalid, new_id, now_utc
 from skyrun.kube import Kube
 from skyrun.logs import follow_logs
 from skyrun.models import SubmitResponse, TaskInfo, TaskStatus, VolumeCreate, VolumeInfo
+from skyrun.quota import quota_problems
 from skyrun.settings import Settings
 from skyrun.status import Derived, derive
 from skyrun.task_info import task_info
@@ -34,12 +35,14 @@ from workloads.task import (
     TASK_LABEL,
     USER_ANNOTATION,
     USER_HASH_LABEL,
+    Anchor,
     FieldError,
     Launch,
     TaskInvalid,
     parse_task,
     task_manifests,
     task_object_name,
+    task_resources,
     user_hash,
 )
 
@@ -58,6 +61,8 @@ class Launcher:
     def __init__(self, kube: Kube, settings: Settings) -> None:
         self.kube = kube
         self.settings = settings
+        self.anchor: Anchor | None = None
+        """The launcher's Deployment once read (see `_anchor`)."""
 
     # --- tasks -------------------------------------------------------------------------------------------
     async def submit(self, user: str, task_yaml: str, envs: Mapping[str, str]) -> SubmitResponse:
@@ -79,6 +84,25 @@ class Launcher:
                 missing.append(FieldError(f"volumes.{path}", f"you have no volume named {name!r} (`volumes list`)"))
         if missing:
             raise invalid(missing, "unknown_volume")
+        launch = Launch(
+            task_id=new_id(),
+            user=user,
+            namespace=self.settings.namespace,
+            default_image=self.settings.image,
+            image_pull_policy=self.settings.image_pull_policy,
+            default_cpus=self.settings.default_cpus,
+            default_memory=self.settings.default_memory,
+            claims=tuple(claims),
+            ttl_seconds_after_finished=self.settings.ttl_seconds_after_finished,
+            service_account_name=self.settings.task_service_account,
+            pod_annotations=tuple(self.settings.pod_annotations.items()),
+            submitted_at=now_utc().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            task_yaml=task_yaml,
+            ignored=parsed.ignored,
+        )
+        quotas = await self.kube.objects("ResourceQuota", {})
+        if over := quota_problems(task_resources(task, launch), task.num_nodes, quotas):
+            raise invalid(over, "over_quota")
         active = await self._active_count(user)
         if active >= self.settings.max_active_tasks_per_user:
             raise Problem(
@@ -87,24 +111,10 @@ class Launcher:
                 f"{self.settings.max_active_tasks_per_user}: wait for one to finish or stop one",
                 reason="active_task_limit",
             )
-        for _ in range(5):
-            task_id = new_id()
-            launch = Launch(
-                task_id=task_id,
-                user=user,
-                namespace=self.settings.namespace,
-                default_image=self.settings.image,
-                image_pull_policy=self.settings.image_pull_policy,
-                default_cpus=self.settings.default_cpus,
-                default_memory=self.settings.default_memory,
-                claims=tuple(claims),
-                ttl_seconds_after_finished=self.settings.ttl_seconds_after_finished,
-                service_account_name=self.settings.task_service_account,
-                pod_annotations=tuple(self.settings.pod_annotations.items()),
-                submitted_at=now_utc().strftime("%Y-%m-%dT%H:%M:%SZ"),
-                task_yaml=task_yaml,
-                ignored=parsed.ignored,
-            )
+        launch = replace(launch, anchor=await self._anchor())
+        for attempt in range(5):
+            if attempt:
+                launch = replace(launch, task_id=new_id())
             manifests = task_manifests(task, launch)
             try:
                 await self.kube.create(manifests.record)
@@ -115,6 +125,7 @@ class Launcher:
             break
         else:
             raise Problem(409, "could not find a free task id; try again", reason="no_free_id")
+        task_id = launch.task_id
         try:
             await self.kube.create(manifests.service)
             await self.kube.create(manifests.network_policy)
@@ -129,6 +140,23 @@ class Launcher:
         if parsed.ignored:
             message += f"; ignored on this cluster: {', '.join(parsed.ignored)}"
         return SubmitResponse(task_id=task_id, status=TaskStatus.PENDING, message=message, ignored=list(parsed.ignored))
+
+    async def _anchor(self) -> Anchor | None:
+        """The launcher's own Deployment, the owner of every task object: `pulumi destroy` deletes it with the
+        launcher and the garbage collector then deletes every task, while a rolling update keeps its uid (and the
+        tasks). Read at the first submission and kept: the uid cannot change under a running replica (a new
+        Deployment of that name brings new pods)."""
+        if self.anchor is None and self.settings.deployment:
+            name, ns = self.settings.deployment, self.settings.namespace
+            deployment = await self.kube.get("Deployment", name)
+            if deployment is None:
+                raise Problem(
+                    503,
+                    f"the launcher's Deployment {name} is not in namespace {ns} (setting SKYRUN_DEPLOYMENT): it owns "
+                    "every task, and a task owned by a missing object is deleted at once; nothing was created",
+                )
+            self.anchor = Anchor(name=name, uid=deployment["metadata"]["uid"])
+        return self.anchor
 
     async def _remove(self, task_id: str) -> None:
         name = task_object_name(task_id)

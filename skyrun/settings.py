@@ -13,6 +13,10 @@ class Settings(BaseSettings):
 
     namespace: str = "ml-platform"
     """The platform namespace: every task, record and volume lives there."""
+    deployment: str = "skyrun"
+    """The launcher's own Deployment in the namespace (infra/launcher.py sets it): every object of a task is owned
+    by it, so deleting the launcher deletes every task; while it is missing, submissions are refused (503). Empty:
+    tasks are owned by nothing (local development only: they outlive the server)."""
     image: str = "ml-platform:latest"
     """The platform image: a task's image when it names none."""
     image_pull_policy: str = "IfNotPresent"

@@ -11,6 +11,10 @@ component and the tests both use it). The task YAML model and its validation are
 In the pod, `setup` and then `run` execute in one container, through a small bash wrapper (`WRAPPER`): a failing
 setup exits with `SETUP_FAILED_EXIT_CODE`, which a FailJob rule of its own turns into the task status
 `failed_setup`; a run that happens to exit with that code is reported as 1, so the code means setup only.
+
+Every object of a task is owned (a non-controller ownerReference) by the launcher's own Deployment, its `Anchor`:
+the stack declares that Deployment and destroys it with the launcher, so `pulumi destroy` garbage-collects every
+task even where the platform namespace is kept (protectData). Volumes are not owned: they are the users' data.
 """
 
 from __future__ import annotations
@@ -120,6 +124,35 @@ def task_object_name(task_id: str) -> str:
     return f"sky-{task_id}"
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """The object that owns every object of every task: the launcher's Deployment. When it is deleted, the garbage
+    collector deletes the tasks (and, through their Jobs, their pods); a rolling update keeps its uid, and the
+    tasks with it."""
+
+    name: str
+    """The Deployment's name in the platform namespace."""
+    uid: str
+    """Its metadata.uid: an ownerReference names one incarnation, not a name."""
+    api_version: str = "apps/v1"
+    """apiVersion of the owner."""
+    kind: str = "Deployment"
+    """kind of the owner."""
+
+
+def owner_reference(anchor: Anchor) -> dict[str, Any]:
+    """Owned, not controlled (no controller adopts task objects through it), and blockOwnerDeletion false: deleting
+    the launcher never waits on its tasks, and the launcher needs no `update` on deployments/finalizers."""
+    return {
+        "apiVersion": anchor.api_version,
+        "kind": anchor.kind,
+        "name": anchor.name,
+        "uid": anchor.uid,
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class Launch:
     """What the launcher decides for one task; plain values."""
@@ -152,6 +185,8 @@ class Launch:
     """The task as submitted, kept on the record."""
     ignored: tuple[str, ...] = ()
     """Ignored fields, kept on the record."""
+    anchor: Anchor | None = None
+    """Owner of every object of the task (the launcher's Deployment); None: owned by nothing (local development)."""
 
 
 @dataclass(frozen=True)
@@ -285,8 +320,10 @@ def task_manifests(task: Task, launch: Launch) -> TaskManifests:
     labels = task_labels(task, launch)
     annotations = {USER_ANNOTATION: launch.user, NAME_ANNOTATION: task.name}
 
+    owners = {"ownerReferences": [owner_reference(launch.anchor)]} if launch.anchor else {}
+
     def metadata(**extra: Any) -> dict[str, Any]:
-        return {"name": name, "namespace": launch.namespace, "labels": dict(labels), **extra}
+        return {"name": name, "namespace": launch.namespace, "labels": dict(labels), **owners, **extra}
 
     record = {
         "apiVersion": "v1",
@@ -390,10 +427,11 @@ def volume_claim(
     }
 
 
-def launcher_role_rules() -> list[dict[str, Any]]:
+def launcher_role_rules(deployment: str) -> list[dict[str, Any]]:
     """What the launcher's ServiceAccount may do in the platform namespace: run tasks (Jobs, their Services,
-    NetworkPolicies and record ConfigMaps), own volumes (PVCs), and read pods, their logs and events (statuses,
-    pending reasons)."""
+    NetworkPolicies and record ConfigMaps), own volumes (PVCs), read pods, their logs and events (statuses,
+    pending reasons), read the namespace's ResourceQuotas (refusing a task no quota can admit), and read its own
+    Deployment `deployment` (the uid its tasks' ownerReferences name)."""
     write = ["get", "list", "watch", "create", "update", "patch", "delete"]
     return [
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": write},
@@ -404,6 +442,8 @@ def launcher_role_rules() -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [deployment], "verbs": ["get"]},
     ]
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import pulumi
 
+from infra.config.schema import load_schema
 from infra.launcher import NAME, TaskLauncher, TaskLauncherArgs
 from infra.render import RecordingMocks
+from skyrun.quota import PLATFORM_QUOTA, quota_problems
 from workloads.pod import Resources, container_security_context, pod_security_context
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
@@ -77,7 +79,7 @@ def test_rbac_is_the_namespaced_rules_plus_only_the_two_reviews(component: Run) 
     account = find(objects, "ServiceAccount")["metadata"]["name"]
     assert find(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account
     role = find(objects, "Role")
-    assert role["metadata"]["namespace"] == "team-a" and role["rules"] == launcher_role_rules()
+    assert role["metadata"]["namespace"] == "team-a" and role["rules"] == launcher_role_rules(NAME)
     cluster_role = find(objects, "ClusterRole")
     assert cluster_role["rules"] == launcher_cluster_role_rules()
     assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"create"}
@@ -101,3 +103,30 @@ def test_the_server_is_configured_from_the_args(component: Run) -> None:
     assert env["SKYRUN_MAX_ACTIVE_TASKS_PER_USER"] == "7" and env["SKYRUN_IMAGE"] == "ml-platform:1.0"
     assert env["SKYRUN_HOST"] == "0.0.0.0"
     assert find(objects, "Service")["spec"]["ports"][0]["nodePort"] == 30800
+
+
+def test_the_server_owns_tasks_by_its_own_deployment_and_may_read_only_that_one(component: Run) -> None:
+    _, objects = render(component)
+    deployment = find(objects, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SKYRUN_DEPLOYMENT"] == deployment["metadata"]["name"] == NAME
+    rules = [r for r in find(objects, "Role")["rules"] if "deployments" in r["resources"]]
+    assert rules == [{"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [NAME], "verbs": ["get"]}]
+    quota_rules = [r for r in find(objects, "Role")["rules"] if "resourcequotas" in r["resources"]]
+    assert [r["verbs"] for r in quota_rules] == [["get", "list"]]
+
+
+def test_the_launcher_checks_every_key_of_the_platform_quota_and_names_its_config_key(
+    gpu_objects: list[dict[str, Any]],
+) -> None:
+    quota = find(gpu_objects, "ResourceQuota")
+    assert quota["metadata"]["name"] == PLATFORM_QUOTA
+    hard = quota["spec"]["hard"]
+    assert "requests.nvidia.com/gpu" in hard, "the gpu stack has every kind of key"
+    huge = Resources(cpu_request="1000", cpu_limit="1000", memory_request="1000Ti", memory_limit="1000Ti", gpus=8)
+    problems = quota_problems(huge, 64, [quota])
+    assert sorted(p.message.split(":")[0] for p in problems) == sorted(hard)
+    schema = load_schema()
+    for problem in problems:
+        config_key = problem.message.rsplit("raise ", 1)[1]
+        assert config_key in schema, problem.message

@@ -1,7 +1,9 @@
 """What the launcher's control-plane tests share: a namespace like the platform's (Pod Security restricted), the
 launcher's ServiceAccount bound to exactly the rules of workloads/task.py (its kubeconfig carries that account's
 token, so every call the server makes is checked against them), users with real audience-bound tokens from the
-TokenRequest API, and the server as a real subprocess that can be killed and started again."""
+TokenRequest API, the launcher's Deployment (scaled to zero: the server runs here as a subprocess; the Deployment
+is only the owner of every task, as in the component), and the server as a real subprocess that can be killed and
+started again."""
 
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from tests.engine.cluster import LocalCluster
 from tests.harness.procs import free_port
 from tests.harness.wait import eventually
 from tests.proc import kill_group, stop_group
+from workloads.pod import container_security_context, pod_security_context
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_SA = "skyrun"
+LAUNCHER_DEPLOYMENT = "skyrun"
 AUDIENCE = "skyrun"
 # kwok moves a pod through its stages after these delays: long enough that a test polling every 0.2 s sees each
 # status, short enough to keep the tests quick.
@@ -56,14 +60,35 @@ def rbac(
     ]
 
 
-def prepare_namespace(cluster: LocalCluster, ns: str) -> None:
+def launcher_deployment(ns: str) -> dict[str, Any]:
+    """The component's Deployment, as far as the tests need it: its name and uid own every task. No replicas: the
+    server under test is a subprocess here."""
+    labels = {"app.kubernetes.io/name": LAUNCHER_DEPLOYMENT}
+    container = {"name": "skyrun", "image": "ml-platform:test", "securityContext": container_security_context()}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": LAUNCHER_DEPLOYMENT, "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"securityContext": pod_security_context(), "containers": [container]},
+            },
+        },
+    }
+
+
+def prepare_namespace(cluster: LocalCluster, ns: str) -> dict[str, Any]:
+    """The namespace and its accounts and rights; returns the launcher's Deployment (the owner of every task)."""
     api = cluster.api
     labels = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "audit", "warn")}
     api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
     for sa in (LAUNCHER_SA, "alice", "bob", "admin"):
         api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}})
     objects = [
-        *rbac(LAUNCHER_SA, ns, launcher_role_rules(), LAUNCHER_SA),
+        *rbac(LAUNCHER_SA, ns, launcher_role_rules(LAUNCHER_DEPLOYMENT), LAUNCHER_SA),
         *rbac(f"{ns}-skyrun", ns, launcher_cluster_role_rules(), LAUNCHER_SA, cluster_scoped=True),
         # What --all-users needs (docs/launcher.md): list and delete on the launcher's virtual `tasks` resource.
         *rbac(
@@ -76,6 +101,7 @@ def prepare_namespace(cluster: LocalCluster, ns: str) -> None:
     for obj in objects:
         api.apply(obj)
     eventually("the default ServiceAccount", lambda: api.get("v1", "ServiceAccount", "default", ns), 60)
+    return api.apply(launcher_deployment(ns))
 
 
 def token(cluster: LocalCluster, ns: str, sa: str, audience: str | None = AUDIENCE, seconds: int = 3600) -> str:
@@ -111,6 +137,7 @@ class ServerProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "SKYRUN_"))},
             "KUBECONFIG": str(kubeconfig),
             "SKYRUN_NAMESPACE": ns,
+            "SKYRUN_DEPLOYMENT": LAUNCHER_DEPLOYMENT,
             "SKYRUN_METRICS_PORT": str(self.metrics_port),
             "SKYRUN_IMAGE": "ml-platform:test",
             "SKYRUN_DEFAULT_CPUS": "100m",

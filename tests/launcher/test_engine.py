@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType
 
 from tests.engine.cluster import LocalCluster
 from tests.harness.wait import eventually
 from tests.launcher.harness import (
+    LAUNCHER_DEPLOYMENT,
     ROOT,
     ServerProcess,
     client,
@@ -42,13 +44,16 @@ setup: echo setting up
 run: echo rank $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES
 """
 PENDING_FOREVER = "name: waits\nresources: {accelerators: 'H100:1'}\nrun: nvidia-smi\n"
+# What the launcher creates for a task (all named sky-<id>); the pods are the Job's.
+TASK_KINDS = (("batch/v1", "Job"), ("v1", "Service"), ("v1", "ConfigMap"), ("networking.k8s.io/v1", "NetworkPolicy"))
 
 
 class Env:
-    def __init__(self, cluster: LocalCluster, server: ServerProcess, kubeconfig: Path) -> None:
+    def __init__(self, cluster: LocalCluster, server: ServerProcess, kubeconfig: Path, launcher_uid: str) -> None:
         self.cluster = cluster
         self.server = server
         self.kubeconfig = kubeconfig
+        self.launcher_uid = launcher_uid
         self.tokens = {u: token(cluster, NS, u) for u in ("alice", "bob", "admin")}
         self.alice = client(server.url, self.tokens["alice"])
         self.bob = client(server.url, self.tokens["bob"])
@@ -75,15 +80,22 @@ class Env:
         return self.cluster.api.items("v1", "Pod", NS, f"task-id={task_id}")
 
 
+def task_objects(cluster: LocalCluster, ns: str, selector: str = "skypilot-task=true") -> list[dict[str, Any]]:
+    """Every Job, Service, ConfigMap and NetworkPolicy of the tasks `selector` picks (with their kinds: a list
+    answer's items have none)."""
+    return [{**o, "kind": kind} for api_version, kind in TASK_KINDS
+            for o in cluster.api.items(api_version, kind, ns, selector)]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def env(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     workdir = tmp_path_factory.mktemp("skyrun")
-    prepare_namespace(cluster, NS)
+    launcher = prepare_namespace(cluster, NS)
     kubeconfig = launcher_kubeconfig(cluster, NS, workdir)
     server = ServerProcess(kubeconfig, NS, workdir / "server.log")
     server.start()
     try:
-        yield Env(cluster, server, kubeconfig)
+        yield Env(cluster, server, kubeconfig, launcher["metadata"]["uid"])
     finally:
         server.stop()
         print(f"--- launcher log ---\n{server.tail(40)}", file=sys.stderr)
@@ -168,6 +180,44 @@ def test_a_failing_setup_is_failed_setup_and_fails_the_whole_gang(env: Env) -> N
     assert "setup" in info["message"]
     eventually("rank 0 stopped by the Job", lambda: all(p["metadata"].get("deletionTimestamp") or
                p["status"]["phase"] in ("Failed", "Succeeded") for p in env.pods(task_id)), 60)  # fmt: skip
+
+
+def test_every_object_of_a_task_is_owned_by_the_launchers_deployment(env: Env) -> None:
+    task_id = env.submit(env.alice, PENDING_FOREVER)
+    objects = task_objects(env.cluster, NS, f"task-id={task_id}")
+    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Job", "NetworkPolicy", "Service"]
+    for obj in objects:
+        assert obj["metadata"]["ownerReferences"] == [{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": LAUNCHER_DEPLOYMENT, "uid": env.launcher_uid,
+            "controller": False, "blockOwnerDeletion": False,
+        }], obj["kind"]  # fmt: skip
+    pods = eventually("the task's pod", lambda: env.pods(task_id), 30)
+    assert [o["kind"] for p in pods for o in p["metadata"]["ownerReferences"]] == ["Job"]
+    assert env.alice.post(f"/tasks/{task_id}/stop").json() == {"stopped": [task_id]}
+
+
+def test_a_task_over_the_namespace_quota_is_refused_and_creates_nothing(env: Env) -> None:
+    hard = {"limits.memory": "10Gi", "requests.memory": "10Gi", "limits.cpu": "4", "requests.cpu": "4", "pods": "10"}
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "platform-quota", "namespace": NS},
+             "spec": {"hard": hard}}  # fmt: skip
+    env.cluster.api.apply(quota)
+    try:
+        before = {o["metadata"]["uid"] for o in task_objects(env.cluster, NS)}
+        over = "name: big\nnum_nodes: 2\nresources: {memory: 8Gi}\nrun: train\n"
+        answer = env.alice.post("/tasks/submit", json={"task_yaml": over})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["detail"] == [
+            {"field": "resources.memory", "message": "limits.memory: the task asks 2 x 8Gi = 16Gi, the namespace "
+             "quota platform-quota allows 10Gi in all (6Gi over); ask for less or raise quotaMemory"},
+            {"field": "resources.memory", "message": "requests.memory: the task asks 2 x 8Gi = 16Gi, the namespace "
+             "quota platform-quota allows 10Gi in all (6Gi over); ask for less or raise quotaMemory"},
+        ]  # fmt: skip
+        assert {o["metadata"]["uid"] for o in task_objects(env.cluster, NS)} == before, "nothing was created"
+        task_id = env.submit(env.alice, over.replace("8Gi", "5Gi"))  # 2 x 5Gi: exactly the quota
+        assert env.job(task_id) is not None
+        assert env.alice.post(f"/tasks/{task_id}/stop").json() == {"stopped": [task_id]}
+    finally:
+        env.cluster.api.delete("v1", "ResourceQuota", "platform-quota", NS)
 
 
 def test_isolation_both_ways_on_every_endpoint(env: Env) -> None:
@@ -262,6 +312,35 @@ def test_a_restarted_server_still_lists_everything(env: Env) -> None:
     finished = {k: v for k, v in before.items() if v not in ("pending", "running")}
     assert set(after) == set(before) and {k: after[k] for k in finished} == finished
     assert env.alice.get("/volumes").json() == volumes
+
+
+def test_deleting_the_launchers_deployment_deletes_every_task_and_a_rolling_update_keeps_them(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    ns = "skyrun-gc"  # a namespace of its own: this test deletes the launcher
+    launcher = prepare_namespace(cluster, ns)
+    server = ServerProcess(launcher_kubeconfig(cluster, ns, tmp_path), ns, tmp_path / "server.log")
+    server.start()
+    try:
+        alice = client(server.url, token(cluster, ns, "alice"))
+        first = alice.post("/tasks/submit", json={"task_yaml": PENDING_FOREVER}).json()["task_id"]
+        eventually("the first task's pod", lambda: cluster.api.items("v1", "Pod", ns, f"task-id={first}"), 30)
+        # A rolling update (a new pod template) keeps the Deployment and its uid: the tasks stay, and new ones are
+        # owned by the same uid.
+        patch = {"spec": {"template": {"metadata": {"annotations": {"rollout": "2"}}}}}
+        cluster.api.client.patch(Deployment, LAUNCHER_DEPLOYMENT, patch, namespace=ns, patch_type=PatchType.MERGE)
+        eventually("the rollout observed", lambda: (d := cluster.api.get("apps/v1", "Deployment", LAUNCHER_DEPLOYMENT,
+                   ns)) and d["status"].get("observedGeneration") == d["metadata"]["generation"] == 2, 30)  # fmt: skip
+        second = alice.post("/tasks/submit", json={"task_yaml": PENDING_FOREVER}).json()["task_id"]
+        objects = task_objects(cluster, ns)
+        assert {o["metadata"]["labels"]["task-id"] for o in objects} == {first, second}
+        assert {r["uid"] for o in objects for r in o["metadata"]["ownerReferences"]} == {launcher["metadata"]["uid"]}
+        cluster.api.delete("apps/v1", "Deployment", LAUNCHER_DEPLOYMENT, ns)  # what `pulumi destroy` does
+        eventually("every task object and pod collected", lambda: not task_objects(cluster, ns)
+                   and not cluster.api.items("v1", "Pod", ns, "skypilot-task=true"), 60)  # fmt: skip
+    finally:
+        server.stop()
+        cluster.api.delete("v1", "Namespace", ns)
 
 
 def cli(env: Env, user: str, *args: str, stdin: str | None = None, home: Path) -> subprocess.CompletedProcess[str]:

@@ -120,6 +120,9 @@ def test_an_accepted_task_is_counted_and_no_rejection(api: tuple[TestClient, Col
     assert rejections == []
 
 
+ONE_POD_QUOTA = {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "1"}}}
+
+
 class RefusingKube(FakeKube):
     """The API server refuses the Job (admission)."""
 
@@ -136,12 +139,13 @@ class RefusingKube(FakeKube):
         (FakeKube(), {"task_yaml": "run: x\nnum_nodes: 0"}, 400, "invalid_task"),
         (FakeKube(), {"task_yaml": "run: x", "envs": {"NODE_RANK": "1"}}, 400, "invalid_task"),
         (FakeKube(), {"task_yaml": "run: x\nvolumes: {/data: mine}"}, 400, "unknown_volume"),
+        (FakeKube([ONE_POD_QUOTA]), {"task_yaml": "run: x\nnum_nodes: 2"}, 400, "over_quota"),
         (FakeKube(), {"task_yaml": ""}, 422, "malformed_request"),
         (FakeKube(), {"envs": {}}, 422, "malformed_request"),
         (TaskKube(), {"task_yaml": "run: x"}, 409, "active_task_limit"),  # one running task, the cap is 1
         (RefusingKube(), {"task_yaml": "run: x"}, 400, "cluster_refused"),
     ],
-    ids=["yaml", "spec", "envs", "volume", "empty", "missing", "cap", "admission"],
+    ids=["yaml", "spec", "envs", "volume", "quota", "empty", "missing", "cap", "admission"],
 )
 def test_a_refused_submission_is_counted_by_its_reason(
     kube: FakeKube, body: dict[str, Any], status: int, reason: str
@@ -159,6 +163,13 @@ def test_a_refused_submission_is_counted_by_its_reason(
 class BrokenKube(FakeKube):
     async def objects(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         raise RuntimeError("a bug, not an API error")
+
+
+def test_a_submission_the_launcher_cannot_own_is_a_503_and_no_rejection() -> None:
+    with app_with(FakeKube(deployment=False), dev_trusted_user_header=True) as (http, registry):
+        assert http.post("/tasks/submit", json={"task_yaml": "run: x"}).status_code == 503
+        assert [s for f in registry.collect() if f.name == "skyrun_submit_rejections" for s in f.samples] == []
+        assert value(registry, "skyrun_requests_total", route="/tasks/submit", method="POST", status="503") == 1
 
 
 def test_an_unhandled_error_is_counted_once_as_a_500() -> None:

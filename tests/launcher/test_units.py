@@ -4,7 +4,7 @@ created), the builder's invariants, status derivation, the API's error shapes.""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from workloads.pod import container_security_context, pod_security_context
 from workloads.task import (
     NODE_INDEX_LABEL,
     SETUP_FAILED_EXIT_CODE,
+    Anchor,
     Launch,
     TaskInvalid,
     parse_task,
@@ -27,22 +28,29 @@ from workloads.task import (
 )
 
 USER = "system:serviceaccount:ml:alice"
+LAUNCHER_UID = "5f0c7a52-0000-4000-8000-000000000001"
 
 
 class FakeKube:
-    """Answers every read with nothing and records every write (none is expected for a refused request)."""
+    """Answers every read with nothing but the launcher's own Deployment (it exists wherever the server runs; None
+    with `deployment=False`) and the namespace's `quotas`; records every read of one object and every write (none
+    is expected for a refused request)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quotas: Sequence[dict[str, Any]] = (), *, deployment: bool = True) -> None:
         self.writes: list[Any] = []
+        self.reads: list[tuple[str, str]] = []
+        self.quotas = list(quotas)
+        self.deployment = {"metadata": {"name": "skyrun", "uid": LAUNCHER_UID}} if deployment else None
 
     async def objects(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        return []
+        return list(self.quotas) if kind == "ResourceQuota" else []
 
     async def events(self) -> list[dict[str, Any]]:
         return []
 
-    async def get(self, kind: str, name: str) -> None:
-        return None
+    async def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        self.reads.append((kind, name))
+        return self.deployment if (kind, name) == ("Deployment", "skyrun") else None
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         self.writes.append(("create", obj))
@@ -227,6 +235,50 @@ def test_builder_invariants(num_nodes: int) -> None:
     assert {"name": "vol-0", "persistentVolumeClaim": {"claimName": "vol-x1234567"}} in pod["volumes"]
     for obj in m.objects():
         assert obj["metadata"]["labels"]["task-id"] == "abcd1234"
+
+
+def test_every_object_of_a_task_is_owned_by_the_launchers_deployment_and_nothing_else_controls_it() -> None:
+    task = parse_task({"num_nodes": 2, "run": "x"}).task
+    owned = task_manifests(task, launch(anchor=Anchor(name="skyrun", uid=LAUNCHER_UID)))
+    reference = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "skyrun", "uid": LAUNCHER_UID,
+                 "controller": False, "blockOwnerDeletion": False}  # fmt: skip
+    assert [o["metadata"]["ownerReferences"] for o in owned.objects()] == [[reference]] * 4
+    assert "ownerReferences" not in owned.job["spec"]["template"]["metadata"], "the Job controller owns the pods"
+    unowned = task_manifests(task, launch())
+    assert all("ownerReferences" not in o["metadata"] for o in unowned.objects())
+
+
+def test_submitted_tasks_are_owned_by_the_deployment_read_once(api: tuple[TestClient, FakeKube]) -> None:
+    http, kube = api
+    for _ in range(2):
+        assert http.post("/tasks/submit", json={"task_yaml": "run: x"}).status_code == 200
+    created = [obj for op, obj in kube.writes if op == "create"]
+    assert sorted({o["kind"] for o in created}) == ["ConfigMap", "Job", "NetworkPolicy", "Service"]
+    assert len(created) == 8
+    assert {o["metadata"]["ownerReferences"][0]["uid"] for o in created} == {LAUNCHER_UID}
+    assert kube.reads.count(("Deployment", "skyrun")) == 1, "the uid is read at the first submission, then kept"
+
+
+def test_without_the_launchers_deployment_nothing_is_created() -> None:
+    app = create_app(Settings(dev_trusted_user_header=True, reconcile_interval_s=3600), client=object())  # type: ignore[arg-type]
+    kube = FakeKube(deployment=False)
+    with TestClient(app, headers={"X-Skyrun-User": USER}) as http:
+        app.state.launcher.kube = kube
+        answer = http.post("/tasks/submit", json={"task_yaml": "run: x"})
+    assert answer.status_code == 503
+    assert answer.json()["detail"].startswith("the launcher's Deployment skyrun is not in namespace ml-platform")
+    assert kube.writes == []
+
+
+def test_with_no_deployment_setting_tasks_are_owned_by_nothing() -> None:
+    settings = Settings(dev_trusted_user_header=True, reconcile_interval_s=3600, deployment="")
+    app = create_app(settings, client=object())  # type: ignore[arg-type]
+    kube = FakeKube(deployment=False)
+    with TestClient(app, headers={"X-Skyrun-User": USER}) as http:
+        app.state.launcher.kube = kube
+        assert http.post("/tasks/submit", json={"task_yaml": "run: x"}).status_code == 200
+    assert all("ownerReferences" not in obj["metadata"] for _, obj in kube.writes)
+    assert kube.reads == []
 
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -1,0 +1,141 @@
+"""Refusing at submission a task that a ResourceQuota of the namespace can never admit.
+
+A task asks num_nodes x its per-node resources (request = limit, workloads/task.py `task_resources`) and one Job,
+Service, NetworkPolicy and record ConfigMap. When that total alone is over a quota's `spec.hard`, the Job
+controller could never create all of its pods: the task would stay pending for good. Current use is not counted:
+it only makes a task wait, and the status says so (the Job's FailedCreate "exceeded quota" event, skyrun/status.py).
+
+Pure functions over plain dicts, so every number and message is testable without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from workloads.pod import GPU_RESOURCE, Resources
+from workloads.quantity import parse_quantity
+from workloads.task import FieldError
+
+PLATFORM_QUOTA = "platform-quota"
+"""The name infra/namespace.py gives the namespace's quota: its limits come from the stack's config keys below."""
+CONFIG_KEYS = {"cpu": "quotaCpu", "memory": "quotaMemory", GPU_RESOURCE: "quotaGpus", "pods": "quotaPods"}
+# A quota with scopes counts only the pods they match. A task's pods are never BestEffort (they have requests)
+# and never Terminating (no activeDeadlineSeconds); a quota with any other scope (PriorityClass, ...) is left
+# out rather than guessed at: at worst the task waits and its status names the quota.
+TASK_POD_SCOPES = frozenset({"NotBestEffort", "NotTerminating"})
+# Object-count keys (core names and `count/<resource>.<group>`): one of each per task.
+OBJECT_KEYS = frozenset({
+    "services", "count/services", "configmaps", "count/configmaps", "count/jobs.batch",
+    "count/networkpolicies.networking.k8s.io",
+})  # fmt: skip
+_BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+_DECIMAL = (("E", 10**18), ("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3))
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a task asks of one resource: `count` x `each`."""
+
+    field: str
+    """The task YAML field to change."""
+    each: str
+    """Per node (or per object) as the task gives it (a Kubernetes quantity)."""
+    count: int
+    """Nodes (or objects)."""
+    noun: str = ""
+    """What is counted, for the message (`pods (one per node)`); empty for a per-node quantity."""
+    remedy: str = "ask for less"
+    """What the user can change; empty when nothing (one Job per task)."""
+
+    @property
+    def total(self) -> Decimal:
+        return self.count * parse_quantity(self.each)
+
+
+ONE_OBJECT = Demand("task", "1", 1, "", "")
+
+
+def task_demands(per_node: Resources, num_nodes: int) -> dict[str, Demand]:
+    """Resource name (as after `requests.`/`limits.` in a quota key) -> what the task asks in all."""
+    demands = {
+        "cpu": Demand("resources.cpus", per_node.cpu_limit, num_nodes),
+        "memory": Demand("resources.memory", per_node.memory_limit, num_nodes),
+        "pods": Demand("num_nodes", "1", num_nodes, "pods (one per node)", "ask for fewer nodes"),
+    }
+    if per_node.gpus:
+        demands[GPU_RESOURCE] = Demand("resources.accelerators", str(per_node.gpus), num_nodes)
+    return demands
+
+
+def format_quantity(value: Decimal, *, binary: bool) -> str:
+    """The shortest exact Kubernetes spelling: `16Gi`, `1500m`, `3`; byte amounts may use binary suffixes."""
+    if value == value.to_integral_value():
+        whole = int(value)
+        candidates = [str(whole)]
+        for suffix, size in (*(_BINARY if binary else ()), *_DECIMAL):
+            if whole and whole % size == 0:
+                candidates.append(f"{whole // size}{suffix}")
+        return min(candidates, key=len)
+    milli = value * 1000
+    if milli == milli.to_integral_value():
+        return f"{int(milli)}m"
+    return format(value.normalize(), "f")
+
+
+def _resource(key: str) -> str:
+    """`limits.memory` -> memory; `requests.nvidia.com/gpu` -> nvidia.com/gpu; `cpu`, `pods` stay."""
+    for prefix in ("requests.", "limits."):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return "pods" if key == "count/pods" else key
+
+
+def _scopes(spec: Mapping[str, Any]) -> set[str]:
+    expressions = (spec.get("scopeSelector") or {}).get("matchExpressions") or []
+    return {*(spec.get("scopes") or []), *(e.get("scopeName", "") for e in expressions)}
+
+
+def _applies(spec: Mapping[str, Any]) -> bool:
+    return _scopes(spec) <= TASK_POD_SCOPES
+
+
+def _over(key: str, quota: str, demand: Demand, hard: Decimal, resource: str) -> FieldError:
+    binary = resource == "memory"
+    total = format_quantity(demand.total, binary=binary)
+    if demand.noun:
+        asks = f"{total} {demand.noun}"
+    elif demand.count > 1:
+        asks = f"{demand.count} x {demand.each} = {total}"
+    else:
+        asks = total
+    over = format_quantity(demand.total - hard, binary=binary)
+    config_key = CONFIG_KEYS.get(resource) if quota == PLATFORM_QUOTA else None
+    raise_it = f"raise {config_key}" if config_key else f"have ResourceQuota {quota} raised"
+    message = (
+        f"{key}: the task asks {asks}, the namespace quota {quota} allows {format_quantity(hard, binary=binary)} "
+        f"in all ({over} over); {' or '.join(filter(None, (demand.remedy, raise_it)))}"
+    )
+    return FieldError(demand.field, message)
+
+
+def quota_problems(per_node: Resources, num_nodes: int, quotas: Iterable[Mapping[str, Any]]) -> list[FieldError]:
+    """One problem per quota key whose `spec.hard` is below what the task alone asks (every quota, every key)."""
+    demands = task_demands(per_node, num_nodes)
+    problems = []
+    for quota in sorted(quotas, key=lambda q: str(q["metadata"]["name"])):
+        spec = quota.get("spec") or {}
+        if not _applies(spec):
+            continue
+        name = str(quota["metadata"]["name"])
+        for key, hard_text in sorted((spec.get("hard") or {}).items()):
+            resource = _resource(key)
+            demand = ONE_OBJECT if key in OBJECT_KEYS else demands.get(resource)
+            if demand is None:
+                continue  # a resource tasks never ask for (storage, load balancers, ...)
+            hard = parse_quantity(str(hard_text))
+            if demand.total > hard:
+                problems.append(_over(key, name, demand, hard, resource))
+    return problems
