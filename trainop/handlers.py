@@ -273,6 +273,9 @@ class Reconciler:
         new = {
             **status,
             "phase": step.phase,
+            # The phase's condition's reason and message, for `kubectl get tj` (-o wide for the message).
+            "reason": step.reason,
+            "message": step.message,
             "attempt": step.attempt,
             "jobName": job_name(tj, step.attempt),
             "restarts": step.restarts,

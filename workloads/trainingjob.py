@@ -83,11 +83,13 @@ class Platform:
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "why, in one word"},
     {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
     {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent", "description": "percent"},
     {"name": "Val loss", "type": "number", "jsonPath": ".status.progress.valLoss"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
 
 

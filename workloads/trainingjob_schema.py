@@ -125,6 +125,8 @@ def status_schema(phases: tuple[str, ...]) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "phase": _str(enum=list(phases)),
+            "reason": _str(),
+            "message": _str(),
             "attempt": _int(0),
             "jobName": _str(),
             "restarts": _int(0),

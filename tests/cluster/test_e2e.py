@@ -658,8 +658,8 @@ def test_a_trainingjob_trains_for_real_and_reports_progress_from_mlflow(
     # kubectl's view: the printer columns.
     table = real_cluster.kubectl("get", "trainingjobs", "-n", ns, name).stdout
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "WORKERS", "PROGRESS", "VAL", "LOSS", "RESTARTS", "AGE"], table
-    assert row.split()[:4] == [name, "Succeeded", str(WORKERS), "100"], table
+    assert header.split() == ["NAME", "PHASE", "REASON", "WORKERS", "PROGRESS", "VAL", "LOSS", "RESTARTS", "AGE"], table
+    assert row.split()[:5] == [name, "Succeeded", "Completed", str(WORKERS), "100"], table
 
     # Deleting it deletes its children (garbage collection through the owner references).
     real_cluster.api.delete("ml-platform.dev/v1alpha1", "TrainingJob", name, ns)

@@ -138,9 +138,10 @@ def test_printer_columns_through_the_table_output(cluster: LocalCluster, operato
     table.raise_for_status()
     body = table.json()
     names = [c["name"] for c in body["columnDefinitions"]]
-    assert names == ["Name", "Phase", "Workers", "Progress", "Val loss", "Restarts", "Age"]
+    assert names == ["Name", "Phase", "Reason", "Workers", "Progress", "Val loss", "Restarts", "Age", "Message"]
     row = body["rows"][0]["cells"]
-    assert row[:3] == ["ok", "Succeeded", 2] and row[5] == 0
+    assert row[:4] == ["ok", "Succeeded", "Completed", 2] and row[6] == 0
+    assert row[8] == "attempt 0 completed", row
 
 
 def test_exit_code_1_restarts_the_whole_gang(cluster: LocalCluster, operator: OperatorProcess) -> None:
@@ -353,7 +354,7 @@ def test_progress_comes_from_the_run_the_trainer_tags(cluster: LocalCluster, ope
         f"/apis/{API_VERSION}/namespaces/{NS}/{PLURAL}/tracked",
         headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
     ).json()
-    assert table["rows"][0]["cells"][3:5] == [25, 2.75], "the Progress and Val loss columns"
+    assert table["rows"][0]["cells"][4:6] == [25, 2.75], "the Progress and Val loss columns"
 
 
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
@@ -478,7 +479,8 @@ def test_a_run_the_quota_cannot_admit_waits_visibly(cluster: LocalCluster, opera
             return any(c.get("reason") == "QuotaExceeded" and c["status"] == "True" for c in s.get("conditions") or [])
 
         status = wait_status(cluster, operator, "crowded", "QuotaExceeded", quota_reason)
-        assert status["phase"] == "Pending", status
+        assert (status["phase"], status["reason"]) == ("Pending", "QuotaExceeded"), status
+        assert status["message"].startswith("the Job's pods cannot be created: "), status
         created = next(c for c in status["conditions"] if c["reason"] == "QuotaExceeded")
         assert "exceeded quota: tight" in created["message"] and "limits.memory" in created["message"], created
     finally:

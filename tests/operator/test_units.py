@@ -76,7 +76,8 @@ def test_crd_names_columns_and_status_subresource() -> None:
         "ml-platform.dev", "Namespaced", "trainingjobs", ["tj"])  # fmt: skip
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
-    assert [c["name"] for c in PRINTER_COLUMNS] == ["Phase", "Workers", "Progress", "Val loss", "Restarts", "Age"]
+    assert [c["name"] for c in PRINTER_COLUMNS] == [
+        "Phase", "Reason", "Workers", "Progress", "Val loss", "Restarts", "Age", "Message"]  # fmt: skip
     schema = version["schema"]["openAPIV3Schema"]["properties"]
     for column in PRINTER_COLUMNS:  # every column's path exists in the schema
         node: dict[str, Any] = {"properties": {**schema, "metadata": {"properties": {"creationTimestamp": {}}}}}
