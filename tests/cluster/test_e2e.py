@@ -48,6 +48,7 @@ from pulumi import automation as auto
 
 from infra.monitoring import RULE_FILE
 from tests.cluster.kube import crash_looping, diagnose, wait_or_diagnose
+from tests.cluster.load import Load
 from tests.cluster.prometheus_pod import CONFIG_DIR as PROMETHEUS_CONFIG_DIR
 from tests.cluster.prometheus_pod import PodPrometheus
 from tests.cluster.realcluster import OUTSIDE_IP, RealCluster, toolchain_dir
@@ -76,11 +77,16 @@ TIMINGS = ROOT / "build" / "cluster-timings.json"
 
 def record_timing(name: str, seconds: float) -> None:
     """Seconds of one step, kept in build/cluster-timings.json for docs/benchmarks.md (never asserted on)."""
+    record_value(name, round(seconds, 1))
+    print(f"\ntiming {name}: {seconds:.1f} s", file=sys.stderr)
+
+
+def record_value(name: str, value: Any) -> None:
+    """A measured value (JSON) in build/cluster-timings.json."""
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    data[name] = round(seconds, 1)
+    data[name] = value
     TIMINGS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    print(f"\ntiming {name}: {seconds:.1f} s", file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -752,25 +758,321 @@ def run_the_task(real_cluster: RealCluster, ns: str) -> None:
     assert summary["step"] == 20 and summary["world_size"] == 2, summary
 
 
-def test_destroy_removes_everything_and_leaves_the_data(real_cluster: RealCluster, deployed: Deployed) -> None:
+EXAMPLES = ROOT / "examples"
+
+
+def run_cli(real_cluster: RealCluster, api_url: str, home: Path, *args: str, timeout: float) -> str:
+    """`python -m skyrun ...` as a user runs it (README), its config in `home`; its output (exit 0 asserted)."""
+    env = {**os.environ, "SKYRUN_API_URL": api_url, "SKYRUN_CONFIG": str(home / "skyrun.yaml"), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "skyrun", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    what = f"skyrun {' '.join(args[:2])}: exit {done.returncode}"
+    assert done.returncode == 0, f"{what}\n{done.stdout[-3000:]}{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.usefixtures("trained")  # after the stack's own training: the node has 2 cpus
+def test_the_documented_examples_run_as_written_within_the_dev_quota(
+    real_cluster: RealCluster, deployed: Deployed, tmp_path: Path
+) -> None:
+    """README's commands with examples/trainingjob.yaml and examples/task.yaml, unchanged, on the dev stack with its
+    own ResourceQuota (quotaMemory 10Gi, the platform at rest beside them): both succeed."""
     ns = deployed.namespace
-    pvs = [
-        pv["metadata"]["name"]
-        for pv in real_cluster.api.items("v1", "PersistentVolume")
-        if (pv["spec"].get("claimRef") or {}).get("namespace") == ns
-    ]
-    assert pvs, "the dev stack's host-path PersistentVolumes"
-    # README "Data volumes and pulumi destroy": unprotect the data, then destroy.
+    assert real_cluster.api.get("v1", "ResourceQuota", "platform-quota", ns), "the dev stack's quota"
+    example = yaml.safe_load((EXAMPLES / "trainingjob.yaml").read_text())
+    name = example["metadata"]["name"]
     start = time.monotonic()
+    real_cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "trainingjob.yaml"))
+
+    def succeeded() -> dict[str, Any] | None:
+        no_crash_loops(real_cluster, ns)
+        status = (real_cluster.api.get("ml-platform.dev/v1alpha1", "TrainingJob", name, ns) or {}).get("status") or {}
+        if status.get("phase") == "Failed" or status.get("reason") == "QuotaExceeded":
+            raise AssertionError(f"the example TrainingJob: {status}\n{diagnose(real_cluster, ns)}")
+        return status if status.get("phase") == "Succeeded" else None
+
+    status = wait_or_diagnose(real_cluster, ns, f"examples/trainingjob.yaml ({name}) Succeeded", succeeded, 900)
+    record_timing("examples/trainingjob.yaml apply to Succeeded", time.monotonic() - start)
+    steps = example["spec"]["train"]["train"]["max_steps"]
+    assert status["restarts"] == 0 and status["latestCheckpoint"]["step"] == steps, status
+    row = real_cluster.kubectl("get", "tj", "-n", ns, name, "--no-headers").stdout.split()
+    assert row[:3] == [name, "Succeeded", "Completed"], row
+    real_cluster.kubectl("delete", "tj", "-n", ns, name)
+
+    # The launcher, through its CLI, as README shows: a ServiceAccount per user, a token for the launcher.
+    real_cluster.kubectl("create", "serviceaccount", "carol", "-n", ns)
+    token = real_cluster.kubectl("create", "token", "carol", "-n", ns, "--audience", "skyrun").stdout.strip()
+    port = real_cluster.api.get("v1", "Service", "skyrun", ns)["spec"]["ports"][0]["port"]
+    forward = real_cluster.forward_service(ns, "skyrun", port)
+    try:
+        run_cli(real_cluster, forward.url, tmp_path, "auth", "login", "--token", token, timeout=60)
+        start = time.monotonic()
+        logs = run_cli(real_cluster, forward.url, tmp_path, "jobs", "submit", str(EXAMPLES / "task.yaml"), timeout=600)
+        record_timing("examples/task.yaml submit to completed (skyrun CLI)", time.monotonic() - start)
+    finally:
+        forward.close()
+    assert "node-0 | node 0 of 2, rank 0 at " in logs and "node-1 | node 1 of 2, rank 0 at " in logs, logs[-3000:]
+    assert re.search(r"task \S+: completed", logs), logs[-1000:]
+
+
+# --- upgrades and rollbacks under load (docs/operations.md) --------------------------------------------------
+UPGRADE_TAG = "ml-platform:e2e-upgrade"
+
+
+def rolled_out(cluster: RealCluster, ns: str, name: str) -> bool:
+    """The Deployment runs only its current template, every replica ready, and no old pod is still draining."""
+    deployment = cluster.api.get("apps/v1", "Deployment", name, ns) or {}
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    want = spec.get("replicas", 1)
+    current = status.get("observedGeneration") == deployment["metadata"]["generation"]
+    counts = [status.get(k, 0) for k in ("updatedReplicas", "readyReplicas", "availableReplicas", "replicas")]
+    selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
+    pods = cluster.api.items("v1", "Pod", ns, selector=selector)
+    return current and counts == [want] * 4 and len(pods) == want
+
+
+def wait_rolled_out(cluster: RealCluster, ns: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        wait_or_diagnose(cluster, ns, f"Deployment {name} rolled out", lambda n=name: rolled_out(cluster, ns, n), 600)
+
+
+def up_with(deployed: Deployed, changes: dict[str, str | None]) -> dict[str, int]:
+    """`pulumi up` after setting (value) or removing (None) config keys; the resource changes it made."""
+    for key, value in changes.items():
+        if value is None:
+            deployed.stack.remove_config(key)
+        else:
+            deployed.stack.set_config(key, auto.ConfigValue(value))
+    result = deployed.stack.up(color="never")
+    return dict(result.summary.resource_changes or {})
+
+
+def served_versions(cluster: RealCluster, ns: str) -> dict[str, str]:
+    """Each inference pod's served model version, from its own /readyz."""
+    versions = {}
+    for pod in cluster.api.items("v1", "Pod", ns, selector=INFERENCE):
+        if condition(pod, "Ready") != "True" or pod["metadata"].get("deletionTimestamp"):
+            continue
+        forward = cluster.forward(pod["status"]["podIP"], 8080)
+        try:
+            versions[pod["metadata"]["name"]] = str(httpx.get(f"{forward.url}/readyz", timeout=10).json()["version"])
+        finally:
+            forward.close()
+    return versions
+
+
+def rank0_summary(cluster: RealCluster, ns: str, job: str) -> dict[str, Any]:
+    pods = [p for p in job_pods(cluster, ns, job) if index_of(p) == "0" and phase(p) == "Succeeded"]
+    assert pods, f"no succeeded rank 0 of {job}\n{diagnose(cluster, ns)}"
+    return dict(json.loads(cluster.pod_logs(ns, pods[-1]["metadata"]["name"]).splitlines()[-1]))
+
+
+def test_upgrades_and_rollbacks_under_load_lose_no_request(
+    real_cluster: RealCluster, deployed: Deployed, serving: int, trained: dict[str, Any], platform_image: str
+) -> None:
+    """docs/operations.md's procedures while 8 clients (3 streaming) send completions through the Service, one
+    connection per request: (a) an inference setting, (b) a new image tag, (c) a longer training run (the Job is
+    replaced and resumes from its checkpoint); then the previous configuration again, and the model alias moved
+    back. Every phase is counted; (a), (b) and the configuration rollback lose no request and cut no stream."""
+    ns = deployed.namespace
+    platform = platform_image
+    refs = real_cluster.ctr("images", "ls", "-q").stdout.split()
+    source = next(ref for ref in refs if ref.endswith("/" + platform) or ref == platform)
+    real_cluster.ctr("images", "tag", "--force", source, f"docker.io/library/{UPGRADE_TAG}")
+    inference = real_cluster.forward_service(ns, "inference", serving)
+    model = httpx.get(f"{inference.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    load = Load(inference.url, model).start()
+    phases: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    try:
+        eventually("the load served", lambda: load.phase("warm-up").served > 0 or None, 120)
+        load.phase("a: inferenceMemoryLimit 768Mi -> 1Gi")
+        start = time.monotonic()
+        changes = up_with(deployed, {"inferenceMemoryLimit": "1Gi"})
+        assert set(changes) <= {"same", "update"} and changes.get("update"), changes
+        wait_rolled_out(real_cluster, ns, ("inference",))
+        timings["a"] = time.monotonic() - start
+        phases["a"] = load.phase(f"b: image {platform} -> {UPGRADE_TAG}")
+
+        start = time.monotonic()
+        up_with(deployed, {"image": UPGRADE_TAG})
+        wait_rolled_out(real_cluster, ns, ("inference", "mlflow", "trainop", "skyrun"))
+        timings["b"] = time.monotonic() - start
+        phases["b"] = load.phase(f"c: trainMaxSteps {TRAIN_STEPS} -> {TRAIN_STEPS + 40}")
+
+        start = time.monotonic()
+        up_with(deployed, {"trainMaxSteps": str(TRAIN_STEPS + 40)})
+        finished = lambda: job_finished(real_cluster, ns, deployed.job)  # noqa: E731
+        assert wait_or_diagnose(real_cluster, ns, "the longer run finished", finished, 900) == "Complete"
+        timings["c"] = time.monotonic() - start
+        longer = rank0_summary(real_cluster, ns, deployed.job)
+        phases["c"] = load.phase("rollback: the previous configuration")
+
+        start = time.monotonic()
+        up_with(deployed, {"inferenceMemoryLimit": None, "image": platform, "trainMaxSteps": str(TRAIN_STEPS)})
+        wait_rolled_out(real_cluster, ns, ("inference", "mlflow", "trainop", "skyrun"))
+        timings["rollback"] = time.monotonic() - start
+        phases["rollback"] = load.phase("alias back")
+    finally:
+        stopped = load.stop()
+        inference.close()
+        for done in load.phases:
+            print(done.summary(), file=sys.stderr)
+    print(f"{stopped.summary()}\ntimings: {timings}", file=sys.stderr)
+    for key, seconds in timings.items():
+        record_timing(f"upgrade under load ({key}): pulumi up to rolled out", seconds)
+    record_value("upgrade under load: requests served/failed/streams cut by phase",
+                 {k: [p.served, p.failed, p.streams_cut] for k, p in phases.items()})  # fmt: skip
+
+    # (c) resumed from the finished 400-step checkpoint, trained 40 more steps and registered a new version.
+    assert (longer["resumed_from_step"], longer["step"]) == (TRAIN_STEPS, TRAIN_STEPS + 40), longer
+    assert longer["alias_moved"] and longer["model_uri"] != trained["model_uri"], longer
+    for key in ("a", "b", "rollback"):
+        assert phases[key].served > 0 and phases[key].failed == 0, phases[key].summary()
+    assert phases["c"].failed == 0, phases["c"].summary()
+
+    # The previous configuration restored the previous objects.
+    deployment = real_cluster.api.get("apps/v1", "Deployment", "inference", ns)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == platform and container["resources"]["limits"]["memory"] == "768Mi", container
+    config = real_cluster.api.get("v1", "ConfigMap", f"{deployed.job.removesuffix('-train')}-train-config", ns)
+    assert f"max_steps: {TRAIN_STEPS}\n" in config["data"]["train.yaml"], config["data"]["train.yaml"]
+
+    # The model alias moved back: every replica serves the earlier version within the poll interval.
+    previous = trained["model_uri"].rsplit("/", 1)[1]
+    port = real_cluster.api.get("v1", "Service", "mlflow", ns)["spec"]["ports"][0]["port"]
+    forward = real_cluster.forward_service(ns, "mlflow", port)
+    try:
+        moved = httpx.post(f"{forward.url}/api/2.0/mlflow/registered-models/alias", timeout=30,
+                           json={"name": MODEL_NAME, "alias": "champion", "version": previous})  # fmt: skip
+        assert moved.status_code == 200, moved.text
+    finally:
+        forward.close()
+    start = time.monotonic()
+
+    def all_previous() -> dict[str, str] | None:
+        versions = served_versions(real_cluster, ns)
+        return versions if len(versions) == INFERENCE_REPLICAS and set(versions.values()) == {previous} else None
+
+    versions = wait_or_diagnose(real_cluster, ns, f"every replica serving version {previous}", all_previous, 180)
+    record_timing("rollback: model alias moved back to every replica serving it", time.monotonic() - start)
+    print(f"served after the alias moved back: {versions}", file=sys.stderr)
+
+
+# --- destroy with live work ---------------------------------------------------------------------------------
+LIVE_TASK = """
+name: live-task
+num_nodes: 2
+resources: {cpus: 100m, memory: 256Mi}
+run: |
+  echo "node $SKYPILOT_NODE_RANK up"; sleep 3600
+"""
+
+
+def start_live_work(real_cluster: RealCluster, ns: str) -> None:
+    """A TrainingJob and a skyrun task, both running, as a user would leave them."""
+    real_cluster.api.create({
+        "apiVersion": "ml-platform.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "live-run", "namespace": ns},
+        "spec": {
+            "workers": 2,
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
+            "train": {"model": {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32},
+                      "train": {"batch_size": 4, "max_steps": 1000000, "eval_every": 0, "log_every": 100},
+                      "checkpoint": {"every": 100}},
+            "tracking": {"experiment": "e2e-live", "modelName": "tiny-gpt-live"},
+        },
+    })  # fmt: skip
+    if real_cluster.api.get("v1", "ServiceAccount", "dave", ns) is None:
+        real_cluster.kubectl("create", "serviceaccount", "dave", "-n", ns)
+    token = real_cluster.kubectl("create", "token", "dave", "-n", ns, "--audience", "skyrun").stdout.strip()
+    port = real_cluster.api.get("v1", "Service", "skyrun", ns)["spec"]["ports"][0]["port"]
+    forward = real_cluster.forward_service(ns, "skyrun", port)
+    try:
+        with httpx.Client(base_url=forward.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+            submitted = api.post("/tasks/submit", json={"task_yaml": LIVE_TASK})
+            assert submitted.status_code == 200, submitted.text
+            task_id = submitted.json()["task_id"]
+            wait_or_diagnose(real_cluster, ns, "the live task running",
+                             lambda: api.get(f"/tasks/{task_id}").json()["status"] == "running", 300)  # fmt: skip
+    finally:
+        forward.close()
+
+    def tj_running() -> bool:
+        obj = real_cluster.api.get("ml-platform.dev/v1alpha1", "TrainingJob", "live-run", ns) or {}
+        return (obj.get("status") or {}).get("phase") == "Running"
+
+    wait_or_diagnose(real_cluster, ns, "the live TrainingJob running", tj_running, 300)
+
+
+USER_OBJECTS = {"ServiceAccount": {"default", "alice", "bob", "carol", "dave"}, "ConfigMap": {"kube-root-ca.crt"}}
+
+
+def left_in(cluster: RealCluster, ns: str) -> dict[str, list[str]]:
+    """Every object left in the namespace that is not a user's own (their ServiceAccounts) or Kubernetes'."""
+    kinds = (("v1", "Pod"), ("batch/v1", "Job"), ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"),
+             ("v1", "Service"), ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "ServiceAccount"),
+             ("v1", "PersistentVolumeClaim"), ("v1", "ResourceQuota"), ("v1", "LimitRange"),
+             ("networking.k8s.io/v1", "NetworkPolicy"), ("rbac.authorization.k8s.io/v1", "Role"),
+             ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("autoscaling/v2", "HorizontalPodAutoscaler"),
+             ("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "Ingress"))  # fmt: skip
+    left = {}
+    for api_version, kind in kinds:
+        names = [o["metadata"]["name"] for o in cluster.api.items(api_version, kind, ns)]
+        names = [n for n in names if n not in USER_OBJECTS.get(kind, set())]
+        if names:
+            left[kind] = sorted(names)
+    return left
+
+
+def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_everything(
+    real_cluster: RealCluster, deployed: Deployed
+) -> None:
+    """A running TrainingJob and a running task, then `pulumi destroy`: with protectData (the default) exactly the
+    protected objects stay (the namespace, its quota and limits, the two claims and their volumes); with it off,
+    after `pulumi up` brought the platform back over the same data and new live work, nothing is left. Neither
+    waits on a finalizer; the data stays on the node."""
+    ns = deployed.namespace
+    claims = sorted(c["metadata"]["name"] for c in real_cluster.api.items("v1", "PersistentVolumeClaim", ns))
+    pvs = [pv["metadata"]["name"] for pv in real_cluster.api.items("v1", "PersistentVolume")
+           if (pv["spec"].get("claimRef") or {}).get("namespace") == ns]  # fmt: skip
+    assert len(claims) == 2 and len(pvs) == 2, (claims, pvs)
+    crd = "trainingjobs.ml-platform.dev"
+
+    start_live_work(real_cluster, ns)
+    start = time.monotonic()
+    kept = deployed.stack.destroy(color="never", exclude_protected=True)
+    assert kept.summary.result == "succeeded", kept.summary
+    record_timing("pulumi destroy --exclude-protected with live work", time.monotonic() - start)
+    assert real_cluster.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd) is None
+    want = {"PersistentVolumeClaim": claims, "ResourceQuota": ["platform-quota"], "LimitRange": ["platform-defaults"]}
+
+    # The garbage collector ends the live work's pods (their grace period lets the trainer checkpoint).
+    def only_protected() -> dict[str, list[str]] | None:
+        now = left_in(real_cluster, ns)
+        return now if now == want else None
+
+    left = wait_or_diagnose(real_cluster, ns, "only the protected objects left", only_protected, 300)
+    record_timing("pulumi destroy --exclude-protected: start to only the protected objects left",
+                  time.monotonic() - start)  # fmt: skip
+    assert left == want
+    assert all(real_cluster.api.get("v1", "PersistentVolume", name) for name in pvs)
+
+    # README "Data volumes and pulumi destroy": unprotect the data, up (the platform comes back over it), destroy.
     deployed.stack.set_config("protectData", auto.ConfigValue("false"))
-    unprotect = deployed.stack.up(color="never")
-    assert not {k: v for k, v in (unprotect.summary.resource_changes or {}).items() if k not in ("same", "update")}
+    start = time.monotonic()
+    deployed.stack.up(color="never")
+    record_timing("pulumi up after a protected destroy (the platform back over its data)", time.monotonic() - start)
+    start_live_work(real_cluster, ns)
+    start = time.monotonic()
     destroyed = deployed.stack.destroy(color="never")
     assert destroyed.summary.result == "succeeded", destroyed.summary
-    record_timing("unprotect (pulumi up) and pulumi destroy", time.monotonic() - start)
+    record_timing("pulumi destroy with live work (protectData false)", time.monotonic() - start)
 
     assert real_cluster.api.get("v1", "Namespace", ns) is None
+    assert real_cluster.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd) is None
     assert [real_cluster.api.get("v1", "PersistentVolume", name) for name in pvs] == [None] * len(pvs)
+    assert not real_cluster.api.items("v1", "Pod", ns)
     # The data stays on the node (reclaim policy Retain): the final checkpoint and MLflow's database/artifacts.
     data = deployed.storage / "dev"
     assert list(data.glob(f"checkpoints/**/step-{TRAIN_STEPS:08d}")), sorted(p.name for p in data.rglob("*"))[:50]
