@@ -18,7 +18,7 @@ from skyrun.common import invalid, new_id, now_utc
 from skyrun.kube import Kube
 from skyrun.logs import follow_logs
 from skyrun.models import SubmitResponse, TaskInfo, TaskStatus, VolumeCreate, VolumeInfo
-from skyrun.quota import quota_problems
+from workloads.quota import quota_problems
 from skyrun.settings import Settings
 from skyrun.status import Derived, derive
 from skyrun.task_info import task_info

@@ -46,8 +46,10 @@ from trainop.kube import Kube, OwnedElsewhere
 from trainop.progress import ProgressCache
 from trainop.settings import Settings
 from trainop.validate import run_shape, spec_problems
+from workloads.quota import over_quota, trainingjob_demands
+from workloads.task_spec import FieldError
 from workloads.training import CONFIG_CHECKSUM_ANNOTATION
-from workloads.trainingjob import GROUP, PLURAL, VERSION, attempt_manifests, job_name
+from workloads.trainingjob import GROUP, PLURAL, VERSION, attempt_manifests, job_name, resources
 
 log = logging.getLogger(__name__)
 WARNING_REASONS = {
@@ -109,6 +111,11 @@ class Reconciler:
         access_mode = self.settings.platform.checkpoint_access_mode
         if problems := spec_problems(tj, gpus_available=self.settings.gpus_available, access_mode=access_mode):
             step = Transition("Failed", "InvalidSpec", "; ".join(problems), 0, 0, 0)
+            await self._write(tj, status, step, now, completed=True)
+            return "invalid"
+        if not status.get("phase") and (over := await self._over_quota(tj)):
+            # Checked once, before anything exists: a quota lowered later makes a run wait, never fail.
+            step = Transition("Failed", "InvalidSpec", "; ".join(f"{p.field}: {p.message}" for p in over), 0, 0, 0)
             await self._write(tj, status, step, now, completed=True)
             return "invalid"
         attempt = int(status.get("attempt", 0))
@@ -224,6 +231,12 @@ class Reconciler:
         if status.get("phase") == "Succeeded":  # the last metrics may land after the Job completes
             await self._write(tj, dict(status), self._same(status), now)
         return "finished"
+
+    async def _over_quota(self, tj: Mapping[str, Any]) -> list[FieldError]:
+        """What of the gang alone is more than a ResourceQuota of the namespace allows in all: it could never run."""
+        spec = tj["spec"]
+        demands = trainingjob_demands(resources(spec), int(spec.get("workers", 1)))
+        return over_quota(demands, await self.kube.resource_quotas(), "the TrainingJob")
 
     async def _why_pods_are_missing(self, job: Mapping[str, Any], seen: Observation) -> Observation:
         """The Job controller could not create every pod: its newest FailedCreate says why (a ResourceQuota it

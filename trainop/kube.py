@@ -16,7 +16,7 @@ from lightkube import ApiError, AsyncClient, codecs
 from lightkube.core.client import LabelValue
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, ResourceQuota, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import CascadeType, PatchType
 
@@ -50,6 +50,9 @@ class Kube:
 
     async def training_jobs(self) -> list[dict[str, Any]]:
         return [dict(tj.to_dict()) async for tj in self.client.list(TrainingJobResource, namespace=self.ns)]
+
+    async def resource_quotas(self) -> list[dict[str, Any]]:
+        return [dict(q.to_dict()) async for q in self.client.list(ResourceQuota, namespace=self.ns)]
 
     async def job(self, name: str) -> dict[str, Any] | None:
         try:

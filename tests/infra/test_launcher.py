@@ -10,7 +10,7 @@ import pulumi
 from infra.config.schema import load_schema
 from infra.launcher import NAME, TaskLauncher, TaskLauncherArgs
 from infra.render import RecordingMocks
-from skyrun.quota import PLATFORM_QUOTA, quota_problems
+from workloads.quota import PLATFORM_QUOTA, quota_problems
 from workloads.pod import Resources, container_security_context, pod_security_context
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 

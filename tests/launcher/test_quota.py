@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from skyrun.app import create_app
-from skyrun.quota import format_quantity, quota_problems
+from workloads.quota import format_quantity, quota_problems
 from skyrun.settings import Settings
 from tests.launcher.test_units import USER, FakeKube
 from workloads.pod import Resources

@@ -462,17 +462,25 @@ def test_a_new_attempt_waits_for_the_old_gang_to_exit(cluster: LocalCluster, ope
     running_pods(cluster, "relay-a1-train", 2)
 
 
-def test_a_run_the_quota_cannot_admit_waits_visibly(cluster: LocalCluster, operator: OperatorProcess) -> None:
-    """The namespace's ResourceQuota has room for one worker: the Job controller cannot create the second pod, and
-    the TrainingJob says so (reason QuotaExceeded, the quota's own message) instead of a bare Pending."""
+def tight_quota(cluster: LocalCluster, memory: str) -> None:
     quota = {
         "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "tight", "namespace": NS},
-        "spec": {"hard": {"limits.memory": "300Mi"}},
+        "spec": {"hard": {"limits.memory": memory}},
     }  # fmt: skip
     cluster.api.apply(quota)
+    eventually("the quota counted", lambda: (cluster.api.get("v1", "ResourceQuota", "tight", NS) or {}).get(
+        "status", {}).get("hard"), TIMEOUT_S)  # fmt: skip
+
+
+def test_a_run_the_quota_cannot_admit_waits_visibly(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    """The namespace's ResourceQuota could hold the gang, but another run uses most of it: the Job controller
+    cannot create the pods, and the TrainingJob says so (reason QuotaExceeded, the quota's own message) instead of
+    a bare Pending. It waits; it does not fail."""
+    tight_quota(cluster, "600Mi")
     try:
-        eventually("the quota counted", lambda: (cluster.api.get("v1", "ResourceQuota", "tight", NS) or {}).get(
-            "status", {}).get("hard"), TIMEOUT_S)  # fmt: skip
+        hog = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "400Mi"}}
+        cluster.api.apply(training_job("hog", NS, workers=1, resources=hog, podAnnotations=RUNNING_LONG))
+        running_pods(cluster, "hog-a0-train", 1)
         cluster.api.apply(training_job("crowded", NS, podAnnotations=RUNNING_LONG))
 
         def quota_reason(s: dict[str, Any]) -> bool:
@@ -485,3 +493,22 @@ def test_a_run_the_quota_cannot_admit_waits_visibly(cluster: LocalCluster, opera
         assert "exceeded quota: tight" in created["message"] and "limits.memory" in created["message"], created
     finally:
         cluster.api.delete("v1", "ResourceQuota", "tight", NS)
+
+
+def test_a_run_larger_than_the_whole_quota_is_refused_at_once(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """2 workers x 256Mi of memory limits against a quota of 300Mi in all: it could never run, so it fails at once
+    (InvalidSpec), naming the key, the amounts and how far over, and nothing is created."""
+    tight_quota(cluster, "300Mi")
+    try:
+        cluster.api.apply(training_job("huge", NS, podAnnotations=RUNNING_LONG))
+        status = wait_status(cluster, operator, "huge", "Failed", lambda s: s.get("phase") == "Failed")
+    finally:
+        cluster.api.delete("v1", "ResourceQuota", "tight", NS)
+    assert status["reason"] == "InvalidSpec", status
+    assert status["message"] == (
+        "spec.resources.limits.memory: limits.memory: the TrainingJob asks 2 x 256Mi = 512Mi, the namespace quota "
+        "tight allows 300Mi in all (212Mi over); ask for less or have ResourceQuota tight raised"
+    ), status
+    assert not children(cluster, "huge", "Job", "batch/v1") and not children(cluster, "huge", "ConfigMap")

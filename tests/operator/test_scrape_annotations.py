@@ -91,6 +91,9 @@ class RecordingKube:
     async def patch_status(self, name: str, status: dict[str, Any]) -> None:
         self.statuses.append(status)
 
+    async def resource_quotas(self) -> list[dict[str, Any]]:
+        return []
+
     async def post_event(self, tj: Any, kind: str, reason: str, message: str) -> None:
         self.events.append((kind, reason))
 

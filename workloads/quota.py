@@ -1,4 +1,4 @@
-"""Refusing at submission a task that a ResourceQuota of the namespace can never admit.
+"""Refusing at submission a task or a TrainingJob that a ResourceQuota of the namespace can never admit.
 
 A task asks num_nodes x its per-node resources (request = limit, workloads/task.py `task_resources`) and one Job,
 Service, NetworkPolicy and record ConfigMap. When that total alone is over a quota's `spec.hard`, the Job
@@ -17,7 +17,7 @@ from typing import Any
 
 from workloads.pod import GPU_RESOURCE, Resources
 from workloads.quantity import parse_quantity
-from workloads.task import FieldError
+from workloads.task_spec import FieldError
 
 PLATFORM_QUOTA = "platform-quota"
 """The name infra/namespace.py gives the namespace's quota: its limits come from the stack's config keys below."""
@@ -102,7 +102,23 @@ def _applies(spec: Mapping[str, Any]) -> bool:
     return _scopes(spec) <= TASK_POD_SCOPES
 
 
-def _over(key: str, quota: str, demand: Demand, hard: Decimal, resource: str) -> FieldError:
+def trainingjob_demands(per_worker: Resources, workers: int) -> dict[str, Demand]:
+    """Quota key (or resource name) -> what a TrainingJob's gang asks in all: its requests and limits differ."""
+    field = "spec.resources"
+    demands = {
+        "requests.cpu": Demand(f"{field}.requests.cpu", per_worker.cpu_request, workers),
+        "limits.cpu": Demand(f"{field}.limits.cpu", per_worker.cpu_limit, workers),
+        "requests.memory": Demand(f"{field}.requests.memory", per_worker.memory_request, workers),
+        "limits.memory": Demand(f"{field}.limits.memory", per_worker.memory_limit, workers),
+        "pods": Demand("spec.workers", "1", workers, "pods (one per worker)", "ask for fewer workers"),
+    }
+    demands["cpu"], demands["memory"] = demands["requests.cpu"], demands["requests.memory"]
+    if per_worker.gpus:
+        demands[GPU_RESOURCE] = Demand("spec.gpusPerWorker", str(per_worker.gpus), workers)
+    return demands
+
+
+def _over(key: str, quota: str, demand: Demand, hard: Decimal, resource: str, subject: str) -> FieldError:
     binary = resource == "memory"
     total = format_quantity(demand.total, binary=binary)
     if demand.noun:
@@ -115,7 +131,7 @@ def _over(key: str, quota: str, demand: Demand, hard: Decimal, resource: str) ->
     config_key = CONFIG_KEYS.get(resource) if quota == PLATFORM_QUOTA else None
     raise_it = f"raise {config_key}" if config_key else f"have ResourceQuota {quota} raised"
     message = (
-        f"{key}: the task asks {asks}, the namespace quota {quota} allows {format_quantity(hard, binary=binary)} "
+        f"{key}: {subject} asks {asks}, the namespace quota {quota} allows {format_quantity(hard, binary=binary)} "
         f"in all ({over} over); {' or '.join(filter(None, (demand.remedy, raise_it)))}"
     )
     return FieldError(demand.field, message)
@@ -123,7 +139,12 @@ def _over(key: str, quota: str, demand: Demand, hard: Decimal, resource: str) ->
 
 def quota_problems(per_node: Resources, num_nodes: int, quotas: Iterable[Mapping[str, Any]]) -> list[FieldError]:
     """One problem per quota key whose `spec.hard` is below what the task alone asks (every quota, every key)."""
-    demands = task_demands(per_node, num_nodes)
+    return over_quota(task_demands(per_node, num_nodes), quotas, "the task")
+
+
+def over_quota(demands: Mapping[str, Demand], quotas: Iterable[Mapping[str, Any]], subject: str) -> list[FieldError]:
+    """One problem per quota key whose `spec.hard` is below what `subject` alone asks; `demands` by quota key
+    (`limits.memory`) or by resource name (`memory`, for both requests and limits)."""
     problems = []
     for quota in sorted(quotas, key=lambda q: str(q["metadata"]["name"])):
         spec = quota.get("spec") or {}
@@ -132,10 +153,10 @@ def quota_problems(per_node: Resources, num_nodes: int, quotas: Iterable[Mapping
         name = str(quota["metadata"]["name"])
         for key, hard_text in sorted((spec.get("hard") or {}).items()):
             resource = _resource(key)
-            demand = ONE_OBJECT if key in OBJECT_KEYS else demands.get(resource)
+            demand = ONE_OBJECT if key in OBJECT_KEYS else demands.get(key) or demands.get(resource)
             if demand is None:
                 continue  # a resource tasks never ask for (storage, load balancers, ...)
             hard = parse_quantity(str(hard_text))
             if demand.total > hard:
-                problems.append(_over(key, name, demand, hard, resource))
+                problems.append(_over(key, name, demand, hard, resource, subject))
     return problems
