@@ -5,7 +5,6 @@ kwok's simulated pods. Pod failures are written into pod status as a kubelet wou
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -317,9 +316,13 @@ def test_a_queued_run_waits_for_kueue(cluster: LocalCluster, operator: OperatorP
     live = cluster.api.get("batch/v1", "Job", "queued-a0-train", NS)
     assert live is not None and live["spec"]["suspend"] is True, "Kueue admits it by unsuspending it"
     assert live["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-    time.sleep(3)  # three reconciliations (RECONCILE_INTERVAL_S=1): the operator must not unsuspend it itself
+    # Three more rounds of the timer (RECONCILE_INTERVAL_S=1) reconcile it: the operator must not unsuspend it.
+    pending = reconciliations(operator, "pending")
+    eventually("three rounds of the timer", lambda: reconciliations(operator, "pending") >= pending + 3, TIMEOUT_S)
     assert cluster.api.get("batch/v1", "Job", "queued-a0-train", NS)["spec"]["suspend"] is True  # type: ignore[index]
-    assert status["phase"] == "Pending"
+    status = tj_status(cluster, "queued")
+    assert (status["phase"], status["reason"]) == ("Pending", "Queued"), status
+    assert status["message"] == "waiting for Kueue to admit the Job", status
 
 
 def test_progress_comes_from_the_run_the_trainer_tags(cluster: LocalCluster, operator: OperatorProcess) -> None:
