@@ -129,9 +129,10 @@ def test_a_run_creates_owned_children_and_succeeds(cluster: LocalCluster, operat
 
 
 def test_printer_columns_through_the_table_output(cluster: LocalCluster, operator: OperatorProcess) -> None:
-    wait_status(cluster, operator, "ok", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    cluster.api.apply(training_job("columns", NS, podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "1s"}))
+    wait_status(cluster, operator, "columns", "Succeeded", lambda s: s.get("phase") == "Succeeded")
     table = cluster.api._plain.get(
-        f"/apis/{API_VERSION}/namespaces/{NS}/{PLURAL}/ok",
+        f"/apis/{API_VERSION}/namespaces/{NS}/{PLURAL}/columns",
         headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
     )
     table.raise_for_status()
@@ -139,7 +140,7 @@ def test_printer_columns_through_the_table_output(cluster: LocalCluster, operato
     names = [c["name"] for c in body["columnDefinitions"]]
     assert names == ["Name", "Phase", "Reason", "Workers", "Progress", "Val loss", "Restarts", "Age", "Message"]
     row = body["rows"][0]["cells"]
-    assert row[:4] == ["ok", "Succeeded", "Completed", 2] and row[6] == 0
+    assert row[:4] == ["columns", "Succeeded", "Completed", 2] and row[6] == 0
     assert row[8] == "attempt 0 completed", row
 
 
