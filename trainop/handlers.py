@@ -52,6 +52,8 @@ from workloads.training import CONFIG_CHECKSUM_ANNOTATION
 from workloads.trainingjob import GROUP, PLURAL, VERSION, attempt_manifests, job_name, resources
 
 log = logging.getLogger(__name__)
+WAITING_FOR_OLD_PODS = "waiting for the pods of earlier attempts to exit"
+"""Appended to the restart's message while the old gang's pods are still there (the restart's cause stays)."""
 WARNING_REASONS = {
     "InvalidSpec",
     "ConfigError",
@@ -125,7 +127,8 @@ class Reconciler:
         if job is None and attempt and (left := await self.kube.attempt_pods_left(name, attempt)):
             # The old gang may still be writing its SIGTERM checkpoint into the directory this attempt resumes
             # from: the new one starts only once every old pod is gone (their grace period bounds the wait).
-            step = self._same(status, message=f"waiting for the pods of earlier attempts to exit: {', '.join(left)}")
+            why = self._same(status).message.split(f"; {WAITING_FOR_OLD_PODS}")[0]
+            step = self._same(status, message=f"{why}; {WAITING_FOR_OLD_PODS}: {', '.join(left)}")
             await self._write(tj, status, step, now)
             return "draining"
         suspend = bool(spec.get("suspend"))
