@@ -459,13 +459,25 @@ def completions(real_cluster: RealCluster, deployed: Deployed, serving: int) -> 
 
 
 def test_inference_turns_available_after_training_and_serves(
-    real_cluster: RealCluster, deployed: Deployed, training_run: TrainingRun, completions: dict[str, str]
+    real_cluster: RealCluster, deployed: Deployed, trained: dict[str, Any], completions: dict[str, str]
 ) -> None:
-    ns, job = deployed.namespace, training_run.job
-    # Ready only once a model is loaded: no inference pod turned Ready before the Job completed.
+    ns = deployed.namespace
+    # Ready only once a model is loaded: no inference pod turned Ready before training registered the version it
+    # serves. (Not the Job's completionTime: rank 0 registers the model before its pod exits, and a replica may
+    # load it before the Job controller records the Job Complete.)
+    name, version = trained["model_uri"].removeprefix("models:/").split("/")
+    port = real_cluster.api.get("v1", "Service", "mlflow", ns)["spec"]["ports"][0]["port"]
+    forward = real_cluster.forward_service(ns, "mlflow", port)
+    try:
+        got = httpx.get(f"{forward.url}/api/2.0/mlflow/model-versions/get", params={"name": name, "version": version},
+                        timeout=30)  # fmt: skip
+    finally:
+        forward.close()
+    registered_ms = int(got.json()["model_version"]["creation_timestamp"])
+    registered = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(registered_ms // 1000))
     for pod in real_cluster.api.items("v1", "Pod", ns, selector=INFERENCE):
         ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
-        assert ready["lastTransitionTime"] >= job["status"]["completionTime"], (pod["metadata"]["name"], ready)
+        assert ready["lastTransitionTime"] >= registered, (pod["metadata"]["name"], ready, registered)
 
     # Both ways answered (complete() asserts a text and its tokens).
     assert sorted(completions) == ["ClusterIP", "NodePort"], completions
