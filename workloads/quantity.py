@@ -26,3 +26,26 @@ def parse_quantity(text: str) -> Decimal:
         return Decimal(number) * _SUFFIX[suffix]
     except InvalidOperation as err:  # pragma: no cover - the regex admits only valid decimals
         raise ValueError(f"{text!r} is not a Kubernetes quantity") from err
+
+
+# Largest first: binary suffixes (byte amounts) then decimal ones, from the one table above.
+_DECIMAL_UP = ("E", "P", "T", "G", "M", "k")
+_FORMAT_SUFFIXES = {
+    True: [(k, _SUFFIX[k]) for k in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki", *_DECIMAL_UP)],
+    False: [(k, _SUFFIX[k]) for k in _DECIMAL_UP],
+}
+
+
+def format_quantity(value: Decimal, *, binary: bool) -> str:
+    """The shortest exact Kubernetes spelling: `16Gi`, `1500m`, `3`; byte amounts may use binary suffixes."""
+    if value == value.to_integral_value():
+        whole = int(value)
+        candidates = [str(whole)]
+        for suffix, size in _FORMAT_SUFFIXES[binary]:
+            if whole and whole % int(size) == 0:
+                candidates.append(f"{whole // int(size)}{suffix}")
+        return min(candidates, key=len)
+    milli = value * 1000
+    if milli == milli.to_integral_value():
+        return f"{int(milli)}m"
+    return format(value.normalize(), "f")

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from workloads.pod import GPU_RESOURCE, Resources
-from workloads.quantity import parse_quantity
+from workloads.quantity import format_quantity, parse_quantity
 from workloads.task_spec import FieldError
 
 PLATFORM_QUOTA = "platform-quota"
@@ -31,8 +31,6 @@ OBJECT_KEYS = frozenset({
     "services", "count/services", "configmaps", "count/configmaps", "count/jobs.batch",
     "count/networkpolicies.networking.k8s.io",
 })  # fmt: skip
-_BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
-_DECIMAL = (("E", 10**18), ("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3))
 
 
 @dataclass(frozen=True)
@@ -68,21 +66,6 @@ def task_demands(per_node: Resources, num_nodes: int) -> dict[str, Demand]:
     if per_node.gpus:
         demands[GPU_RESOURCE] = Demand("resources.accelerators", str(per_node.gpus), num_nodes)
     return demands
-
-
-def format_quantity(value: Decimal, *, binary: bool) -> str:
-    """The shortest exact Kubernetes spelling: `16Gi`, `1500m`, `3`; byte amounts may use binary suffixes."""
-    if value == value.to_integral_value():
-        whole = int(value)
-        candidates = [str(whole)]
-        for suffix, size in (*(_BINARY if binary else ()), *_DECIMAL):
-            if whole and whole % size == 0:
-                candidates.append(f"{whole // size}{suffix}")
-        return min(candidates, key=len)
-    milli = value * 1000
-    if milli == milli.to_integral_value():
-        return f"{int(milli)}m"
-    return format(value.normalize(), "f")
 
 
 def _resource(key: str) -> str:

@@ -10,10 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from skyrun.app import create_app
-from workloads.quota import format_quantity, quota_problems
 from skyrun.settings import Settings
 from tests.launcher.test_units import USER, FakeKube
 from workloads.pod import Resources
+from workloads.quantity import format_quantity
+from workloads.quota import quota_problems
 
 
 def quota(name: str, hard: dict[str, str], **spec: Any) -> dict[str, Any]:
