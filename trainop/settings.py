@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from workloads.monitoring.scrape import TRAINER_TARGET, scrape_annotations
 from workloads.trainingjob import (
+    CHECKPOINT_ACCESS_MODES,
     ENV_CHECKPOINT_ACCESS_MODE,
     ENV_CHECKPOINT_CLAIM,
     ENV_CHECKPOINT_SUB_PATH,
@@ -30,7 +31,6 @@ ENV_RESTART_BACKOFF_S = "RESTART_BACKOFF_S"
 ENV_FINISHED_FOLLOW_S = "FINISHED_FOLLOW_S"
 """How long a finished TrainingJob is still reconciled on the timer (its last metrics may land in MLflow after the
 Job completes); after that only a change of the resource, or its ttlSecondsAfterFinished, reconciles it."""
-ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 ENV_SCRAPE_ANNOTATIONS = "SCRAPE_ANNOTATIONS"
 """true: training pods get the prometheus.io/* scrape annotations (infra/trainingjobs.py sets it when the stack
 does not use the Prometheus Operator, whose PodMonitors select the pods by label instead)."""
@@ -87,8 +87,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         return value == "true"
 
     access_mode = env.get(ENV_CHECKPOINT_ACCESS_MODE) or "ReadWriteOnce"
-    if access_mode not in ACCESS_MODES:
-        problems.append(f"{ENV_CHECKPOINT_ACCESS_MODE}={access_mode!r}: one of {', '.join(ACCESS_MODES)}")
+    if access_mode not in CHECKPOINT_ACCESS_MODES:
+        problems.append(f"{ENV_CHECKPOINT_ACCESS_MODE}={access_mode!r}: one of {', '.join(CHECKPOINT_ACCESS_MODES)}")
     settings = Settings(
         platform=Platform(
             namespace=env.get(ENV_WATCH_NAMESPACE, ""),

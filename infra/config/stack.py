@@ -33,8 +33,9 @@ from infra.config.validation import DNS_SUBDOMAIN, ConfigError, Validator
 from workloads.monitoring.rules import AlertThresholds
 from workloads.quantity import parse_quantity
 from workloads.training import MAX_RANKS_PER_POD
+from workloads.trainingjob import CHECKPOINT_ACCESS_MODES
 
-ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
+ACCESS_MODES = CHECKPOINT_ACCESS_MODES
 
 
 @dataclass(frozen=True)
