@@ -20,6 +20,7 @@ from infra.common import (
     tmp_volume,
 )
 from infra.config import Resources
+from infra.tls import AWAIT_READY
 
 HTTP_PORT = 8080
 # After SIGTERM the server keeps answering (readiness 503) for the drain delay, then waits for in-flight requests,
@@ -246,7 +247,9 @@ class InferenceService(pulumi.ComponentResource):
                 f"{name}-certificate",
                 api_version="cert-manager.io/v1",
                 kind="Certificate",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name="inference", namespace=args.namespace, labels=meta_labels),
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name="inference", namespace=args.namespace, labels=meta_labels, annotations=AWAIT_READY
+                ),
                 spec={
                     "secretName": TLS_SECRET,
                     "dnsNames": [ingress.host],

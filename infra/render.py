@@ -166,6 +166,10 @@ def _sort_key(obj: dict[str, Any]) -> tuple[int, str, str]:
     return rank, meta.get("namespace", ""), meta.get("name", "")
 
 
+# Keys a stack file may leave for its user (Pulumi.gpu.yaml: acmeEmail), with what a rendering uses instead.
+USER_VALUE_STANDINS = {"acmeEmail": "platform-team@ml-platform.dev"}
+
+
 def stack_config(stack: str, root: Path = PROJECT_FILE.parent) -> tuple[dict[str, str], list[str]]:
     """The config map the CLI would hand the program for `stack` (values as strings, structured ones as JSON),
     with placeholders for secrets, and the list of secret keys."""
@@ -188,8 +192,11 @@ def stack_config(stack: str, root: Path = PROJECT_FILE.parent) -> tuple[dict[str
             config[f"{project}:{key}"] = value
         else:
             config[f"{project}:{key}"] = json.dumps(value)
-    # A rendered stack shows what a real deploy creates, so secrets the stack file leaves for
-    # `pulumi config set --secret` get placeholders too.
+    # A rendered stack shows what a real deploy creates: values the stack file leaves for the user to set (their
+    # ACME account e-mail) get a stand-in,
+    for key, standin in USER_VALUE_STANDINS.items():
+        config.setdefault(f"{project}:{key}", standin)
+    # and secrets the stack file leaves for `pulumi config set --secret` get placeholders.
     for key in SECRET_KEYS:
         if f"{project}:{key}" not in config:
             config[f"{project}:{key}"] = SECRET_PLACEHOLDER.format(key=key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -11,6 +12,46 @@ from infra.common import labels, pod_security_labels
 
 CA_SECRET = "ml-platform-ca"
 ACME_ACCOUNT_SECRET = "ml-platform-acme-account"
+CERT_MANAGER_IMAGES = ("controller", "webhook", "cainjector", "acmesolver")
+"""cert-manager's images: <registry path>/cert-manager-<component>:<version>."""
+CERTIFICATE_TIMEOUT_S = 300
+AWAIT_READY = {"pulumi.com/waitFor": "condition=Ready", "pulumi.com/timeoutSeconds": str(CERTIFICATE_TIMEOUT_S)}
+"""`pulumi up` waits for a Certificate to be Ready (issued), and fails naming it when it is not within the bound."""
+WEBHOOK_CONFIGURATIONS = (
+    "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration",
+    "kubernetes:admissionregistration.k8s.io/v1:MutatingWebhookConfiguration",
+)
+
+
+def cert_manager_values(images: str, version: str) -> dict[str, object]:
+    """Values for cert-manager's own chart (deploy/charts/cert-manager) installed from a local directory."""
+    values: dict[str, object] = {
+        "crds": {"enabled": True},
+        # A post-install Helm hook: Pulumi's Chart drops hooks, so it would never run; the stack waits itself.
+        "startupapicheck": {"enabled": False},
+    }
+    for component in CERT_MANAGER_IMAGES:
+        image = {"repository": f"{images}/cert-manager-{component}", "tag": version}
+        if component == "controller":
+            values["image"] = image
+        else:
+            values[component] = {"image": image}
+    return values
+
+
+def wait_for_injected_ca_bundle(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult | None:
+    """Make `pulumi up` wait until cainjector has filled the webhook configuration's caBundle."""
+    if args.type_ not in WEBHOOK_CONFIGURATIONS:
+        return None
+    props: dict[str, Any] = dict(args.props)
+    metadata = dict(props.get("metadata") or {})
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        "pulumi.com/waitFor": "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        "pulumi.com/timeoutSeconds": "300",
+    }
+    props["metadata"] = metadata
+    return pulumi.ResourceTransformResult(props=props, opts=args.opts)
 
 
 @dataclass(frozen=True)
@@ -18,7 +59,7 @@ class TlsArgs:
     namespace: pulumi.Input[str]
     """Namespace of the Issuer (and of the certificates it signs)."""
     install_cert_manager: bool
-    """Install cert-manager with its CRDs (pulumi-kubernetes-cert-manager)."""
+    """Install cert-manager with its CRDs."""
     cert_manager_namespace: str
     """Namespace cert-manager runs in."""
     issuer: str
@@ -31,6 +72,13 @@ class TlsArgs:
     """IngressClass that HTTP-01 challenges go through (acme)."""
     instance: str
     """Value of app.kubernetes.io/instance."""
+    cert_manager_chart: str = ""
+    """A local directory holding cert-manager's Helm chart, installed with Pulumi's Helm support (no download);
+    "" installs through pulumi-kubernetes-cert-manager (which fetches the chart)."""
+    cert_manager_images: str = "quay.io/jetstack"
+    """Registry path of cert-manager's images, for a local chart."""
+    cert_manager_version: str = "v1.21.2"
+    """Tag of cert-manager's images, for a local chart."""
 
 
 class Tls(pulumi.ComponentResource):
@@ -47,8 +95,6 @@ class Tls(pulumi.ComponentResource):
         meta_labels = labels("tls", args.instance, "tls")
         depends: list[pulumi.Resource] = []
         if args.install_cert_manager:
-            from pulumi_kubernetes_cert_manager import CertManager, ReleaseArgs
-
             cm_namespace = k8s.core.v1.Namespace(
                 f"{name}-cert-manager-namespace",
                 # cert-manager's pods run under `restricted` (its chart sets the contexts): enforce it here too.
@@ -57,12 +103,27 @@ class Tls(pulumi.ComponentResource):
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            self.cert_manager = CertManager(
-                f"{name}-cert-manager",
-                install_crds=True,
-                helm_options=ReleaseArgs(namespace=cm_namespace.metadata.name),
-                opts=pulumi.ResourceOptions(parent=self),
-            )
+            self.cert_manager: pulumi.Resource
+            if args.cert_manager_chart:
+                self.cert_manager = k8s.helm.v4.Chart(
+                    f"{name}-cert-manager",
+                    chart=args.cert_manager_chart,
+                    namespace=cm_namespace.metadata.name,
+                    values=cert_manager_values(args.cert_manager_images, args.cert_manager_version),
+                    # cert-manager's webhook answers for Issuers and Certificates only once cainjector has put its CA
+                    # into the webhook configurations; until then the API server refuses them. The chart's
+                    # startupapicheck hook waits for that, but Pulumi runs no Helm hooks: wait here instead.
+                    opts=pulumi.ResourceOptions(parent=self, transforms=[wait_for_injected_ca_bundle]),
+                )
+            else:
+                from pulumi_kubernetes_cert_manager import CertManager, ReleaseArgs
+
+                self.cert_manager = CertManager(
+                    f"{name}-cert-manager",
+                    install_crds=True,
+                    helm_options=ReleaseArgs(namespace=cm_namespace.metadata.name),
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
             depends.append(self.cert_manager)
         after_crds = pulumi.ResourceOptions(parent=self, depends_on=depends)
 
@@ -83,7 +144,7 @@ class Tls(pulumi.ComponentResource):
                 api_version="cert-manager.io/v1",
                 kind="Certificate",
                 metadata=k8s.meta.v1.ObjectMetaArgs(
-                    name="ml-platform-ca", namespace=args.namespace, labels=meta_labels
+                    name="ml-platform-ca", namespace=args.namespace, labels=meta_labels, annotations=AWAIT_READY
                 ),
                 spec={
                     "isCA": True,

@@ -71,6 +71,13 @@ class TlsSettings:
     """Install cert-manager itself."""
     cert_manager_namespace: str
     """Where cert-manager runs."""
+    cert_manager_chart: str
+    """A local directory holding cert-manager's Helm chart, installed with Pulumi's Helm support; "" for the
+    pulumi-kubernetes-cert-manager component (which fetches the chart from charts.jetstack.io)."""
+    cert_manager_images: str
+    """Registry path of cert-manager's images (<path>/cert-manager-controller:<version>, ...) for a local chart."""
+    cert_manager_version: str
+    """Tag of cert-manager's images for a local chart."""
     issuer: str
     """selfSigned or acme."""
     acme_email: str

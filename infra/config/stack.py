@@ -29,7 +29,14 @@ from infra.config.settings import (
     TlsSettings,
     TrainingSettings,
 )
-from infra.config.validation import DNS_SUBDOMAIN, ConfigError, Validator
+from infra.config.validation import (
+    DNS_SUBDOMAIN,
+    IMAGE_PREFIX,
+    ConfigError,
+    Validator,
+    acme_email_problem,
+    cert_manager_chart_problem,
+)
 from workloads.monitoring.rules import AlertThresholds
 from workloads.quantity import parse_quantity
 from workloads.training import MAX_RANKS_PER_POD
@@ -235,8 +242,19 @@ def _build(v: Validator) -> StackConfig:
         v.problem("tlsEnabled", "needs ingressEnabled=true (TLS terminates at the Ingress)")
     issuer = v.choice("tlsIssuer", ("selfSigned", "acme"))
     acme_email = v.string("acmeEmail")
-    if tls_enabled and issuer == "acme" and "@" not in acme_email:
-        v.problem("acmeEmail", "must be an e-mail address with tlsIssuer acme")
+    if tls_enabled and issuer == "acme" and (problem := acme_email_problem(acme_email)):
+        v.problem("acmeEmail", f"{problem}; set yours: pulumi config set acmeEmail you@your-domain -s {v.stack}")
+    install_cert_manager = v.boolean("tlsInstallCertManager")
+    cert_manager_chart = v.string("tlsCertManagerChart")
+    chart_problem = cert_manager_chart_problem(cert_manager_chart) if cert_manager_chart else None
+    if tls_enabled and install_cert_manager and chart_problem:
+        v.problem("tlsCertManagerChart", chart_problem)
+    cert_manager_images = v.string("tlsCertManagerImages")
+    if not IMAGE_PREFIX.match(cert_manager_images):
+        v.problem("tlsCertManagerImages", "must be a registry path such as quay.io/jetstack (no tag)")
+    cert_manager_version = v.string("tlsCertManagerVersion")
+    if not re.fullmatch(r"v\d+\.\d+\.\d+", cert_manager_version):
+        v.problem("tlsCertManagerVersion", "must be a cert-manager release such as v1.21.2 (the images' tag)")
     acme_server = v.string("acmeServer")
     if not acme_server.startswith("https://"):
         v.problem("acmeServer", "must be an https:// ACME directory URL")
@@ -274,8 +292,11 @@ def _build(v: Validator) -> StackConfig:
         ),
         tls=TlsSettings(
             enabled=tls_enabled,
-            install_cert_manager=v.boolean("tlsInstallCertManager"),
+            install_cert_manager=install_cert_manager,
             cert_manager_namespace=v.dns_label("tlsCertManagerNamespace"),
+            cert_manager_chart=cert_manager_chart,
+            cert_manager_images=cert_manager_images,
+            cert_manager_version=cert_manager_version,
             issuer=issuer,
             acme_email=acme_email,
             acme_server=acme_server,

@@ -19,6 +19,51 @@ DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+# A registry path without a tag: quay.io/jetstack, localhost/jetstack.
+IMAGE_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*$")
+# Domains an ACME CA refuses for the account e-mail (Let's Encrypt answers "invalidContact ... forbidden domain"):
+# the RFC 2606 example domains and the special-use TLDs of RFC 6761.
+ACME_FORBIDDEN_DOMAINS = ("example.com", "example.net", "example.org")
+ACME_FORBIDDEN_TLDS = ("example", "invalid", "localhost", "test", "local")
+_EMAIL = re.compile(r"^[^@\s]+@([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)$")
+
+
+def acme_email_problem(email: str) -> str | None:
+    """Why an ACME CA would refuse `email` as the account's contact, or None."""
+    match = _EMAIL.match(email)
+    if not match:
+        return "must be an e-mail address (the ACME account's contact) with tlsIssuer acme"
+    domain = match.group(1).lower()
+    if domain in ACME_FORBIDDEN_DOMAINS or domain.endswith(tuple(f".{d}" for d in ACME_FORBIDDEN_DOMAINS)):
+        return f"{domain} is a reserved example domain, which Let's Encrypt refuses as a contact"
+    if domain.rsplit(".", 1)[-1] in ACME_FORBIDDEN_TLDS:
+        return f"{domain} is under a special-use top-level domain, which Let's Encrypt refuses as a contact"
+    return None
+
+
+def cert_manager_chart_problem(path: str) -> str | None:
+    """Why `path` is not a local copy of cert-manager's Helm chart, or None."""
+    from pathlib import Path
+
+    import yaml
+
+    chart = Path(path)
+    if not chart.is_absolute():
+        return "must be an absolute path (a directory holding cert-manager's Chart.yaml)"
+    if not (chart / "Chart.yaml").is_file():
+        return (
+            "has no Chart.yaml: point it at cert-manager's chart directory, e.g. deploy/charts/cert-manager of the "
+            "github.com/cert-manager/cert-manager Go module or what `helm pull jetstack/cert-manager --untar` wrote"
+        )
+    try:
+        name = (yaml.safe_load((chart / "Chart.yaml").read_text()) or {}).get("name")
+    except (OSError, yaml.YAMLError) as err:
+        return f"Chart.yaml cannot be read: {err}"
+    if name != "cert-manager":
+        return f"holds the chart {name!r}, not cert-manager"
+    return None
+
+
 # Sections of train.yaml a `trainSettings` entry may address (see docs/trainer.md).
 TRAIN_SECTIONS = ("data", "model", "train", "checkpoint", "tracking", "distributed")
 # train.yaml keys the platform itself sets from typed stack config; `trainSettings` must not fight them.

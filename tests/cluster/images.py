@@ -81,10 +81,12 @@ def write_oci_archive(
     entrypoint: Iterable[str],
     *,
     compress: bool = True,
+    user: str = "",
 ) -> Path:
     """Write a one-layer OCI image archive (`ctr images import` reads it) named `name` (the containerd
     `io.containerd.image.name` annotation), holding `files` {path: (content, mode)}; the layer is gzipped unless
-    `compress` is false (large static binaries: gzip would cost seconds at every cluster start)."""
+    `compress` is false (large static binaries: gzip would cost seconds at every cluster start); `user` is the image's
+    USER ("65532": non-root, as a pod under `runAsNonRoot` needs)."""
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
         for file_path, (data, mode) in sorted(files.items()):
@@ -97,7 +99,7 @@ def write_oci_archive(
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": list(entrypoint), "WorkingDir": "/"},
+        "config": {"Entrypoint": list(entrypoint), "WorkingDir": "/", **({"User": user} if user else {})},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": "tests/cluster/images.py write_oci_archive"}],
     }
@@ -130,10 +132,10 @@ def binary_image_name(binary: Path, repo: str) -> str:
     return f"{repo}:{_short_hash([binary.read_bytes()])}"
 
 
-def binary_archive(binary: Path, name: str, path: Path) -> Path:
+def binary_archive(binary: Path, name: str, path: Path, *, user: str = "") -> Path:
     """A one-binary image (`/<binary's name>`, its entrypoint), e.g. CoreDNS from tests/cluster/toolchain.sh."""
     target = f"/{binary.name}"
-    return write_oci_archive(path, name, {target: (binary.read_bytes(), 0o755)}, [target], compress=False)
+    return write_oci_archive(path, name, {target: (binary.read_bytes(), 0o755)}, [target], compress=False, user=user)
 
 
 # --- podman -------------------------------------------------------------------------------------------------

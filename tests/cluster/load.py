@@ -8,9 +8,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import httpx2
 
 STREAMING_SHARE = 3  # of every 8 clients
 
@@ -35,8 +37,17 @@ class Phase:
 class Load:
     """`clients` threads sending completions to `url` (the Service, through a forward) until `stop`."""
 
-    def __init__(self, url: str, model: str, clients: int = 8, max_tokens: int = 24) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        clients: int = 8,
+        max_tokens: int = 24,
+        client: Callable[..., httpx.Client | httpx2.Client] = httpx.Client,
+    ) -> None:
         self.url = url
+        self.client = client
+        """Makes each request's client (given timeout and headers): tests/cluster/tls.py https_client for HTTPS."""
         self.model = model
         self.clients = clients
         self.max_tokens = max_tokens
@@ -83,7 +94,7 @@ class Load:
         while not self._stop.is_set():
             try:
                 # A new connection per request (Connection: close), each routed by the Service afresh.
-                with httpx.Client(timeout=90, headers={"Connection": "close"}) as client:
+                with self.client(timeout=90, headers={"Connection": "close"}) as client:
                     if stream:
                         self._stream(client, body)
                     else:
@@ -92,10 +103,10 @@ class Load:
                             self._record(False, f"HTTP {response.status_code}: {response.text[:100]}")
                         else:
                             self._record(bool(response.json()["choices"][0]["text"]), "an empty completion")
-            except httpx.HTTPError as err:
+            except (httpx.HTTPError, httpx2.HTTPError) as err:
                 self._record(False, f"{type(err).__name__}: {err}", cut=stream)
 
-    def _stream(self, client: httpx.Client, body: dict[str, object]) -> None:
+    def _stream(self, client: httpx.Client | httpx2.Client, body: dict[str, object]) -> None:
         with client.stream("POST", f"{self.url}/v1/completions", json=body) as response:
             if response.status_code != 200:
                 response.read()

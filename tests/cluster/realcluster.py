@@ -284,6 +284,13 @@ class RealCluster:
         self.import_oci_archive(images.binary_archive(binary, name, self.workdir / f"{tool}.tar"))
         return name
 
+    def import_binary_image(self, binary: Path, name: str, *, user: str = "") -> str:
+        """Import `binary` as the one-binary image `name` (tests/cluster/images.py binary_archive); `name`."""
+        archive = self.workdir / f"{name.rsplit('/', 1)[-1].replace(':', '_')}.tar"
+        self.import_oci_archive(images.binary_archive(binary, name, archive, user=user))
+        archive.unlink()
+        return name
+
     def _bridge_args(self, listen_port: int, host: str, port: int) -> list[str]:
         return bridge_args(self.netns_path, self.workdir / "bin", listen_port, host, port)
 

@@ -31,6 +31,7 @@ host-path storage in a world-writable directory on the node, images as imported 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -47,17 +48,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import httpx2
 import pytest
 import yaml
 from openai import OpenAI
 from pulumi import automation as auto
 
 from infra.monitoring import RULE_FILE
+from tests.cluster import images
 from tests.cluster.kube import crash_looping, diagnose, wait_or_diagnose
 from tests.cluster.load import Load
 from tests.cluster.prometheus_pod import CONFIG_DIR as PROMETHEUS_CONFIG_DIR
 from tests.cluster.prometheus_pod import PodPrometheus
 from tests.cluster.realcluster import OUTSIDE_IP, RealCluster, toolchain_dir
+from tests.cluster.tls import ResolvingTransport, https_client, pem_fingerprint, served_certificate
 from tests.engine.pulumi_engine import Engine, EngineMissing, copy_project, find_engine, stack
 from tests.harness.api import condition
 from tests.harness.node import NODE_NAME
@@ -78,6 +82,14 @@ SCHEMA = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
 NAMESPACE = SCHEMA["namespace"]["default"]
 MODEL_NAME = SCHEMA["modelName"]["default"]
 INFERENCE = "app.kubernetes.io/name=inference"
+DEV = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+INGRESS_HOST = DEV["ml-platform:ingressHost"]
+INGRESS_NAMESPACE = SCHEMA["ingressControllerNamespace"]["default"]  # kind/traefik.yaml installs Traefik there
+TRAEFIK_MANIFEST = ROOT / "kind" / "traefik.yaml"
+CERT_MANAGER_VERSION = "v1.21.2"  # tests/cluster/toolchain.sh builds it
+CERT_MANAGER_IMAGES = "localhost/jetstack"
+CA_SECRET = "ml-platform-ca"  # infra/tls.py
+NON_ROOT = "65532"  # the images' USER: cert-manager's chart and kind/traefik.yaml run them under runAsNonRoot
 TIMINGS = ROOT / "build" / "cluster-timings.json"
 
 
@@ -227,19 +239,76 @@ def cluster_prometheus(real_cluster: RealCluster) -> Iterator[PodPrometheus]:
         server.stop()
 
 
+def built(cluster: RealCluster, *names: str) -> list[Path]:
+    """The cluster toolchain's files `names` (tests/cluster/toolchain.sh builds them); fails naming what is missing."""
+    paths = [cluster.node_tools / name for name in names]
+    if lacks := [p.name for p in paths if not p.exists()]:
+        missing_files = ", ".join(lacks)
+        pytest.fail(f"{missing_files} missing from {cluster.node_tools}: run tests/cluster/toolchain.sh", pytrace=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cert_manager_config(real_cluster: RealCluster) -> dict[str, str]:
+    """cert-manager's controller, webhook and cainjector, built from its Go module, imported under the names its
+    chart renders for them; the stack config that installs that chart from its local copy (the stack's own
+    cert-manager install: Pulumi.dev.yaml's tlsInstallCertManager)."""
+    components = ("controller", "webhook", "cainjector")
+    *binaries, chart = built(real_cluster, *(f"cert-manager-{c}" for c in components), "cert-manager-chart")
+    for component, binary in zip(components, binaries, strict=True):
+        name = f"{CERT_MANAGER_IMAGES}/cert-manager-{component}:{CERT_MANAGER_VERSION}"
+        real_cluster.import_binary_image(binary, name, user=NON_ROOT)
+    return {
+        "tlsCertManagerChart": str(chart),
+        "tlsCertManagerImages": CERT_MANAGER_IMAGES,
+        "tlsCertManagerVersion": CERT_MANAGER_VERSION,
+    }
+
+
+@pytest.fixture(scope="module")
+def ingress_controller(real_cluster: RealCluster) -> Iterator[str]:
+    """Traefik, built from its Go module, installed from kind/traefik.yaml as a user does (only the image differs),
+    Available; its namespace."""
+    (binary,) = built(real_cluster, "traefik")
+    name = images.binary_image_name(binary, "localhost/traefik")
+    image = real_cluster.import_binary_image(binary, name, user=NON_ROOT)
+    manifests = list(yaml.safe_load_all(TRAEFIK_MANIFEST.read_text()))
+    for obj in manifests:
+        if obj["kind"] == "Deployment":
+            obj["spec"]["template"]["spec"]["containers"][0]["image"] = image
+            namespace = obj["metadata"]["namespace"]
+    assert namespace == INGRESS_NAMESPACE, (namespace, INGRESS_NAMESPACE)
+    path = real_cluster.workdir / "traefik.yaml"
+    path.write_text(yaml.safe_dump_all(manifests))
+    real_cluster.kubectl("apply", "-f", str(path))
+
+    def available() -> bool:
+        no_crash_loops(real_cluster, namespace)
+        return condition(real_cluster.api.get("apps/v1", "Deployment", "traefik", namespace), "Available") == "True"
+
+    reached("Traefik Available", lambda: wait_or_diagnose(real_cluster, namespace, "Traefik Available", available, 180))
+    try:
+        yield namespace
+    finally:
+        for pod in real_cluster.api.items("v1", "Pod", namespace):
+            log = real_cluster.pod_logs(namespace, pod["metadata"]["name"])
+            print(f"\n{pod['metadata']['name']} log (tail):\n{log[-3000:]}", file=sys.stderr)
+
+
 @pytest.fixture(scope="module")
 def deployed(
     real_cluster: RealCluster,
     platform_image: str,
     pulumi_engine: Engine,
     cluster_prometheus: PodPrometheus,  # watching before anything is deployed
+    cert_manager_config: dict[str, str],
+    ingress_controller: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("e2e")
     storage = real_cluster.node_dir("ml-platform-storage")
     config = {
-        "tlsEnabled": "false",
-        "tlsInstallCertManager": "false",
+        **cert_manager_config,
         "trainMaxSteps": str(TRAIN_STEPS),
         "checkpointEvery": str(CHECKPOINT_EVERY),
         "hpaMinReplicas": str(INFERENCE_REPLICAS),
@@ -563,6 +632,100 @@ def complete(cluster: RealCluster, ns: str, port: int, *, node_port: bool = Fals
     assert response.choices[0].text, response
     assert response.usage is not None and response.usage.completion_tokens > 0, response
     return response.choices[0].text
+
+
+@dataclass
+class Https:
+    """The dev stack's Ingress as clients reach it: through Traefik's Service, with the platform CA's certificate."""
+
+    https_port: int
+    """127.0.0.1 port forwarded to Traefik's https (the Service's 443)."""
+    http_port: int
+    """127.0.0.1 port forwarded to Traefik's plain http (80)."""
+    ca_pem: str
+    """The CA, taken from the cluster as docs/tls.md says (Secret ml-platform-ca, key ca.crt)."""
+
+    def client(self, **kwargs: Any) -> httpx2.Client:
+        return https_client(INGRESS_HOST, self.https_port, self.ca_pem, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def https(real_cluster: RealCluster, deployed: Deployed, serving: int, ingress_controller: str) -> Iterator[Https]:
+    ns = deployed.namespace
+    # `pulumi up` returned, so it saw the serving Certificate Ready (infra/tls.py AWAIT_READY): issued by
+    # cert-manager from the CA Issuer, the CA from the self-signed bootstrap Issuer.
+    certificate = real_cluster.api.get("cert-manager.io/v1", "Certificate", "inference", ns)
+    assert certificate is not None and condition(certificate, "Ready") == "True", certificate
+    ready = next(c for c in certificate["status"]["conditions"] if c["type"] == "Ready")
+    issued = time.mktime(time.strptime(ready["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ"))
+    created = time.mktime(time.strptime(certificate["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+    record_timing("Certificate inference created to Ready (cert-manager, CA Issuer)", issued - created)
+    secret = real_cluster.api.get("v1", "Secret", CA_SECRET, ns)
+    assert secret is not None, f"no Secret {CA_SECRET} in {ns}"
+    ca_pem = base64.b64decode(secret["data"]["ca.crt"]).decode()
+    https_forward = real_cluster.forward_service(ingress_controller, "traefik", 443)
+    http_forward = real_cluster.forward_service(ingress_controller, "traefik", 80)
+    try:
+        yield Https(https_forward.port, http_forward.port, ca_pem)
+    finally:
+        https_forward.close()
+        http_forward.close()
+
+
+def test_openai_completions_over_https_through_the_ingress_controller_verify_the_platform_ca(https: Https) -> None:
+    with https.client(timeout=60) as http:
+        client = OpenAI(base_url=f"https://{INGRESS_HOST}/v1", api_key="unused", http_client=http, max_retries=0)
+        model = client.models.list().data[0].id
+        response = client.completions.create(model=model, prompt="The ", max_tokens=8, temperature=0)
+    assert response.choices[0].text, response
+    assert response.usage is not None and response.usage.completion_tokens > 0, response
+
+    # Verification is on: the same request trusting the system's CAs (not the platform's) is refused.
+    untrusted = httpx2.Client(transport=ResolvingTransport(INGRESS_HOST, https.https_port))
+    with untrusted, pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusted.get(f"https://{INGRESS_HOST}/v1/models")
+
+    # Plain HTTP is answered with a permanent redirect to https on 443 (kind/traefik.yaml), never with the API:
+    # 301 for GET, 308 (the client repeats the method and body) for POST.
+    plain = f"http://127.0.0.1:{https.http_port}"
+    get = httpx.get(f"{plain}/v1/models?x=1", headers={"Host": INGRESS_HOST}, timeout=30)
+    assert (get.status_code, get.headers.get("location")) == (301, f"https://{INGRESS_HOST}/v1/models?x=1"), get.text
+    post = httpx.post(f"{plain}/v1/completions", headers={"Host": INGRESS_HOST}, json={"prompt": "a"}, timeout=30)
+    assert (post.status_code, post.headers.get("location")) == (308, f"https://{INGRESS_HOST}/v1/completions")
+
+
+def test_a_certificate_renewed_early_keeps_serving_https_without_a_failed_request(
+    real_cluster: RealCluster, deployed: Deployed, https: Https
+) -> None:
+    ns = deployed.namespace
+    first = served_certificate(INGRESS_HOST, https.https_port, https.ca_pem)
+    with https.client(timeout=60) as http:
+        model = http.get(f"https://{INGRESS_HOST}/v1/models").json()["data"][0]["id"]
+    # The shortest life cert-manager allows (1 h), renewed 20 s after each issuance: renewals every ~20 s.
+    short = {"spec": {"duration": "1h", "renewBefore": "59m40s"}}
+    restore = {"spec": {"duration": None, "renewBefore": None}}
+    load = Load(f"https://{INGRESS_HOST}", model, clients=4, client=https.client).start()
+    seen = [first]
+    try:
+        real_cluster.kubectl("patch", "certificate", "inference", "-n", ns, "--type=merge", "-p", json.dumps(short))
+
+        def renewed_twice() -> bool:
+            # What Traefik serves (a new TLS handshake) is the Secret's current certificate, and changed twice.
+            served = served_certificate(INGRESS_HOST, https.https_port, https.ca_pem)
+            if served != seen[-1]:
+                seen.append(served)
+            secret = real_cluster.api.get("v1", "Secret", "inference-tls", ns) or {"data": {}}
+            current = pem_fingerprint(base64.b64decode(secret["data"].get("tls.crt", "")).decode())
+            return len(seen) >= 3 and served == current
+
+        eventually("two renewals served by Traefik", renewed_twice, 240, interval_s=1)
+    finally:
+        phase = load.stop()
+        real_cluster.kubectl("patch", "certificate", "inference", "-n", ns, "--type=merge", "-p", json.dumps(restore))
+    print(f"\nrenewals: {len(seen) - 1} certificates after the first; {phase.summary()}", file=sys.stderr)
+    record_value("HTTPS load during two certificate renewals", phase.summary())
+    assert phase.served > 0, phase.summary()
+    assert phase.failed == 0, phase.summary()
 
 
 def test_hpa_scales_the_deployment_and_a_drain_respects_the_pdb(

@@ -18,6 +18,10 @@
 #                                  packages) and one patch: its packets reach the userspace queue through the
 #                                  xtables NFQUEUE target, as this machine's kernel lacks nft's queue expression
 #                                  (gomod/kube-network-policies/nfqueue-target.patch; docs/cluster.md)
+#   cert-manager-{controller,webhook,cainjector}, traefik
+#                                  github.com/cert-manager/cert-manager v1.21.2 and github.com/traefik/traefik/v3
+#                                  v3.7.13 in one module graph (gomod/ingress-tls, k8s.io v0.36.2; its README says
+#                                  what is copied or trimmed and why), one `go build`; the e2e runs them as pods
 #   pause                          build/pause/linux/pause.c of the k8s.io/kubernetes module, gcc -static
 # Debian packages (apt-get, only when missing): containerd, runc, containernetworking-plugins, iptables,
 # conntrack, socat, debootstrap, podman, uidmap, gcc + libc6-dev (for pause), patch, nftables (`nft`: the tests
@@ -37,6 +41,8 @@ GOMOD="$HERE/gomod"
 K8S_VERSION=v1.35.4
 COREDNS_VERSION=v1.14.7
 KNP_VERSION=v0.8.0
+CERT_MANAGER_VERSION=v1.21.2  # gomod/ingress-tls/go.mod
+TRAEFIK_VERSION=v3.7.13
 PAUSE_VERSION=3.10
 NICE="${NICE:-nice -n 10}"
 APT_PACKAGES="containerd runc containernetworking-plugins iptables conntrack socat debootstrap podman uidmap gcc
@@ -48,6 +54,8 @@ GO_VERSION="$(go env GOVERSION)"
 BUILD_REV=2
 K8S_MOD="$HERE/../engine/gomod/kubernetes"
 SRC_HASH="$( (cat "$GOMOD"/*/go.mod "$GOMOD"/*/go.sum "$GOMOD"/*/*.patch "$K8S_MOD/go.mod" "$K8S_MOD/go.sum"
+    find "$GOMOD/ingress-tls" -path "$GOMOD/ingress-tls/build" -prune -o -type f ! -name "*.md" -print | LC_ALL=C sort |
+        xargs cat
     echo "pause-$PAUSE_VERSION") |
     sha256sum | cut -c1-12)"
 KEY="cluster_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}_${GO_VERSION}_r${BUILD_REV}_${SRC_HASH}"
@@ -140,6 +148,38 @@ else
     record kube-network-policies "$start" "go build: kube-network-policies"
 fi
 
+# cert-manager and Traefik: one module graph, one `go build` (gomod/ingress-tls/README.md).
+INGRESS_TLS_TOOLS="cert-manager-controller cert-manager-webhook cert-manager-cainjector traefik"
+need=()
+for tool in $INGRESS_TLS_TOOLS; do
+    [[ -x "$DIR/$tool" ]] || need+=("$tool")
+done
+[[ -f "$DIR/cert-manager-chart/Chart.yaml" ]] || need+=(cert-manager-chart)
+if (( ${#need[@]} )); then
+    start="$(tc_now)"
+    tls_mod="$GOMOD/ingress-tls"
+    out="$DIR/.ingress-tls.$$"
+    rm -rf "$out" && mkdir -p "$out"
+    bash "$tls_mod/prepare.sh" >&2
+    (cd "$tls_mod" && CGO_ENABLED=0 $NICE go build -trimpath -o "$out/" -ldflags "-s -w
+        -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$CERT_MANAGER_VERSION
+        -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+        ./controller ./webhook ./cainjector github.com/traefik/traefik/v3/cmd/traefik) >&2
+    for component in controller webhook cainjector; do
+        mv "$out/$component" "$DIR/cert-manager-$component"
+    done
+    mv "$out/traefik" "$DIR/traefik"
+    rm -rf "$out"
+    # cert-manager's chart, as its module ships it (the stack's tlsCertManagerChart on the cluster tier).
+    chart="$(cd "$tls_mod" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)/deploy/charts/cert-manager"
+    rm -rf "$DIR/cert-manager-chart" "$DIR/.cert-manager-chart.$$"
+    cp -r "$chart" "$DIR/.cert-manager-chart.$$" && chmod -R u+w "$DIR/.cert-manager-chart.$$"
+    mv "$DIR/.cert-manager-chart.$$" "$DIR/cert-manager-chart"
+    record cert-manager+traefik "$start" "go build: cert-manager + traefik"
+else
+    tc_log "$INGRESS_TLS_TOOLS: cached"
+fi
+
 # The sandbox ("pause") container's binary, from the Kubernetes module's own source; the cluster packs it into
 # the image localhost/pause:$PAUSE_VERSION at start (tests/cluster/realcluster.py).
 if [[ -x "$DIR/pause" ]]; then
@@ -162,6 +202,7 @@ cat > "$DIR/versions.txt" <<EOF
 kubernetes $K8S_VERSION (kubelet, kube-proxy, kubectl)
 coredns $COREDNS_VERSION
 kube-network-policies $KNP_VERSION (+ nfqueue-target.patch)
+cert-manager $CERT_MANAGER_VERSION (controller, webhook, cainjector, chart), traefik $TRAEFIK_VERSION
 pause $PAUSE_VERSION
 go $GO_VERSION
 EOF

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pulumi
@@ -15,7 +16,7 @@ from infra.namespace import Namespace, NamespaceArgs
 from infra.rbac import TrainerRbac, TrainerRbacArgs
 from infra.render import RecordingMocks, redact_secrets
 from infra.storage import Storage, StorageArgs, VolumeClaim
-from infra.tls import Tls, TlsArgs
+from infra.tls import Tls, TlsArgs, wait_for_injected_ca_bundle
 
 from .conftest import find
 
@@ -175,3 +176,53 @@ def test_tls_component(component: Run, issuer: str, install: bool) -> None:
 
 def assert_equal(actual: Any, expected: Any) -> None:
     assert actual == expected
+
+
+def test_tls_from_a_local_chart_installs_cert_managers_chart_with_its_images_and_waits_for_the_webhook(
+    component: Run,
+) -> None:
+    args = TlsArgs(
+        "team-a", True, "cert-manager", "selfSigned", "", "https://acme.example/dir", "traefik", "i",
+        cert_manager_chart="/charts/cert-manager", cert_manager_images="registry.local/jetstack",
+        cert_manager_version="v1.21.2",
+    )  # fmt: skip
+    mocks = component(lambda: Tls("tls", args).issuer_name)
+    assert "kubernetes-cert-manager:index:CertManager" not in types(mocks)  # no chart download
+    (chart,) = [r for r in mocks.resources if r.type == "kubernetes:helm.sh/v4:Chart"]
+    assert chart.inputs["chart"] == "/charts/cert-manager"
+    assert chart.inputs["namespace"] == "cert-manager"
+    values = chart.inputs["values"]
+    # The chart in cert-manager's module carries version v0.0.0, so every image is named in full.
+    assert values["image"] == {"repository": "registry.local/jetstack/cert-manager-controller", "tag": "v1.21.2"}
+    for name in ("webhook", "cainjector", "acmesolver"):
+        assert values[name]["image"] == {"repository": f"registry.local/jetstack/cert-manager-{name}", "tag": "v1.21.2"}
+    assert values["crds"] == {"enabled": True}
+    assert values["startupapicheck"] == {"enabled": False}  # a Helm hook: Pulumi would never run it
+    # The Issuers wait for cert-manager (its webhook answers only once cainjector filled its caBundle).
+    for name in ("tls-selfsigned", "tls-issuer"):
+        assert "tls-cert-manager" in mocks.options_of("kubernetes:cert-manager.io/v1:Issuer", name).dependencies
+    ca = next(o for o in mocks.objects() if o["kind"] == "Certificate")
+    assert ca["metadata"]["annotations"] == {
+        "pulumi.com/waitFor": "condition=Ready",
+        "pulumi.com/timeoutSeconds": "300",
+    }
+
+
+def test_the_webhook_configurations_of_the_chart_wait_for_their_ca_bundle() -> None:
+    def transformed(type_token: str) -> Any:
+        args = SimpleNamespace(
+            type_=type_token, props={"metadata": {"name": "w", "annotations": {"a": "b"}}}, opts=None
+        )
+        return wait_for_injected_ca_bundle(args)  # type: ignore[arg-type]
+
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        result = transformed(f"kubernetes:admissionregistration.k8s.io/v1:{kind}")
+        assert result.props["metadata"] == {
+            "name": "w",
+            "annotations": {
+                "a": "b",
+                "pulumi.com/waitFor": "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                "pulumi.com/timeoutSeconds": "300",
+            },
+        }
+    assert transformed("kubernetes:apps/v1:Deployment") is None

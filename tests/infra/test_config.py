@@ -42,6 +42,19 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"ingressEnabled": False}, "tlsEnabled", "needs ingressEnabled=true"),
     ("dev", {"tlsIssuer": "acme", "acmeEmail": ""}, "acmeEmail", "e-mail"),
     ("dev", {"tlsIssuer": "vault"}, "tlsIssuer", "one of selfSigned, acme"),
+    # Let's Encrypt refuses these contacts ("invalidContact"): the first `pulumi up` would fail at the ACME account.
+    ("gpu", {"acmeEmail": "ml-platform@example.com"}, "acmeEmail", "which Let's Encrypt refuses"),
+    ("gpu", {"acmeEmail": "ops@ml.example.org"}, "acmeEmail", "reserved example domain"),
+    ("gpu", {"acmeEmail": "ops@cluster.local"}, "acmeEmail", "special-use top-level domain"),
+    ("gpu", {"acmeEmail": "ops@team.test"}, "acmeEmail", "special-use top-level domain"),
+    ("gpu", {"acmeEmail": "ops at acme-corp.io"}, "acmeEmail", "must be an e-mail address"),
+    ("dev", {"ingressHost": "https://inference.example.com"}, "ingressHost", "DNS name"),
+    ("dev", {"ingressHost": "Inference_Host"}, "ingressHost", "DNS name"),
+    ("dev", {"ingressClassName": "Traefik Class"}, "ingressClassName", "IngressClass name"),
+    ("dev", {"tlsCertManagerChart": "charts/cert-manager"}, "tlsCertManagerChart", "absolute path"),
+    ("dev", {"tlsCertManagerChart": "/nonexistent/cert-manager"}, "tlsCertManagerChart", "no Chart.yaml"),
+    ("dev", {"tlsCertManagerImages": "quay.io/jetstack:v1.21.2"}, "tlsCertManagerImages", "registry path"),
+    ("dev", {"tlsCertManagerVersion": "latest"}, "tlsCertManagerVersion", "cert-manager release"),
     ("dev", {"trainSettings": ["model.n_layer"]}, "trainSettings", "section.key=value"),
     ("dev", {"trainSettings": ["optimizer.beta=0.9"]}, "trainSettings", "section one of"),
     ("dev", {"trainSettings": ["train.max_steps=10"]}, "trainSettings", "set trainMaxSteps instead"),
@@ -189,3 +202,38 @@ def test_parse_quantity(text: str, value: Decimal) -> None:
 def test_parse_quantity_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a Kubernetes quantity"):
         parse_quantity(text)
+
+
+def test_the_gpu_stack_as_shipped_asks_for_the_users_acme_email() -> None:
+    """Pulumi.gpu.yaml leaves acmeEmail to its user (an example address would be refused by Let's Encrypt at the
+    first `pulumi up`): loading it as the CLI would fails naming the key and the command that sets it."""
+    values = yaml.safe_load((PROJECT_FILE.parent / "Pulumi.gpu.yaml").read_text())["config"]
+    assert "ml-platform:acmeEmail" not in values
+    raw = read_raw_config(lambda key: _cli_value(values.get(f"ml-platform:{key}")))
+    with pytest.raises(ConfigError) as info:
+        StackConfig.from_raw("gpu", raw, secrets_set={"postgresPassword"})
+    assert [p for p in info.value.problems if p.startswith("acmeEmail")] == [
+        "acmeEmail='': must be an e-mail address (the ACME account's contact) with tlsIssuer acme; set yours: "
+        "pulumi config set acmeEmail you@your-domain -s gpu"
+    ]
+
+
+def _cli_value(value: Any) -> str | None:
+    """A stack file's value as the CLI hands it to the program (strings as they are, the rest as JSON)."""
+    import json
+
+    return value if value is None or isinstance(value, str) else json.dumps(value)
+
+
+def test_a_local_chart_that_is_not_cert_managers_is_refused(tmp_path: Any) -> None:
+    (tmp_path / "Chart.yaml").write_text("apiVersion: v2\nname: traefik\nversion: 1.0.0\n")
+    with pytest.raises(ConfigError) as info:
+        render_stack("dev", tlsCertManagerChart=str(tmp_path))
+    assert [p for p in info.value.problems if p.startswith("tlsCertManagerChart")] == [
+        f"tlsCertManagerChart={str(tmp_path)!r}: holds the chart 'traefik', not cert-manager"
+    ]
+
+
+@pytest.mark.parametrize("email", ["ml-team@acme-corp.io", "ops+acme@example.company", "a@sub.example.com.au"])
+def test_acme_emails_that_an_acme_ca_accepts_pass(email: str) -> None:
+    render_stack("gpu", acmeEmail=email)

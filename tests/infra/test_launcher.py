@@ -10,8 +10,8 @@ import pulumi
 from infra.config.schema import load_schema
 from infra.launcher import NAME, TaskLauncher, TaskLauncherArgs
 from infra.render import RecordingMocks
-from workloads.quota import PLATFORM_QUOTA, quota_problems
 from workloads.pod import Resources, container_security_context, pod_security_context
+from workloads.quota import PLATFORM_QUOTA, quota_problems
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
 from .conftest import find

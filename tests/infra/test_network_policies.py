@@ -26,7 +26,7 @@ class World:
         objects = objects_of(render_stack(stack, **overrides))
         tasks = [*task_objects("alice001", "alice", NS), *task_objects("bob00001", "bob", NS)]
         policies = [o for o in [*objects, *tasks] if o["kind"] == "NetworkPolicy"]
-        self.cluster = Cluster(policies, {NS: {}, "kube-system": {}, "ingress-nginx": {}, "team-b": {},
+        self.cluster = Cluster(policies, {NS: {}, "kube-system": {}, "traefik": {}, "ingress-nginx": {}, "team-b": {},
                                           "dns-elsewhere": {}})  # fmt: skip
         ip = iter(f"10.244.0.{i}" for i in range(10, 250))
 
@@ -57,6 +57,8 @@ class World:
         self.listening[pod("kube-dns", {"k8s-app": "kube-dns"}, "kube-system")] = dns_ports
         self.listening[pod("other-dns", {"k8s-app": "kube-dns"}, "dns-elsewhere")] = dns_ports
         self.listening[Endpoint("node-local-dns", "169.254.20.10")] = dns_ports
+        # Two ingress controllers: the dev stack's (Traefik, Pulumi.yaml's default) and the gpu stack's.
+        self.listening[pod("traefik", {"app.kubernetes.io/name": "traefik"}, "traefik")] = []
         self.listening[pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx")] = []
         self.listening[pod("other-team", {"app": "x"}, "team-b")] = [("TCP", 8080)]
         self.listening[Endpoint("kube-apiserver", NODE_IP)] = [("TCP", 6443)]
@@ -89,8 +91,9 @@ def mesh(*pods: str) -> set[tuple[str, str, str, int]]:
     return {(a, b, "TCP", port) for a in pods for b in pods if a != b for port in (29500, 41234)}
 
 
-def common(platform: list[str]) -> set[tuple[str, str, str, int]]:
-    """What both stacks open, written from the design (docs/security.md, "Flows")."""
+def common(platform: list[str], controller: str) -> set[tuple[str, str, str, int]]:
+    """What both stacks open, written from the design (docs/security.md, "Flows"); `controller` is the stack's
+    ingress controller (ingressControllerNamespace)."""
     return (
         to_dns([*platform, *TASKS])
         | to_dns([*platform, *TASKS], "other-dns")  # the DNS pods' label, in whatever namespace they run
@@ -104,7 +107,7 @@ def common(platform: list[str]) -> set[tuple[str, str, str, int]]:
         # Tasks: package mirrors and datasets on http(s), IPv4 and IPv6 (taskEgressCidrs, taskEgressPorts).
         | {(t, "internet", "TCP", port) for t in TASKS for port in (80, 443)}
         | {(t, "internet6", "TCP", 443) for t in TASKS}
-        | {("ingress-nginx", "skyrun", "TCP", 8000)}
+        | {(controller, "skyrun", "TCP", 8000)}
     )
 
 
@@ -118,7 +121,7 @@ def test_dev_flows_exactly() -> None:
     world = World("dev")
     outside = [e.name for e in world.listening if e.namespace != NS]
     expected = (
-        common(PLATFORM)
+        common(PLATFORM, "traefik")
         # NodePorts: from anything outside the namespace (hence from anywhere), only the two published ports.
         | {(s, "inference", "TCP", 8080) for s in outside}
         | {(s, "mlflow", "TCP", 5000) for s in outside}
@@ -130,7 +133,7 @@ def test_gpu_flows_exactly() -> None:
     world = World("gpu")
     got = world.open_flows()
     expected = (
-        common([*PLATFORM, "postgres"])
+        common([*PLATFORM, "postgres"], "ingress-nginx")
         | {("mlflow", "postgres", "TCP", 5432)}
         | {("ingress-nginx", "inference", "TCP", 8080)}  # ClusterIP: through the ingress controller only
     )
@@ -141,7 +144,8 @@ def test_tasks_never_reach_the_launcher_api_even_on_an_allowed_port() -> None:
     world = World("dev", taskEgressPorts=[443, 8000])
     skyrun = world.by_name["skyrun"]
     assert not world.cluster.allowed(world.by_name["alice001-0"], skyrun, "TCP", 8000)
-    assert world.cluster.allowed(world.by_name["ingress-nginx"], skyrun, "TCP", 8000)
+    assert world.cluster.allowed(world.by_name["traefik"], skyrun, "TCP", 8000)
+    assert not world.cluster.allowed(world.by_name["ingress-nginx"], skyrun, "TCP", 8000)  # not dev's controller
 
 
 def test_cluster_specific_settings_move_the_edges() -> None:

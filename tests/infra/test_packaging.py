@@ -84,7 +84,15 @@ def test_kind_cluster_mounts_the_dev_host_path_and_maps_node_ports() -> None:
     node = cluster["nodes"][0]
     assert {m["containerPath"] for m in node["extraMounts"]} == {dev["ml-platform:storageHostPath"]}
     ports = {p["hostPort"]: p["containerPort"] for p in node["extraPortMappings"]}
-    assert ports == {8092: dev["ml-platform:inferenceNodePort"], 5000: dev["ml-platform:mlflowNodePort"]}
+    # http and https on the host reach the ingress controller of kind/traefik.yaml through its Service's NodePorts.
+    traefik = next(o for o in yaml.safe_load_all((ROOT / "kind" / "traefik.yaml").read_text()) if o["kind"] == "Service")
+    node_ports = {p["port"]: p["nodePort"] for p in traefik["spec"]["ports"]}
+    assert ports == {
+        8092: dev["ml-platform:inferenceNodePort"],
+        5000: dev["ml-platform:mlflowNodePort"],
+        80: node_ports[80],
+        443: node_ports[443],
+    }
     assert load_schema()["inferenceNodePort"]["default"] == 30092
 
 
