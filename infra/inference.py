@@ -239,7 +239,15 @@ class InferenceService(pulumi.ComponentResource):
         )
 
     def _ingress(self, name: str, args: InferenceArgs, ingress: IngressArgs, meta_labels: dict[str, str]) -> None:
-        child = pulumi.ResourceOptions(parent=self)
+        # The IngressClass must exist: read it, so that `pulumi preview` (and with it `pulumi up`, which previews
+        # before creating anything) fails naming the key when no controller of that class is installed. The logical name is what
+        # the error shows: `IngressClass (inference-ingressClassName=<class>): ... resource '<class>' does not exist`.
+        ingress_class = k8s.networking.v1.IngressClass.get(
+            f"{name}-ingressClassName={ingress.class_name}",
+            ingress.class_name,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, depends_on=[ingress_class])
         tls = None
         if ingress.tls_issuer is not None:
             # cert-manager has no typed SDK here; the CustomResource spec mirrors cert-manager.io/v1 Certificate.

@@ -78,12 +78,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[RecordedResource] = []
+        self.reads: list[RecordedResource] = []
+        """Existing objects the program reads (`Resource.get`: the IngressClass, cert-manager's CRD); `pulumi
+        up` creates none of them, so they are neither objects nor others."""
         self.options: dict[tuple[str, str], RecordedOptions] = {}
         """(type token, logical name) -> the resource's options."""
 
     def new_resource(self, args: Any) -> tuple[str, dict[str, Any]]:
-        self.resources.append(RecordedResource(args.typ, args.name, dict(args.inputs)))
-        return f"{args.name}-id", dict(args.inputs)
+        recorded = RecordedResource(args.typ, args.name, dict(args.inputs))
+        (self.reads if args.resource_id else self.resources).append(recorded)
+        return args.resource_id or f"{args.name}-id", dict(args.inputs)
 
     def call(self, args: Any) -> tuple[dict[str, Any], None]:
         return {}, None

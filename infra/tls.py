@@ -14,6 +14,7 @@ CA_SECRET = "ml-platform-ca"
 ACME_ACCOUNT_SECRET = "ml-platform-acme-account"
 CERT_MANAGER_IMAGES = ("controller", "webhook", "cainjector", "acmesolver")
 """cert-manager's images: <registry path>/cert-manager-<component>:<version>."""
+CERTIFICATE_CRD = "certificates.cert-manager.io"
 CERTIFICATE_TIMEOUT_S = 300
 AWAIT_READY = {"pulumi.com/waitFor": "condition=Ready", "pulumi.com/timeoutSeconds": str(CERTIFICATE_TIMEOUT_S)}
 """`pulumi up` waits for a Certificate to be Ready (issued), and fails naming it when it is not within the bound."""
@@ -125,6 +126,16 @@ class Tls(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 )
             depends.append(self.cert_manager)
+        else:
+            # cert-manager must already run: read its Certificate CRD, so that `pulumi preview` (and with it
+            # `pulumi up`, which previews before creating anything) fails naming the key when it does not.
+            depends.append(
+                k8s.apiextensions.v1.CustomResourceDefinition.get(
+                    f"{name}-tlsInstallCertManager=false:cert-manager-crd",
+                    CERTIFICATE_CRD,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+            )
         after_crds = pulumi.ResourceOptions(parent=self, depends_on=depends)
 
         def issuer(resource_name: str, issuer_name: str, spec: dict[str, object]) -> k8s.apiextensions.CustomResource:

@@ -114,6 +114,19 @@ def render(stack: str, **overrides: Any) -> list[dict[str, Any]]:
     return list(result["objects"])
 
 
+INGRESS_CLASSES = {"traefik": "traefik.io/ingress-controller", "nginx": "k8s.io/ingress-nginx"}
+"""The IngressClasses of the dev stack's controller (kind/traefik.yaml) and the gpu stack's (ingress-nginx)."""
+
+
+@pytest.fixture(scope="session")
+def ingress_classes(cluster: LocalCluster) -> None:
+    """What a cluster with an ingress controller has: its IngressClass (kwok runs no controller; the classes are
+    what the stacks read before they declare an Ingress)."""
+    for name, controller in INGRESS_CLASSES.items():
+        cluster.api.apply({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": name},
+                           "spec": {"controller": controller}})  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def monitoring_crds(cluster: LocalCluster) -> None:
     """The Prometheus Operator's real PodMonitor/ServiceMonitor/PrometheusRule CRDs (tests/observability/

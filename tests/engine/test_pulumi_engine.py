@@ -3,8 +3,9 @@ language host and pulumi-resource-kubernetes; tests/engine/pulumi_engine.py says
 plane, where the inference pods run but stay unready as they do until training registers a model.
 
 What only the engine shows: the provider's await logic (what `pulumi up` waits for), replacement of the Job,
-updates in place, resource options (protect) and the policy pack as the CLI runs it. TLS stays off here: the
-cert-manager chart and its provider plugin cannot be fetched (tests/infra covers TLS under mocks).
+updates in place, resource options (protect) and the policy pack as the CLI runs it, and that `pulumi up` stops
+before creating anything when the cluster lacks what the stack reads (an IngressClass, cert-manager). TLS stays
+off otherwise: cert-manager runs on the cluster tier (tests/cluster/test_e2e.py), which kwok's pods cannot.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pytest
 from pulumi import automation as auto
 
 from tests.engine.cluster import CPU_NODE, GPU_NODE, LocalCluster
-from tests.engine.conftest import render
-from tests.engine.pulumi_engine import Engine, copy_project, install_policy_pack, stack
+from tests.engine.conftest import render, toolchain_dir
+from tests.engine.pulumi_engine import Engine, copy_project, find_engine, install_policy_pack, stack
 from tests.engine.test_control_plane import storage_class_pool
 from tests.harness.api import condition
 from tests.harness.wait import eventually
@@ -123,7 +124,9 @@ def destroy_everything(s: auto.Stack) -> None:
 
 # --- dev ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dev_stack(engine: Engine, cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[auto.Stack]:
+def dev_stack(
+    engine: Engine, cluster: LocalCluster, ingress_classes: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[auto.Stack]:
     project = copy_project(tmp_path_factory.mktemp("project-dev"))
     s = stack(engine, project, "dev", cluster.kubeconfig, {k: str(v).lower() if isinstance(v, bool) else str(v)
                                                             for k, v in DEV.items()}, {})  # fmt: skip
@@ -255,7 +258,11 @@ def wait_for_empty(check: Callable[[], list[str]], timeout_s: float = 180) -> li
 # --- gpu ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gpu_stack(
-    engine: Engine, cluster: LocalCluster, monitoring_crds: None, tmp_path_factory: pytest.TempPathFactory
+    engine: Engine,
+    cluster: LocalCluster,
+    monitoring_crds: None,
+    ingress_classes: None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[auto.Stack]:
     objects = render("gpu", **GPU)
     classes = sorted({o["spec"]["storageClassName"] for o in objects if o["kind"] == "PersistentVolumeClaim"})
@@ -301,3 +308,40 @@ def test_gpu_policy_pack_through_the_engine(engine: Engine, gpu_stack: auto.Stac
     finally:
         gpu_stack.set_config("ingressEnabled", auto.ConfigValue("false"))
     assert "tls-on-gpu-ingress" in str(refused.value), refused.value
+
+
+# --- what the cluster must already have -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("config", "read"),
+    [
+        ({"ingressClassName": "no-such-class"}, "inference-ingressClassName=no-such-class"),
+        ({"tlsEnabled": "true", "tlsInstallCertManager": "false"}, "tls-tlsInstallCertManager=false:cert-manager-crd"),
+    ],
+    ids=["ingress-class", "cert-manager"],
+)
+def test_up_creates_nothing_when_the_cluster_lacks_what_the_stack_reads(
+    cluster: LocalCluster,
+    ingress_classes: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    config: dict[str, str],
+    read: str,
+) -> None:
+    """No controller of `ingressClassName`, or TLS on a cluster without cert-manager and `tlsInstallCertManager`
+    false: `pulumi preview` fails naming the key and what is missing, and the cluster gains nothing; so does the
+    CLI's `pulumi up`, which previews first (the Automation API's `up` skips the preview, hence `preview` here).
+    (An engine of its own: its state backend holds no other `dev` stack.)"""
+    namespace = "engine-lacks"
+    engine = find_engine(toolchain_dir(), tmp_path_factory.mktemp("pulumi-home-lacks"))
+    project = copy_project(tmp_path_factory.mktemp("project-lacks"))
+    s = stack(engine, project, "dev", cluster.kubeconfig, {**{k: str(v).lower() if isinstance(v, bool) else str(v)
+                                                              for k, v in DEV.items()}, "namespace": namespace,
+                                                           **config}, {})  # fmt: skip
+    try:
+        with pytest.raises(auto.CommandError) as failed:
+            s.preview(color="never")
+        message = str(failed.value)
+        assert read in message and "does not exist" in message, message[-3000:]
+        assert cluster.api.get("v1", "Namespace", namespace) is None
+        assert [r["type"] for r in s.export_stack().deployment.get("resources") or []] in ([], ["pulumi:pulumi:Stack"])
+    finally:
+        s.workspace.remove_stack("dev", force=True)

@@ -399,3 +399,22 @@ def test_ranks_share_one_node_only_on_a_read_write_once_volume(
         "app.kubernetes.io/name": "trainer", "app.kubernetes.io/instance": "run-1"}  # runName's default  # fmt: skip
     assert term["labelSelector"]["matchLabels"].items() <= dev_pod["metadata"]["labels"].items()
     assert "affinity" not in find(gpu_objects, "Job")["spec"]["template"]["spec"]
+
+
+def test_what_must_already_be_in_the_cluster_is_read_before_anything_depends_on_it() -> None:
+    """The IngressClass and (when the stack does not install it) cert-manager are read, not created: a missing one
+    fails `pulumi preview`, so `pulumi up` stops before creating anything (docs/tls.md)."""
+    ingress_class = "kubernetes:networking.k8s.io/v1:IngressClass"
+    crd = "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition"
+    dev = render_stack("dev")  # installs cert-manager itself
+    assert {(r.type, r.name) for r in dev.reads} == {(ingress_class, "inference-ingressClassName=traefik")}
+    ingress = dev.options_of("kubernetes:networking.k8s.io/v1:Ingress", "inference-ingress")
+    assert "inference-ingressClassName=traefik" in ingress.dependencies
+    gpu = render_stack("gpu", acmeEmail="ml-team@acme-corp.io")  # cert-manager already in the cluster
+    assert {(r.type, r.name) for r in gpu.reads} == {
+        (ingress_class, "inference-ingressClassName=nginx"),
+        (crd, "tls-tlsInstallCertManager=false:cert-manager-crd"),
+    }
+    issuer = gpu.options_of("kubernetes:cert-manager.io/v1:Issuer", "tls-issuer")
+    assert "tls-tlsInstallCertManager=false:cert-manager-crd" in issuer.dependencies
+    assert render_stack("dev", ingressEnabled=False, tlsEnabled=False).reads == []
