@@ -5,7 +5,9 @@ into the real cluster, then everything a user relies on, each checked from the c
    with grace 0) and the Job resumes from the last checkpoint to the final step;
 2. the in-cluster MLflow holds the run, its metric history and a model version under the alias;
 3. the inference Deployment turns Available only after that, and completions come back through its Service
-   (ClusterIP and NodePort) with the openai client;
+   (ClusterIP and NodePort) with the openai client, and over HTTPS through Traefik with the CA that cert-manager
+   (installed by the stack) issued, verified; plain http is redirected; an early renewal under load loses no
+   request;
    a real Prometheus in the cluster's network, set up as a plain Prometheus (the `kubernetes-pods` job), watched
    all along: it found every part by its scrape annotations, scraped both training ranks, MLflow, inference, the
    operator and the launcher, and evaluates the rule file the stack deployed;
@@ -25,8 +27,9 @@ The tests share one deployment and the states it reaches, each a module fixture 
 cannot reach its state: `deployed` (pulumi up), `training_run` (the Job finished after a rank was killed), `trained`
 (it completed with a registered model), `serving` (inference Available), `completions` (two completions through the
 Service). Each test asks for what it needs, so any one of them runs alone; in file order, destroy comes last.
-Overrides of Pulumi.dev.yaml: no TLS (cert-manager's chart cannot be fetched here), a short run with frequent
-checkpoints, two inference replicas (hpaMinReplicas), 250m cpu requests for training (the node has 2 cpus),
+Pulumi.dev.yaml's TLS keys stay as shipped; cert-manager's chart and images come from the cluster toolchain
+(tlsCertManagerChart, tlsCertManagerImages, tlsCertManagerVersion), Traefik from kind/traefik.yaml. Overrides of
+Pulumi.dev.yaml: a short run with frequent checkpoints, two inference replicas (hpaMinReplicas), 250m cpu requests for training (the node has 2 cpus),
 host-path storage in a world-writable directory on the node, images as imported (IfNotPresent)."""
 
 from __future__ import annotations

@@ -311,37 +311,39 @@ def test_gpu_policy_pack_through_the_engine(engine: Engine, gpu_stack: auto.Stac
 
 
 # --- what the cluster must already have -----------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("config", "read"),
-    [
-        ({"ingressClassName": "no-such-class"}, "inference-ingressClassName=no-such-class"),
-        ({"tlsEnabled": "true", "tlsInstallCertManager": "false"}, "tls-tlsInstallCertManager=false:cert-manager-crd"),
-    ],
-    ids=["ingress-class", "cert-manager"],
-)
-def test_up_creates_nothing_when_the_cluster_lacks_what_the_stack_reads(
-    cluster: LocalCluster,
-    ingress_classes: None,
-    tmp_path_factory: pytest.TempPathFactory,
-    config: dict[str, str],
-    read: str,
+LACKING = {
+    "ingress-class": ({"ingressClassName": "no-such-class"}, "inference-ingressClassName=no-such-class"),
+    "cert-manager": (
+        {"tlsEnabled": "true", "tlsInstallCertManager": "false"},
+        "tls-tlsInstallCertManager=false:cert-manager-crd",
+    ),
+}
+
+
+def test_preview_fails_and_creates_nothing_when_the_cluster_lacks_what_the_stack_reads(
+    cluster: LocalCluster, ingress_classes: None, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """No controller of `ingressClassName`, or TLS on a cluster without cert-manager and `tlsInstallCertManager`
     false: `pulumi preview` fails naming the key and what is missing, and the cluster gains nothing; so does the
     CLI's `pulumi up`, which previews first (the Automation API's `up` skips the preview, hence `preview` here).
-    (An engine of its own: its state backend holds no other `dev` stack.)"""
+    One project copy for both cases, with an engine of its own: its state backend holds no other `dev` stack."""
     namespace = "engine-lacks"
     engine = find_engine(toolchain_dir(), tmp_path_factory.mktemp("pulumi-home-lacks"))
     project = copy_project(tmp_path_factory.mktemp("project-lacks"))
-    s = stack(engine, project, "dev", cluster.kubeconfig, {**{k: str(v).lower() if isinstance(v, bool) else str(v)
-                                                              for k, v in DEV.items()}, "namespace": namespace,
-                                                           **config}, {})  # fmt: skip
+    base = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in DEV.items()} | {"namespace": namespace}
+    s = stack(engine, project, "dev", cluster.kubeconfig, base, {})
+    messages = {}
     try:
-        with pytest.raises(auto.CommandError) as failed:
-            s.preview(color="never")
-        message = str(failed.value)
-        assert read in message and "does not exist" in message, message[-3000:]
-        assert cluster.api.get("v1", "Namespace", namespace) is None
-        assert [r["type"] for r in s.export_stack().deployment.get("resources") or []] in ([], ["pulumi:pulumi:Stack"])
+        for case, (config, read) in LACKING.items():
+            s.set_all_config({key: auto.ConfigValue(value) for key, value in {**base, **config}.items()})
+            with pytest.raises(auto.CommandError) as failed:
+                s.preview(color="never")
+            messages[case] = str(failed.value)
+            assert read in messages[case] and "does not exist" in messages[case], messages[case][-3000:]
+            assert cluster.api.get("v1", "Namespace", namespace) is None
+            for key in config:
+                s.remove_config(key)
     finally:
         s.workspace.remove_stack("dev", force=True)
+    for case, message in messages.items():
+        print(f"\n{case}: " + next(line for line in message.splitlines() if "does not exist" in line))
