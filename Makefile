@@ -59,9 +59,10 @@ bench-infra: $(STAMP) ## time rendering each stack and the infra test suite; wri
 	$(BIN)/python bench/bench_infra.py
 
 # --- a real kind cluster (needs docker, kind, kubectl and the pulumi CLI) ----------------------------------
-kind-up: ## create the kind cluster of the dev stack (host dirs and port mappings from kind/cluster.yaml)
+kind-up: ## create the kind cluster of the dev stack (host dirs and port mappings from kind/cluster.yaml) and install Traefik
 	mkdir -p .state/kind-data && chmod 0777 .state/kind-data
 	kind create cluster --name $(KIND_CLUSTER) --config kind/cluster.yaml
+	kubectl --context kind-$(KIND_CLUSTER) apply -f kind/traefik.yaml
 
 image: ## build the platform image (CPU); CUDA: make image DOCKER_ARGS="--build-arg BASE_IMAGE=..."
 	docker build $(DOCKER_ARGS) -t $(IMAGE) .

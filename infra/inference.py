@@ -240,8 +240,9 @@ class InferenceService(pulumi.ComponentResource):
 
     def _ingress(self, name: str, args: InferenceArgs, ingress: IngressArgs, meta_labels: dict[str, str]) -> None:
         # The IngressClass must exist: read it, so that `pulumi preview` (and with it `pulumi up`, which previews
-        # before creating anything) fails naming the key when no controller of that class is installed. The logical name is what
-        # the error shows: `IngressClass (inference-ingressClassName=<class>): ... resource '<class>' does not exist`.
+        # before creating anything) fails naming the key when no controller of that class is installed. The logical
+        # name is what the error shows: `IngressClass inference-ingressClassName=<class> error: Preview failed:
+        # resource '<class>' does not exist` (docs/tls.md).
         ingress_class = k8s.networking.v1.IngressClass.get(
             f"{name}-ingressClassName={ingress.class_name}",
             ingress.class_name,

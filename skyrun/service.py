@@ -18,12 +18,12 @@ from skyrun.common import invalid, new_id, now_utc
 from skyrun.kube import Kube
 from skyrun.logs import follow_logs
 from skyrun.models import SubmitResponse, TaskInfo, TaskStatus, VolumeCreate, VolumeInfo
-from workloads.quota import quota_problems
 from skyrun.settings import Settings
 from skyrun.status import Derived, derive
 from skyrun.task_info import task_info
 from skyrun.volumes import ACCESS_MODES as ACCESS_MODES
 from skyrun.volumes import create_volume, owned_volumes, volume_info
+from workloads.quota import quota_problems
 from workloads.task import (
     KIND_LABEL,
     NAME_ANNOTATION,

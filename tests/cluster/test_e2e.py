@@ -29,8 +29,9 @@ cannot reach its state: `deployed` (pulumi up), `training_run` (the Job finished
 Service). Each test asks for what it needs, so any one of them runs alone; in file order, destroy comes last.
 Pulumi.dev.yaml's TLS keys stay as shipped; cert-manager's chart and images come from the cluster toolchain
 (tlsCertManagerChart, tlsCertManagerImages, tlsCertManagerVersion), Traefik from kind/traefik.yaml. Overrides of
-Pulumi.dev.yaml: a short run with frequent checkpoints, two inference replicas (hpaMinReplicas), 250m cpu requests for training (the node has 2 cpus),
-host-path storage in a world-writable directory on the node, images as imported (IfNotPresent)."""
+Pulumi.dev.yaml: a short run with frequent checkpoints, two inference replicas (hpaMinReplicas), 250m cpu requests
+for training (the node has 2 cpus), host-path storage in a world-writable directory on the node, images as imported
+(IfNotPresent)."""
 
 from __future__ import annotations
 

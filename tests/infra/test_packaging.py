@@ -85,7 +85,8 @@ def test_kind_cluster_mounts_the_dev_host_path_and_maps_node_ports() -> None:
     assert {m["containerPath"] for m in node["extraMounts"]} == {dev["ml-platform:storageHostPath"]}
     ports = {p["hostPort"]: p["containerPort"] for p in node["extraPortMappings"]}
     # http and https on the host reach the ingress controller of kind/traefik.yaml through its Service's NodePorts.
-    traefik = next(o for o in yaml.safe_load_all((ROOT / "kind" / "traefik.yaml").read_text()) if o["kind"] == "Service")
+    manifests = yaml.safe_load_all((ROOT / "kind" / "traefik.yaml").read_text())
+    traefik = next(o for o in manifests if o["kind"] == "Service")
     node_ports = {p["port"]: p["nodePort"] for p in traefik["spec"]["ports"]}
     assert ports == {
         8092: dev["ml-platform:inferenceNodePort"],
