@@ -987,7 +987,16 @@ def test_the_documented_examples_run_as_written_within_the_dev_quota(
     status = wait_or_diagnose(real_cluster, ns, f"examples/trainingjob.yaml ({name}) Succeeded", succeeded, 900)
     record_timing("examples/trainingjob.yaml apply to Succeeded", time.monotonic() - start)
     steps = example["spec"]["train"]["train"]["max_steps"]
-    assert status["restarts"] == 0 and status["latestCheckpoint"]["step"] == steps, status
+    assert status["restarts"] == 0, status
+
+    # Progress comes from MLflow in the background (at most every 10 s) and a finished run is still followed for
+    # FINISHED_FOLLOW_S (60 s, docs/operator.md) for its last metrics: the final checkpoint shows within that.
+    def final_checkpoint() -> dict[str, Any] | None:
+        status = (real_cluster.api.get("ml-platform.dev/v1alpha1", "TrainingJob", name, ns) or {}).get("status") or {}
+        return status if (status.get("latestCheckpoint") or {}).get("step") == steps else None
+
+    status = wait_or_diagnose(real_cluster, ns, f"{name}'s latestCheckpoint at step {steps}", final_checkpoint, 60)
+    assert status["phase"] == "Succeeded", status
     row = real_cluster.kubectl("get", "tj", "-n", ns, name, "--no-headers").stdout.split()
     assert row[:3] == [name, "Succeeded", "Completed"], row
     real_cluster.kubectl("delete", "tj", "-n", ns, name)
@@ -1080,7 +1089,8 @@ def test_upgrades_and_rollbacks_under_load_lose_no_request(
         load.phase(f"a: inferenceMemoryLimit {memory} -> 1Gi")
         start = time.monotonic()
         changes = up_with(deployed, {"inferenceMemoryLimit": "1Gi"})
-        assert set(changes) <= {"same", "update"} and changes.get("update"), changes
+        # Only updates in place; the IngressClass is read again at every up (it must exist), which changes nothing.
+        assert set(changes) <= {"same", "read", "update"} and changes.get("update"), changes
         wait_rolled_out(real_cluster, ns, ("inference",))
         timings["a"] = time.monotonic() - start
         phases["a"] = load.phase(f"b: image {platform} -> {UPGRADE_TAG}")
@@ -1200,6 +1210,17 @@ def start_live_work(real_cluster: RealCluster, ns: str) -> None:
     wait_or_diagnose(real_cluster, ns, "the live TrainingJob running", tj_running, 300)
 
 
+CERT_MANAGER_CRDS = {
+    *(f"{kind}.cert-manager.io" for kind in ("certificates", "certificaterequests", "issuers", "clusterissuers")),
+    *(f"{kind}.acme.cert-manager.io" for kind in ("orders", "challenges")),
+}
+
+
+def cert_manager_crds(cluster: RealCluster) -> list[str]:
+    names = [c["metadata"]["name"] for c in cluster.api.items("apiextensions.k8s.io/v1", "CustomResourceDefinition")]
+    return sorted(n for n in names if n.endswith("cert-manager.io"))
+
+
 USER_OBJECTS = {"ServiceAccount": {"default", "alice", "bob", "carol", "dave"}, "ConfigMap": {"kube-root-ca.crt"}}
 
 
@@ -1224,10 +1245,13 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
     real_cluster: RealCluster, deployed: Deployed
 ) -> None:
     """A running TrainingJob and a running task, then `pulumi destroy`: with protectData (the default) exactly the
-    protected objects stay (the namespace, its quota and limits, the two claims and their volumes); with it off,
-    after `pulumi up` brought the platform back over the same data and new live work, nothing is left. Neither
-    waits on a finalizer; the data stays on the node."""
+    protected objects stay (the namespace, its quota and limits, the two claims and their volumes), and with them
+    the TLS Secrets cert-manager wrote (it leaves a deleted Certificate's Secret) and cert-manager's CRDs (Helm's
+    keep policy); the next `pulumi up` adopts the Secrets, so the CA clients trust is the same. With protectData
+    off, after `pulumi up` brought the platform back over the same data and new live work, nothing is left,
+    cert-manager included. Neither waits on a finalizer; the data stays on the node."""
     ns = deployed.namespace
+    ca_before = real_cluster.api.get("v1", "Secret", CA_SECRET, ns)["data"]["ca.crt"]
     claims = sorted(c["metadata"]["name"] for c in real_cluster.api.items("v1", "PersistentVolumeClaim", ns))
     pvs = [pv["metadata"]["name"] for pv in real_cluster.api.items("v1", "PersistentVolume")
            if (pv["spec"].get("claimRef") or {}).get("namespace") == ns]  # fmt: skip
@@ -1240,7 +1264,9 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
     assert kept.summary.result == "succeeded", kept.summary
     record_timing("pulumi destroy --exclude-protected with live work", time.monotonic() - start)
     assert real_cluster.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd) is None
-    want = {"PersistentVolumeClaim": claims, "ResourceQuota": ["platform-quota"], "LimitRange": ["platform-defaults"]}
+    want = {"PersistentVolumeClaim": claims, "ResourceQuota": ["platform-quota"], "LimitRange": ["platform-defaults"],
+            "Secret": sorted([CA_SECRET, "inference-tls"])}  # fmt: skip
+    assert set(cert_manager_crds(real_cluster)) == CERT_MANAGER_CRDS
 
     # The garbage collector ends the live work's pods (their grace period lets the trainer checkpoint).
     def only_protected() -> dict[str, list[str]] | None:
@@ -1258,6 +1284,7 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
     start = time.monotonic()
     deployed.stack.up(color="never")
     record_timing("pulumi up after a protected destroy (the platform back over its data)", time.monotonic() - start)
+    assert real_cluster.api.get("v1", "Secret", CA_SECRET, ns)["data"]["ca.crt"] == ca_before, "a new CA"
     start_live_work(real_cluster, ns)
     start = time.monotonic()
     destroyed = deployed.stack.destroy(color="never")
@@ -1266,6 +1293,8 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
 
     assert real_cluster.api.get("v1", "Namespace", ns) is None
     assert real_cluster.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd) is None
+    assert real_cluster.api.get("v1", "Namespace", "cert-manager") is None
+    assert cert_manager_crds(real_cluster) == []
     assert [real_cluster.api.get("v1", "PersistentVolume", name) for name in pvs] == [None] * len(pvs)
     assert not real_cluster.api.items("v1", "Pod", ns)
     # The data stays on the node (reclaim policy Retain): the final checkpoint and MLflow's database/artifacts.
