@@ -250,7 +250,6 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                     cert_manager_chart=config.tls.cert_manager_chart,
                     cert_manager_images=config.tls.cert_manager_images,
                     cert_manager_version=config.tls.cert_manager_version,
-                    keep_cert_manager_crds=config.storage.protect_data,
                     issuer=config.tls.issuer,
                     acme_email=config.tls.acme_email,
                     acme_server=config.tls.acme_server,

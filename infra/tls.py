@@ -24,12 +24,13 @@ WEBHOOK_CONFIGURATIONS = (
 )
 
 
-def cert_manager_values(images: str, version: str, keep_crds: bool = True) -> dict[str, object]:
-    """Values for cert-manager's own chart (deploy/charts/cert-manager) installed from a local directory. With
-    `keep_crds` its CRDs carry Helm's keep policy, which Pulumi's Chart honours: `pulumi destroy` leaves them (and
-    every Certificate in the cluster) in place."""
+def cert_manager_values(images: str, version: str) -> dict[str, object]:
+    """Values for cert-manager's own chart (deploy/charts/cert-manager) installed from a local directory."""
     values: dict[str, object] = {
-        "crds": {"enabled": True, "keep": keep_crds},
+        # The chart's default `crds.keep` puts Helm's keep policy on its CRDs, which Pulumi's Chart honours: a
+        # `pulumi destroy` would leave them, and the next `pulumi up` fail on them ("already exists"). The stack
+        # owns the cert-manager it installs: its CRDs go with it.
+        "crds": {"enabled": True, "keep": False},
         # A post-install Helm hook: Pulumi's Chart drops hooks, so it would never run; the stack waits itself.
         "startupapicheck": {"enabled": False},
     }
@@ -82,8 +83,6 @@ class TlsArgs:
     """Registry path of cert-manager's images, for a local chart."""
     cert_manager_version: str = "v1.21.2"
     """Tag of cert-manager's images, for a local chart."""
-    keep_cert_manager_crds: bool = True
-    """Whether `pulumi destroy` leaves cert-manager's CRDs (the stack's protectData), for a local chart."""
 
 
 class Tls(pulumi.ComponentResource):
@@ -114,9 +113,7 @@ class Tls(pulumi.ComponentResource):
                     f"{name}-cert-manager",
                     chart=args.cert_manager_chart,
                     namespace=cm_namespace.metadata.name,
-                    values=cert_manager_values(
-                        args.cert_manager_images, args.cert_manager_version, args.keep_cert_manager_crds
-                    ),
+                    values=cert_manager_values(args.cert_manager_images, args.cert_manager_version),
                     # cert-manager's webhook answers for Issuers and Certificates only once cainjector has put its CA
                     # into the webhook configurations; until then the API server refuses them. The chart's
                     # startupapicheck hook waits for that, but Pulumi runs no Helm hooks: wait here instead.

@@ -196,7 +196,8 @@ def test_tls_from_a_local_chart_installs_cert_managers_chart_with_its_images_and
     assert values["image"] == {"repository": "registry.local/jetstack/cert-manager-controller", "tag": "v1.21.2"}
     for name in ("webhook", "cainjector", "acmesolver"):
         assert values[name]["image"] == {"repository": f"registry.local/jetstack/cert-manager-{name}", "tag": "v1.21.2"}
-    assert values["crds"] == {"enabled": True, "keep": True}  # TlsArgs' default: what protectData (true) gives
+    # The CRDs go with the cert-manager the stack installed: kept, they would fail the next `pulumi up`.
+    assert values["crds"] == {"enabled": True, "keep": False}
     assert values["startupapicheck"] == {"enabled": False}  # a Helm hook: Pulumi would never run it
     # The Issuers wait for cert-manager (its webhook answers only once cainjector filled its caBundle).
     for name in ("tls-selfsigned", "tls-issuer"):

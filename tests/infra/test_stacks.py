@@ -418,13 +418,3 @@ def test_what_must_already_be_in_the_cluster_is_read_before_anything_depends_on_
     issuer = gpu.options_of("kubernetes:cert-manager.io/v1:Issuer", "tls-issuer")
     assert "tls-tlsInstallCertManager=false:cert-manager-crd" in issuer.dependencies
     assert render_stack("dev", ingressEnabled=False, tlsEnabled=False).reads == []
-
-
-@pytest.mark.parametrize("protect", [True, False])
-def test_cert_manager_crds_outlive_a_destroy_only_while_data_is_protected(protect: bool, tmp_path: Any) -> None:
-    """The CRDs of a cert-manager the stack installs carry Helm's keep policy with protectData (a `pulumi destroy`
-    then leaves them, and with them every Certificate in the cluster); with protectData false it removes them."""
-    (tmp_path / "Chart.yaml").write_text("apiVersion: v2\nname: cert-manager\nversion: v0.0.0\n")
-    mocks = render_stack("dev", tlsCertManagerChart=str(tmp_path), protectData=protect)
-    (chart,) = [r for r in mocks.others() if r.type == "kubernetes:helm.sh/v4:Chart"]
-    assert chart.inputs["values"]["crds"] == {"enabled": True, "keep": protect}

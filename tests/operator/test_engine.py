@@ -499,9 +499,7 @@ def test_a_run_the_quota_cannot_admit_waits_visibly(cluster: LocalCluster, opera
         cluster.api.delete("v1", "ResourceQuota", "tight", NS)
 
 
-def test_a_run_larger_than_the_whole_quota_is_refused_at_once(
-    cluster: LocalCluster, operator: OperatorProcess
-) -> None:
+def test_a_run_larger_than_the_whole_quota_is_refused_at_once(cluster: LocalCluster, operator: OperatorProcess) -> None:
     """2 workers x 256Mi of memory limits against a quota of 300Mi in all: it could never run, so it fails at once
     (InvalidSpec), naming the key, the amounts and how far over, and nothing is created."""
     tight_quota(cluster, "300Mi")

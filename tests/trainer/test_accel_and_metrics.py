@@ -146,7 +146,11 @@ def test_a_real_run_exports_its_progress_while_it_trains(tmp_path: Path) -> None
     config = tiny_config(tmp_path, train={"max_steps": 100_000, "log_every": 5}, checkpoint={"every": 0})
     trainer = subprocess.Popen(
         [sys.executable, "-m", "trainer", "train", "--config", str(config), f"--set=metrics.port={port}"],
-        env=clean_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=clean_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
