@@ -15,8 +15,9 @@ ACME_ACCOUNT_SECRET = "ml-platform-acme-account"
 CERT_MANAGER_IMAGES = ("controller", "webhook", "cainjector", "acmesolver")
 """cert-manager's images: <registry path>/cert-manager-<component>:<version>."""
 CERTIFICATE_CRD = "certificates.cert-manager.io"
-CERTIFICATE_TIMEOUT_S = 300
-AWAIT_READY = {"pulumi.com/waitFor": "condition=Ready", "pulumi.com/timeoutSeconds": str(CERTIFICATE_TIMEOUT_S)}
+AWAIT_TIMEOUT_S = 300
+"""How long `pulumi up` waits for a Certificate to be issued, or for cert-manager's webhook to get its CA."""
+AWAIT_READY = {"pulumi.com/waitFor": "condition=Ready", "pulumi.com/timeoutSeconds": str(AWAIT_TIMEOUT_S)}
 """`pulumi up` waits for a Certificate to be Ready (issued), and fails naming it when it is not within the bound."""
 WEBHOOK_CONFIGURATIONS = (
     "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration",
@@ -52,7 +53,7 @@ def wait_for_injected_ca_bundle(args: pulumi.ResourceTransformArgs) -> pulumi.Re
     metadata["annotations"] = {
         **(metadata.get("annotations") or {}),
         "pulumi.com/waitFor": "jsonpath={.webhooks[0].clientConfig.caBundle}",
-        "pulumi.com/timeoutSeconds": "300",
+        "pulumi.com/timeoutSeconds": str(AWAIT_TIMEOUT_S),
     }
     props["metadata"] = metadata
     return pulumi.ResourceTransformResult(props=props, opts=args.opts)
