@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from demo import figures, observe
+from workloads.contracts import TRAINER_METRICS_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "tiny-gpt"
@@ -55,7 +56,6 @@ DEMO_TRAIN: dict[str, dict[str, Any]] = {
     "tracking": {"experiment": EXPERIMENT, "model_name": MODEL_NAME, "alias": ALIAS},
 }  # fmt: skip
 PROMPT = "The "
-TRAINER_METRICS_PORT = 9400  # the trainer's default metrics.port; rank r listens on port + r
 
 
 class DemoError(RuntimeError):

@@ -77,9 +77,9 @@ class MlflowArgs:
     """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
 
 
-def tracking_uri(namespace: str) -> str:
-    """The tracking server's in-cluster URL in `namespace` (what `Mlflow.tracking_uri` resolves to)."""
-    return f"http://{SERVICE_NAME}.{namespace}.svc.cluster.local:{MLFLOW_PORT}"
+def tracking_uri(namespace: str, service: str = SERVICE_NAME) -> str:
+    """The tracking server's in-cluster URL in `namespace` (`Mlflow.tracking_uri` is this of its Service)."""
+    return f"http://{service}.{namespace}.svc.cluster.local:{MLFLOW_PORT}"
 
 
 class Mlflow(pulumi.ComponentResource):
@@ -224,8 +224,8 @@ class Mlflow(pulumi.ComponentResource):
             opts=child,
         )
         self.service_name = self.service.metadata.name
-        self.tracking_uri = pulumi.Output.concat(
-            "http://", self.service.metadata.name, ".", args.namespace, f".svc.cluster.local:{MLFLOW_PORT}"
+        self.tracking_uri = pulumi.Output.all(args.namespace, self.service.metadata.name).apply(
+            lambda names: tracking_uri(names[0], names[1])
         )
         self.register_outputs({"service_name": self.service_name, "tracking_uri": self.tracking_uri})
 

@@ -30,7 +30,9 @@ from infra.training import TrainingArgs, TrainingJob
 from infra.trainingjobs import NAME as OPERATOR_NAME
 from infra.trainingjobs import OperatorArgs, TrainingJobOperator
 from workloads.monitoring.scrape import TRAINER_TARGET, ScrapeTarget
-from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, threads_per_rank
+from workloads.train_yaml import Decisions
+from workloads.train_yaml import train_yaml as build_train_yaml
+from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec
 from workloads.trainingjob import METRICS_PORT as OPERATOR_METRICS_PORT
 
 TRAINER_SERVICE_ACCOUNT = "trainer"
@@ -55,29 +57,25 @@ def scrape_targets(config: StackConfig) -> list[ScrapeTarget]:
 
 
 def train_yaml(config: StackConfig) -> dict[str, dict[str, object]]:
-    """train.yaml for the run: the keys the platform owns, then the user's `trainSettings` (YAML-typed values)."""
+    """train.yaml for the run (workloads/train_yaml.py): the user's `trainSettings` (YAML-typed values), then what
+    the stack's typed keys decide."""
     t = config.training
-    sections: dict[str, dict[str, object]] = {
-        "train": {
-            "max_steps": t.max_steps,
-            "batch_size": t.batch_size,
-            "device": "cuda" if config.accelerator == "nvidia" else "cpu",
-            "threads_per_rank": threads_per_rank(t.resources.cpu_limit, max(1, t.resources.gpus)),
-        },
-        "checkpoint": {"dir": f"{CHECKPOINT_MOUNT}/{t.run_name}", "every": t.checkpoint_every},
-        "tracking": {
-            # Empty: the trainer takes MLFLOW_TRACKING_URI from the pod's environment.
-            "uri": "",
-            "experiment": t.run_name,
-            "model_name": config.inference.model_name,
-            "alias": config.inference.model_alias,
-        },
-        "distributed": {"backend": t.backend, "discovery": t.discovery},
-    }
+    user: dict[str, dict[str, object]] = {}
     for path, raw in t.settings:
         section, key = path.split(".", 1)
-        sections.setdefault(section, {})[key] = yaml.safe_load(raw) if raw else ""
-    return sections
+        user.setdefault(section, {})[key] = yaml.safe_load(raw) if raw else ""
+    decisions = Decisions(
+        checkpoint_dir=f"{CHECKPOINT_MOUNT}/{t.run_name}",
+        checkpoint_every=t.checkpoint_every,
+        max_steps=t.max_steps,
+        batch_size=t.batch_size,
+        experiment=t.run_name,
+        model_name=config.inference.model_name,
+        alias=config.inference.model_alias,
+        backend=t.backend,
+        discovery=t.discovery,
+    )
+    return build_train_yaml(user, decisions, t.resources)
 
 
 def training_spec(config: StackConfig, checkpoint_sub_path: str | None) -> TrainingJobSpec:

@@ -29,9 +29,6 @@ from workloads.pod import (
 
 NAME = "trainop"
 """Name of the operator's Deployment, ServiceAccount, Role and pods (app.kubernetes.io/name)."""
-ENV_SCRAPE_ANNOTATIONS = "SCRAPE_ANNOTATIONS"
-"""The operator's switch for the training pods' prometheus.io/* annotations (read by trainop/settings.py, which
-infra may not import; tests/infra/test_trainingjob_scrape.py checks that the operator reads what this sets)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +76,7 @@ def operator_env(args: OperatorArgs) -> list[dict[str, Any]]:
         {"name": tj.ENV_GPUS_AVAILABLE, "value": "true" if args.gpus_available else "false"},
         {"name": tj.ENV_HEALTH_PORT, "value": str(tj.HEALTH_PORT)},
         {"name": tj.ENV_METRICS_PORT, "value": str(tj.METRICS_PORT)},
-        {"name": ENV_SCRAPE_ANNOTATIONS, "value": "true" if args.scrape_annotations else "false"},
+        {"name": tj.ENV_SCRAPE_ANNOTATIONS, "value": "true" if args.scrape_annotations else "false"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
     ]

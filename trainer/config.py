@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from tinygpt.config import VOCAB_FROM_TOKENIZER, GPTConfig
+from workloads.contracts import TRAINER_METRICS_PORT
 
 PYTHON_DOCS = "python-docs"
 DEVICES = ("auto", "cpu", "cuda")
@@ -213,7 +214,7 @@ class DistributedConfig:
 class MetricsConfig:
     """The rank's Prometheus endpoint (docs/observability.md)."""
 
-    port: int = 9400
+    port: int = TRAINER_METRICS_PORT
     """Port of rank 0's /metrics; rank r listens on port + r % (ranks per machine); 0 = no endpoint."""
     host: str = "127.0.0.1"
     """Address the endpoint binds: loopback for local runs; the stack sets 0.0.0.0 so Prometheus can scrape pods."""

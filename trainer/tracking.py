@@ -19,17 +19,14 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 
 from tinygpt.pyfunc import save_pyfunc
 from trainer.config import TrackingConfig
-
-# Run tags naming the newest checkpoint; the TrainingJob operator reads them (workloads/trainingjob.py).
-CHECKPOINT_PATH_TAG = "ml-platform.checkpoint.path"
-CHECKPOINT_STEP_TAG = "ml-platform.checkpoint.step"
+from workloads.contracts import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG, MODEL_VERSION_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 MODEL_ARTIFACT_PATH = "model"
 # Run tags written by publish_model; they also make publishing idempotent when a finished run is relaunched.
-TAG_VERSION = "registered_model_version"
+TAG_VERSION = MODEL_VERSION_TAG  # the operator reads it
 TAG_STEP = "registered_model_step"
 TAG_DECISION = "alias_decision"
 TAG_REASON = "alias_decision_reason"

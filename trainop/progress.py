@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from workloads.trainingjob import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG, MODEL_VERSION_TAG, UID_TAG
+from workloads.contracts import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG, MODEL_VERSION_TAG, UID_TAG
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from workloads.trainingjob import (
     ENV_MLFLOW_TRACKING_URI,
     ENV_PLATFORM_IMAGE,
     ENV_RECONCILE_INTERVAL_S,
+    ENV_SCRAPE_ANNOTATIONS,
     ENV_TRAINER_SERVICE_ACCOUNT,
     ENV_WATCH_NAMESPACE,
     HEALTH_PORT,
@@ -31,9 +32,6 @@ ENV_RESTART_BACKOFF_S = "RESTART_BACKOFF_S"
 ENV_FINISHED_FOLLOW_S = "FINISHED_FOLLOW_S"
 """How long a finished TrainingJob is still reconciled on the timer (its last metrics may land in MLflow after the
 Job completes); after that only a change of the resource, or its ttlSecondsAfterFinished, reconciles it."""
-ENV_SCRAPE_ANNOTATIONS = "SCRAPE_ANNOTATIONS"
-"""true: training pods get the prometheus.io/* scrape annotations (infra/trainingjobs.py sets it when the stack
-does not use the Prometheus Operator, whose PodMonitors select the pods by label instead)."""
 # The container port named `metrics` of every training pod (workloads.training), as infra/program.py's target.
 
 

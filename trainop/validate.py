@@ -9,18 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainer.config import ConfigError, build_config
+from workloads.train_yaml import owner_field, user_sections
 from workloads.trainingjob import READ_WRITE_ONCE_POD, RUN_NAME_MAX, run_name
-
-# train.yaml keys the resource decides itself, and the spec field to use instead.
-OWNED_KEYS = {
-    ("checkpoint", "dir"): "spec.checkpointDir",
-    ("tracking", "uri"): "the operator's MLFLOW_TRACKING_URI",
-    ("tracking", "experiment"): "spec.tracking.experiment",
-    ("tracking", "model_name"): "spec.tracking.modelName",
-    ("tracking", "alias"): "spec.tracking.alias",
-    ("tracking", "tags"): "nothing (the operator tags the run with the resource's uid)",
-    ("distributed", "backend"): "spec.backend",
-}
 
 
 def spec_problems(tj: Mapping[str, Any], *, gpus_available: bool, access_mode: str = "ReadWriteOnce") -> list[str]:
@@ -42,16 +32,12 @@ def spec_problems(tj: Mapping[str, Any], *, gpus_available: bool, access_mode: s
     train = spec.get("train") or {}
     if not isinstance(train, Mapping):
         return [*problems, "spec.train: must be a mapping of train.yaml sections"]
-    user_sections: dict[str, Any] = {}
     for section, values in train.items():
-        if isinstance(values, Mapping):
-            for key in values:
-                if (section, key) in OWNED_KEYS:
-                    problems.append(f"spec.train.{section}.{key}: set {OWNED_KEYS[section, key]} instead")
-            values = {k: v for k, v in values.items() if (section, k) not in OWNED_KEYS}
-        user_sections[section] = values
+        for key in values if isinstance(values, Mapping) else ():
+            if where := owner_field(f"{section}.{key}", "trainingjob"):
+                problems.append(f"spec.train.{section}.{key}: set {where} instead")
     try:
-        config = build_config(user_sections, environ={})
+        config = build_config(user_sections(train, "trainingjob"), environ={})
     except ConfigError as err:
         return [*problems, *(f"spec.train.{p.strip()}" for p in str(err).split("; "))]
     world = int(spec.get("workers", 1)) * max(1, gpus)
@@ -66,11 +52,7 @@ def spec_problems(tj: Mapping[str, Any], *, gpus_available: bool, access_mode: s
 def run_shape(tj: Mapping[str, Any]) -> tuple[int, int] | None:
     """(train.max_steps, tokens per step = batch_size x block_size) of a valid spec, for progress and ETA."""
     try:
-        sections = {
-            s: {k: v for k, v in (vals or {}).items() if (s, k) not in OWNED_KEYS}
-            for s, vals in (tj["spec"].get("train") or {}).items()
-        }
-        config = build_config(sections, environ={})
+        config = build_config(user_sections(tj["spec"].get("train") or {}, "trainingjob"), environ={})
     except (ConfigError, AttributeError, TypeError):
         return None
     return config.train.max_steps, config.train.batch_size * config.model.block_size

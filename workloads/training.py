@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from workloads.contracts import TRAINER_METRICS_PORT
 from workloads.pod import (
     Resources,
     Toleration,
@@ -43,7 +44,7 @@ CHECKPOINT_MOUNT = "/checkpoints"
 CONFIG_ERROR_EXIT_CODE = 2  # the trainer's "bad configuration" exit code: retrying cannot help
 CONFIG_CHECKSUM_ANNOTATION = "ml-platform/train-config-sha256"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-METRICS_PORT = 9400
+METRICS_PORT = TRAINER_METRICS_PORT
 """Local rank 0's Prometheus endpoint (trainer/metrics.py), the container port named `metrics`; local rank i serves
 METRICS_PORT + i on the port named `metrics-i` (`metrics_ports`)."""
 METRICS_PORT_NAME = "metrics"

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from workloads.contracts import GROUP, UID_TAG
 from workloads.pod import Resources, Toleration
+from workloads.train_yaml import Decisions, train_yaml, user_sections
 from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, training_manifests
 from workloads.trainingjob_schema import spec_schema, status_schema
 
-GROUP = "ml-platform.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "TrainingJob"
@@ -28,14 +29,9 @@ MANAGED_BY = "trainop"
 # Labels on every child: which TrainingJob (by name) and which attempt it belongs to.
 TRAININGJOB_LABEL = f"{GROUP}/trainingjob"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
-# The trainer puts these tags on its MLflow run: the resource's uid (given in train.yaml's tracking.tags), and at
-# every checkpoint the checkpoint's path and step.
-UID_TAG = f"{GROUP}/trainingjob-uid"
-CHECKPOINT_PATH_TAG = "ml-platform.checkpoint.path"
-CHECKPOINT_STEP_TAG = "ml-platform.checkpoint.step"
-MODEL_VERSION_TAG = "registered_model_version"
 RUN_NAME_MAX = 40  # + "-a<attempt>-train" and the pod index keeps pod host names within 63 characters
 MASTER_PORT = 29500
+DISCOVERY = "dns"  # every attempt finds rank 0 by its DNS name: the pods need no API token
 # The operator's ports and settings (environment variables), for its Deployment.
 HEALTH_PORT = 8080
 METRICS_PORT = 9090
@@ -55,6 +51,9 @@ ENV_GPUS_AVAILABLE = "GPUS_AVAILABLE"
 ENV_HEALTH_PORT = "HEALTH_PORT"
 ENV_METRICS_PORT = "METRICS_PORT"
 ENV_RECONCILE_INTERVAL_S = "RECONCILE_INTERVAL_S"
+ENV_SCRAPE_ANNOTATIONS = "SCRAPE_ANNOTATIONS"
+"""true: the training pods get the prometheus.io/* scrape annotations (the stack sets it when it does not use the
+Prometheus Operator, whose PodMonitors select the pods by label instead)."""
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 DEFAULT_RESOURCES = Resources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi")
 
@@ -176,18 +175,22 @@ def job_name(tj: Mapping[str, Any], attempt: int) -> str:
     return f"{attempt_run_name(tj, attempt)}-train"
 
 
-def train_config(tj: Mapping[str, Any], *, tracking_uri: str) -> dict[str, dict[str, Any]]:
-    """train.yaml of the run: spec.train plus what the resource decides (checkpoint dir, tracking, backend)."""
+def train_config(tj: Mapping[str, Any]) -> dict[str, dict[str, object]]:
+    """train.yaml of the run (workloads/train_yaml.py): spec.train, then what the resource decides (checkpoint
+    dir, tracking names, backend, the uid tag)."""
     spec = tj["spec"]
-    config = {k: dict(v or {}) for k, v in copy.deepcopy(dict(spec.get("train") or {})).items()}
-    config.setdefault("checkpoint", {})["dir"] = checkpoint_dir(tj)
-    config.setdefault("distributed", {})["backend"] = spec.get("backend", "gloo")
-    tracking = config.setdefault("tracking", {})
-    tracking["uri"] = tracking_uri
-    names = {"experiment": "experiment", "modelName": "model_name", "alias": "alias"}
-    tracking.update({key: spec["tracking"][field] for field, key in names.items() if field in spec.get("tracking", {})})
-    tracking["tags"] = {UID_TAG: tj["metadata"]["uid"]}
-    return config
+    tracking = spec.get("tracking") or {}
+    decisions = Decisions(
+        checkpoint_dir=checkpoint_dir(tj),
+        backend=spec.get("backend", "gloo"),
+        discovery=DISCOVERY,
+        experiment=tracking.get("experiment"),
+        model_name=tracking.get("modelName"),
+        alias=tracking.get("alias"),
+        tags={UID_TAG: tj["metadata"]["uid"]},
+    )
+    user = user_sections(copy.deepcopy(dict(spec.get("train") or {})), "trainingjob")
+    return train_yaml(user, decisions, resources(spec))
 
 
 def resources(spec: Mapping[str, Any]) -> Resources:
@@ -219,9 +222,9 @@ def training_spec(tj: Mapping[str, Any], attempt: int, platform: Platform) -> Tr
         image_pull_policy=platform.image_pull_policy,
         workers=int(spec.get("workers", 1)),
         master_port=MASTER_PORT,
-        discovery="dns",
+        discovery=DISCOVERY,
         backoff_limit=0,
-        train_config=train_config(tj, tracking_uri=platform.tracking_uri),
+        train_config=train_config(tj),
         tracking_uri=platform.tracking_uri,
         service_account_name=platform.service_account_name,
         checkpoint_claim=platform.checkpoint_claim,

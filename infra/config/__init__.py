@@ -25,13 +25,13 @@ from infra.config.settings import (
     TrainingSettings,
 )
 from infra.config.stack import ACCESS_MODES, StackConfig
-from infra.config.validation import TRAIN_KEYS_OWNED, TRAIN_SECTIONS, ConfigError
+from infra.config.validation import ConfigError
 from workloads.pod import Resources, Toleration
 from workloads.quantity import parse_quantity
 
 __all__ = [
     "ACCESS_MODES", "LAUNCHER_REPLICAS", "LAUNCHER_RESOURCES", "MLFLOW_RESOURCES", "OPERATOR_RESOURCES",
-    "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS", "TRAIN_KEYS_OWNED", "TRAIN_SECTIONS", "ConfigError",
+    "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS", "ConfigError",
     "InferenceSettings", "MlflowSettings", "MonitoringSettings", "NamespaceSettings", "Resources", "StackConfig",
     "StorageSettings", "TlsSettings", "Toleration", "TrainingSettings", "load_schema", "parse_quantity",
     "project_name", "read_raw_config", "secret_keys",

@@ -13,6 +13,8 @@ from typing import Any
 
 from workloads.pod import Resources, Toleration
 from workloads.quantity import parse_quantity
+from workloads.train_yaml import SECTIONS as TRAIN_SECTIONS
+from workloads.train_yaml import owned_key_problem
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -62,22 +64,6 @@ def cert_manager_chart_problem(path: str) -> str | None:
     if name != "cert-manager":
         return f"holds the chart {name!r}, not cert-manager"
     return None
-
-
-# Sections of train.yaml a `trainSettings` entry may address (see docs/trainer.md).
-TRAIN_SECTIONS = ("data", "model", "train", "checkpoint", "tracking", "distributed")
-# train.yaml keys the platform itself sets from typed stack config; `trainSettings` must not fight them.
-TRAIN_KEYS_OWNED = {
-    "train.max_steps": "trainMaxSteps",
-    "train.batch_size": "trainBatchSize",
-    "checkpoint.every": "checkpointEvery",
-    "checkpoint.dir": "runName",
-    "tracking.uri": "(the MLflow Service)",
-    "tracking.model_name": "modelName",
-    "tracking.alias": "modelAlias",
-    "distributed.backend": "trainBackend",
-    "distributed.discovery": "rankDiscovery",
-}
 
 
 class ConfigError(ValueError):
@@ -253,8 +239,8 @@ class Validator:
                 self.problems.append(
                     f"{key}: entry {item!r} must be section.key=value with section one of " + ", ".join(TRAIN_SECTIONS)
                 )
-            elif path in TRAIN_KEYS_OWNED:
-                self.problems.append(f"{key}: entry {item!r} sets {path}; set {TRAIN_KEYS_OWNED[path]} instead")
+            elif problem := owned_key_problem(path, "stack"):
+                self.problems.append(f"{key}: entry {item!r}: {problem}")
             else:
                 result.append((path, value))
         return tuple(result)

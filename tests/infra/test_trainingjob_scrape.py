@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from infra.trainingjobs import ENV_SCRAPE_ANNOTATIONS
 from trainop import settings as trainop_settings
 from trainop.settings import from_env
 from workloads.monitoring.scrape import NAME_LABEL
-from workloads.trainingjob import ENV_WATCH_NAMESPACE
+from workloads.trainingjob import ENV_SCRAPE_ANNOTATIONS, ENV_WATCH_NAMESPACE
 
 from .conftest import find, objects_of, render_stack
 
@@ -32,10 +31,6 @@ def stack_training_pod_scrape_annotations(objects: list[dict[str, Any]]) -> dict
     (job,) = [o for o in objects if o["kind"] == "Job" and o["metadata"]["labels"][NAME_LABEL] == "trainer"]
     annotations = job["spec"]["template"]["metadata"].get("annotations") or {}
     return {k: v for k, v in annotations.items() if k.startswith(SCRAPE_PREFIX)}
-
-
-def test_the_env_name_is_the_one_the_operator_reads() -> None:
-    assert ENV_SCRAPE_ANNOTATIONS == trainop_settings.ENV_SCRAPE_ANNOTATIONS
 
 
 @pytest.mark.parametrize(

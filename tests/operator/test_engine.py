@@ -20,15 +20,13 @@ from tests.harness.wait import eventually
 from tests.mlflow_server import mlflow_server
 from tests.operator.harness import ROOT, OperatorProcess, prepare_namespace, terminate_pod, training_job
 from trainop.kube import TrainingJobResource
+from workloads.contracts import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG, UID_TAG
 from workloads.trainingjob import (
     API_VERSION,
     ATTEMPT_LABEL,
-    CHECKPOINT_PATH_TAG,
-    CHECKPOINT_STEP_TAG,
     KIND,
     PLURAL,
     TRAININGJOB_LABEL,
-    UID_TAG,
     crd,
 )
 

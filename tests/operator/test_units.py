@@ -30,12 +30,10 @@ from trainop.decide import (
 from trainop.progress import progress_from_run
 from trainop.settings import SettingsError, from_env
 from trainop.validate import run_shape, spec_problems
+from workloads.contracts import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG, UID_TAG
 from workloads.trainingjob import (
     ATTEMPT_LABEL,
-    CHECKPOINT_PATH_TAG,
-    CHECKPOINT_STEP_TAG,
     PRINTER_COLUMNS,
-    UID_TAG,
     Platform,
     attempt_manifests,
     crd,

@@ -134,13 +134,10 @@ def test_tracking_tags_and_the_newest_checkpoint_are_on_the_run(tmp_path: Path, 
     """What the TrainingJob operator reads: its uid tag on the run, and the newest checkpoint as run tags."""
     from mlflow import MlflowClient
 
-    from trainer.tracking import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG
-    from workloads import trainingjob
+    # The names the operator reads (trainop/progress.py), defined once for both sides.
+    from workloads.contracts import CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG, UID_TAG
 
-    assert (CHECKPOINT_PATH_TAG, CHECKPOINT_STEP_TAG) == (
-        trainingjob.CHECKPOINT_PATH_TAG, trainingjob.CHECKPOINT_STEP_TAG,
-    )  # fmt: skip
-    tags = {trainingjob.UID_TAG: "0b6c6f0e-uid", "team": "vision"}
+    tags = {UID_TAG: "0b6c6f0e-uid", "team": "vision"}
     tracking = {"experiment": "trainer-tags", "model_name": "trainer-tags-model", "tags": tags}
     config = tiny_config(tmp_path, tracking=tracking, train={"max_steps": 30}, checkpoint={"every": 10})
     done = run_trainer("train", "--config", str(config), env=clean_env(MLFLOW_TRACKING_URI=mlflow_server))
@@ -151,7 +148,7 @@ def test_tracking_tags_and_the_newest_checkpoint_are_on_the_run(tmp_path: Path, 
     assert run.data.tags[CHECKPOINT_STEP_TAG] == "30"
     assert run.data.tags[CHECKPOINT_PATH_TAG] == summary["checkpoint"]
     found = MlflowClient(mlflow_server).search_runs(
-        [run.info.experiment_id], filter_string=f"tags.`{trainingjob.UID_TAG}` = '0b6c6f0e-uid'"
+        [run.info.experiment_id], filter_string=f"tags.`{UID_TAG}` = '0b6c6f0e-uid'"
     )
     assert [r.info.run_id for r in found] == [summary["run_id"]]
 

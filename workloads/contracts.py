@@ -1,0 +1,21 @@
+"""Names that cross a process boundary, defined once for every side to import: the MLflow run tags the trainer
+writes and the operator reads, and the port the trainer serves its metrics on (the pod builders declare it, the
+scrapers and NetworkPolicies allow it, the trainer binds it when train.yaml says nothing).
+
+The operator's own settings (its environment variables, ports and labels) are in workloads/trainingjob.py, beside the
+resource they belong to; the task launcher's in workloads/task.py."""
+
+from __future__ import annotations
+
+GROUP = "ml-platform.dev"
+"""API group of the platform's custom resources, and the prefix of its labels and tags."""
+
+# MLflow run tags. The trainer puts the first on its run from train.yaml's tracking.tags (the operator gives the
+# TrainingJob's uid); it adds the checkpoint tags at every checkpoint and the version tag when it registers a model.
+UID_TAG = f"{GROUP}/trainingjob-uid"
+CHECKPOINT_PATH_TAG = "ml-platform.checkpoint.path"
+CHECKPOINT_STEP_TAG = "ml-platform.checkpoint.step"
+MODEL_VERSION_TAG = "registered_model_version"
+
+TRAINER_METRICS_PORT = 9400
+"""The trainer's Prometheus port (local rank i serves TRAINER_METRICS_PORT + i)."""
