@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from demo import figures, observe, promtext
 from demo.runner import DemoError, free_port_run
+from tests.harness.wait import eventually
 from tests.observability.promtools import how_to_build, missing, toolchain_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +92,13 @@ def kill_mentioning(text: str) -> None:
     for line in processes_mentioning(text):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+
+
+def steps_done(metrics_url: str) -> float:
+    """The step a rank has reached, from its Prometheus endpoint (0 before its first step)."""
+    text = httpx.get(metrics_url, timeout=5).text
+    return max((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("trainer_step{")),
+               default=0.0)  # fmt: skip
 
 
 def wait_gone(text: str, timeout_s: float = 30.0) -> list[str]:
@@ -163,9 +172,11 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     try:
         for line in proc.stdout:
             seen.append(line)
-            if "[2/6]" in line:
+            if "Prometheus metrics while it trains:" in line:  # the line after "[2/6]"
                 break
-        time.sleep(8)  # the ranks are up and training
+        urls = re.findall(r"http://\S+/metrics", seen[-1])
+        assert len(urls) == 2, "".join(seen)
+        eventually("both ranks up and training", lambda: all(steps_done(url) >= 1 for url in urls), 120)
         assert processes_mentioning(str(state)), "nothing was running to interrupt"
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)

@@ -404,8 +404,11 @@ def test_a_run_deleted_while_the_operator_is_down_is_cleaned_up(
         return all(not children(cluster, "orphan", k, v) for k, v in kinds)
 
     eventually("orphan's children garbage-collected", cleaned, TIMEOUT_S)
-    # The operator back up creates nothing for it.
+    # The operator back up creates nothing for it. Answering /healthz says nothing about what it has reconciled
+    # since: a run applied now having its Job shows it has listed and handled the namespace's runs.
     eventually("the operator healthy again", lambda: operator_healthy(operator), TIMEOUT_S)
+    cluster.api.apply(training_job("witness", NS, podAnnotations=RUNNING_LONG))
+    eventually("the restarted operator reconciling", lambda: children(cluster, "witness", "Job", "batch/v1"), TIMEOUT_S)
     assert all(not children(cluster, "orphan", k, v) for k, v in kinds)
 
 
@@ -462,6 +465,10 @@ def test_a_new_attempt_waits_for_the_old_gang_to_exit(cluster: LocalCluster, ope
     finally:
         patch_meta(cluster, Pod, survivor["metadata"]["name"], {"finalizers": None})
     running_pods(cluster, "relay-a1-train", 2)
+    # Read again: the status above was the waiting one; once the old gang is gone attempt 1 runs.
+    status = wait_status(cluster, operator, "relay", "attempt 1 Running",
+                         lambda s: (s.get("phase"), s.get("attempt")) == ("Running", 1))  # fmt: skip
+    assert (status["preemptions"], status["jobName"]) == (1, "relay-a1-train"), status
 
 
 def tight_quota(cluster: LocalCluster, memory: str) -> None:
