@@ -1,15 +1,17 @@
-# One image for the trainer, the inference service and the MLflow server.
-#   CPU (default):  docker build -t ml-platform:dev .
-#   CUDA:           docker build -t ml-platform:cuda \
-#                     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
-#                     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+# The platform's images, one per role, from one Dockerfile (docs/getting-started.md builds both):
+#   services (no torch): the MLflow server, the TrainingJob operator and the task launcher
+#       docker build --target services -t ml-platform-services:dev .
+#   platform (the last stage, the default): the trainer and the inference service, CPU or CUDA torch
+#       docker build -t ml-platform:dev .
+#       docker build -t ml-platform:cuda \
+#         --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#         --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 # CUDA base images carry no Python; the first RUN installs the distribution's python3 there.
+# Every Python package comes from the lock, constraints.txt (torch's version included: TORCH_VERSION must equal it,
+# tests/test_lockfile.py checks), so the images run what the test suite ran.
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 # checkov:skip=CKV_DOCKER_7:the base is a build argument whose default is pinned (python:3.11.14-slim-bookworm)
-FROM ${BASE_IMAGE}
-
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG TORCH_VERSION=2.9.1
+FROM ${BASE_IMAGE} AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -34,33 +36,55 @@ RUN if ! command -v python3 >/dev/null; then \
 
 WORKDIR /app
 
-# torch first, from the index that matches the base (CPU wheels are a tenth of the CUDA ones).
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# The project's dependencies next, from pyproject.toml alone: this layer is rebuilt only when the declared
+FROM base AS services
+# The services' extras, from pyproject.toml and the lock alone: this layer is rebuilt only when the declared
 # dependencies change, not when the project's code does.
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-extras = ("trainer", "inference", "server", "controllers", "launcher"); \
+extras = ("server", "controllers", "launcher"); \
 print("\n".join(sorted({d for e in extras for d in p["optional-dependencies"][e]} | set(p["dependencies"]))))' \
         > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt --constraint constraints.txt \
     && rm /tmp/requirements.txt
+# The operator validates train.yaml with the trainer's own rules (trainer/config.py, which imports no torch).
+COPY tinygpt ./tinygpt
+COPY trainer ./trainer
+COPY workloads ./workloads
+COPY trainop ./trainop
+COPY skyrun ./skyrun
+# The project itself, without dependencies (installed above). pyproject.toml names README.md as the package's long
+# description: an empty one serves, so that an edit of the README rebuilds no image.
+# hadolint ignore=DL3013
+RUN touch README.md \
+    && pip install --no-deps ".[server,controllers,launcher]" \
+    && ! python3 -c 'import torch' 2>/dev/null
+USER 10001:10001
+# checkov:skip=CKV_DOCKER_2:Kubernetes ignores HEALTHCHECK; each pod spec has its own probes, and this image runs three different processes (MLflow, operator, launcher)
+EXPOSE 5000 8000 8080 9090
+CMD ["python", "-m", "trainop"]
 
+
+FROM base AS platform
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.15.0
+# torch first, from the index that matches the base (CPU wheels are a tenth of the CUDA ones).
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+COPY pyproject.toml constraints.txt ./
+RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+extras = ("trainer", "inference"); \
+print("\n".join(sorted({d for e in extras for d in p["optional-dependencies"][e]} | set(p["dependencies"]))))' \
+        > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt --constraint constraints.txt \
+    && rm /tmp/requirements.txt
 COPY tinygpt ./tinygpt
 COPY trainer ./trainer
 COPY inference ./inference
 COPY workloads ./workloads
-COPY trainop ./trainop
-COPY skyrun ./skyrun
-# The project itself; its dependencies are already installed above (the same extras). A local path has no pin.
-# pyproject.toml names README.md as the package's long description: an empty one serves, so that an edit of the
-# README rebuilds no image.
 # hadolint ignore=DL3013
 RUN touch README.md \
-    && pip install --no-deps ".[trainer,inference,server,controllers,launcher]"
-
+    && pip install --no-deps ".[trainer,inference]"
 USER 10001:10001
-# checkov:skip=CKV_DOCKER_2:Kubernetes ignores HEALTHCHECK; each pod spec has its own probes, and this one image runs three different processes (trainer, inference, MLflow)
-EXPOSE 8080 5000 29500
+# checkov:skip=CKV_DOCKER_2:Kubernetes ignores HEALTHCHECK; each pod spec has its own probes, and this image runs two different processes (trainer, inference)
+EXPOSE 8080 29500
 CMD ["python", "-m", "inference", "serve"]

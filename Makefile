@@ -13,6 +13,7 @@ STACKS := dev gpu
 OUT    := build/rendered
 KIND_CLUSTER ?= ml-platform
 IMAGE  ?= ml-platform:dev
+SERVICES_IMAGE ?= ml-platform-services:dev
 TOOLCHAIN_SH := tests/engine/toolchain.sh
 OBS_TOOLCHAIN_SH := tests/observability/toolchain.sh
 
@@ -21,10 +22,10 @@ OBS_TOOLCHAIN_SH := tests/observability/toolchain.sh
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" --constraint constraints.txt
 	touch $@
 
 $(CHECKOV_STAMP):
@@ -64,11 +65,12 @@ kind-up: ## create the kind cluster of the dev stack (host dirs and port mapping
 	kind create cluster --name $(KIND_CLUSTER) --config kind/cluster.yaml
 	kubectl --context kind-$(KIND_CLUSTER) apply -f kind/traefik.yaml
 
-image: ## build the platform image (CPU); CUDA: make image DOCKER_ARGS="--build-arg BASE_IMAGE=..."
+image: ## build both images: the platform (torch, CPU) and the services (no torch); CUDA: DOCKER_ARGS="--build-arg BASE_IMAGE=..."
+	docker build --target services -t $(SERVICES_IMAGE) .
 	docker build $(DOCKER_ARGS) -t $(IMAGE) .
 
-kind-load: image ## build and load the image into the kind cluster
-	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+kind-load: image ## build both images and load them into the kind cluster
+	kind load docker-image $(IMAGE) $(SERVICES_IMAGE) --name $(KIND_CLUSTER)
 
 up-dev: ## pulumi up the dev stack into the kind cluster
 	pulumi up --stack dev
@@ -97,8 +99,10 @@ engine-test: $(STAMP) ## build or reuse the toolchain, then run the engine tests
 # --- cluster tier: a real single-node cluster in a network namespace of its own (docs/cluster.md; needs root) --
 .PHONY: cluster-real
 
-cluster-real: $(STAMP) ## build or reuse the toolchains and the platform image, start a real cluster with it; Ctrl-C stops it
+cluster-real: $(STAMP) ## build or reuse the toolchains and both images, start a real cluster with them; Ctrl-C stops it
 	@cp="$$(TOOLS='etcd kube-apiserver kube-controller-manager kube-scheduler' bash $(TOOLCHAIN_SH) | tail -n 1)" \
 	&& node="$$(bash tests/cluster/toolchain.sh | tail -n 1)" \
+	&& services="$$($(BIN)/python -m tests.cluster.images services | tail -n 1)" \
 	&& ref="$$($(BIN)/python -m tests.cluster.images platform | tail -n 1)" \
-	&& $(BIN)/python -m tests.cluster.realcluster --toolchain "$$cp" --node-toolchain "$$node" --image "$$ref=$(IMAGE)"
+	&& $(BIN)/python -m tests.cluster.realcluster --toolchain "$$cp" --node-toolchain "$$node" \
+		--image "$$ref=$(IMAGE)" --image "$$services=$(SERVICES_IMAGE)"

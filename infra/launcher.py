@@ -49,7 +49,9 @@ class TaskLauncherArgs:
     instance: str
     """Value of app.kubernetes.io/instance."""
     image: str
-    """Platform image: runs the API server, and is the default image of every task."""
+    """The services image (no torch): runs the API server."""
+    task_image: str
+    """The image with torch: every task's pods run it unless the task names its own."""
     image_pull_policy: str
     """Pull policy of the server and of the tasks' pods."""
     resources: Resources
@@ -77,7 +79,7 @@ def launcher_env(args: TaskLauncherArgs) -> list[dict[str, Any]]:
         {"name": "SKYRUN_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         # The owner of every task: deleting this Deployment (pulumi destroy) garbage-collects them all.
         {"name": "SKYRUN_DEPLOYMENT", "value": NAME},
-        {"name": "SKYRUN_IMAGE", "value": args.image},
+        {"name": "SKYRUN_IMAGE", "value": args.task_image},
         {"name": "SKYRUN_IMAGE_PULL_POLICY", "value": args.image_pull_policy},
         {"name": "SKYRUN_MAX_ACTIVE_TASKS_PER_USER", "value": str(args.max_active_tasks_per_user)},
         {"name": "SKYRUN_TTL_SECONDS_AFTER_FINISHED", "value": str(args.ttl_seconds_after_finished)},

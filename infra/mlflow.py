@@ -56,7 +56,7 @@ class MlflowArgs:
     namespace: pulumi.Input[str]
     """Namespace of every object."""
     image: str
-    """Image with the `mlflow` CLI (the platform image)."""
+    """Image with the `mlflow` CLI (the services image)."""
     image_pull_policy: str
     """Pull policy of `image`."""
     claim_name: pulumi.Input[str]

@@ -171,7 +171,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
         "mlflow",
         MlflowArgs(
             namespace=ns.name,
-            image=config.image,
+            image=config.services_image,
             image_pull_policy=config.image_pull_policy,
             claim_name=storage.claim_names["mlflow"],
             data_sub_path=storage.sub_paths["mlflow"],
@@ -195,7 +195,8 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             OperatorArgs(
                 namespace=config.namespace.name,
                 instance=instance,
-                image=config.image,
+                image=config.services_image,
+                training_image=config.image,
                 image_pull_policy=config.image_pull_policy,
                 tracking_uri=mlflow.tracking_uri,
                 checkpoint_claim=storage.claim_names[CHECKPOINT_CLAIM],
@@ -216,7 +217,8 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             TaskLauncherArgs(
                 namespace=config.namespace.name,
                 instance=instance,
-                image=config.image,
+                image=config.services_image,
+                task_image=config.image,
                 image_pull_policy=config.image_pull_policy,
                 resources=LAUNCHER_RESOURCES,
                 replicas=LAUNCHER_REPLICAS,

@@ -38,7 +38,9 @@ class OperatorArgs:
     instance: str
     """Value of app.kubernetes.io/instance."""
     image: str
-    """Platform image: runs the operator, and is the default image of every TrainingJob."""
+    """The services image (no torch): runs the operator."""
+    training_image: str
+    """The image with torch: every TrainingJob's pods run it unless spec.image says otherwise."""
     image_pull_policy: str
     """Pull policy of the operator and of the training pods."""
     tracking_uri: pulumi.Input[str]
@@ -67,7 +69,7 @@ class OperatorArgs:
 def operator_env(args: OperatorArgs) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": tj.ENV_WATCH_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": tj.ENV_PLATFORM_IMAGE, "value": args.image},
+        {"name": tj.ENV_PLATFORM_IMAGE, "value": args.training_image},
         {"name": tj.ENV_IMAGE_PULL_POLICY, "value": args.image_pull_policy},
         {"name": tj.ENV_MLFLOW_TRACKING_URI, "value": args.tracking_uri},
         {"name": tj.ENV_CHECKPOINT_CLAIM, "value": args.checkpoint_claim},

@@ -54,9 +54,11 @@ class StackConfig:
     project: str
     """Project name (Pulumi.yaml)."""
     image: str
-    """Platform image."""
+    """Image with torch: the trainer, the inference service, TrainingJobs and tasks."""
+    services_image: str
+    """Image without torch: MLflow, the TrainingJob operator and the task launcher."""
     image_pull_policy: str
-    """Pull policy of the platform image."""
+    """Pull policy of both images."""
     accelerator: str
     """cpu or nvidia."""
     service_type: str
@@ -264,6 +266,7 @@ def _build(v: Validator) -> StackConfig:
         stack=v.stack,
         project=project_name(),
         image=v.image("image"),
+        services_image=v.image("servicesImage"),
         image_pull_policy=v.choice("imagePullPolicy", ("Always", "IfNotPresent", "Never")),
         accelerator=accelerator,
         service_type=service_type,

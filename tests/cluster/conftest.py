@@ -98,3 +98,18 @@ def platform_image(real_cluster: RealCluster, tmp_path_factory: pytest.TempPathF
     word = "built" if result.built else "reused"
     print(f"\nplatform image {result.ref} {word} ({result.seconds:.0f} s), imported ({seconds:.0f} s)", file=sys.stderr)
     return images.PLATFORM_TAG
+
+
+@pytest.fixture(scope="session")
+def services_image(real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The services image (the Dockerfile's `services` stage: MLflow, the operator, the launcher, no torch), built
+    once per content key and imported into the session's cluster as ml-platform-services:dev."""
+    log = tmp_path_factory.mktemp("images") / "services-build.log"
+    try:
+        result = images.services_image(log=log)
+    except images.ImageError as err:
+        pytest.fail(str(err), pytrace=False)
+    seconds = real_cluster.import_podman_image(result.ref, (images.SERVICES_TAG,))
+    word = "built" if result.built else "reused"
+    print(f"\nservices image {result.ref} {word} ({result.seconds:.0f} s), imported ({seconds:.0f} s)", file=sys.stderr)
+    return images.SERVICES_TAG

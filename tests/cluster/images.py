@@ -4,14 +4,17 @@
   binary that tests/cluster/toolchain.sh compiles from the Kubernetes sources;
 - a base image with Python 3.11: `debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates
   bookworm` from the machine's Debian mirror, then `podman import`;
-- the platform image: the project's own Dockerfile, `podman --runtime runc build` FROM that base, with PyPI as the
-  torch index (download.pytorch.org is not reachable here, so torch is PyPI's CUDA build).
+- the platform's two images, from the project's own Dockerfile with `podman --runtime runc build` FROM that base:
+  its `platform` stage (torch, with PyPI as the torch index: download.pytorch.org is not reachable here, so torch
+  is PyPI's CUDA build) and its `services` stage (no torch: MLflow, the operator, the launcher).
 
-Both podman images are built once per machine and found again by a content key in their tag (see `base_key` and
-`platform_key`); podman's layer cache keeps the torch layer when only the project's sources change.
+The podman images are built once per machine and found again by a content key in their tag (see `base_key` and
+`image_key`); podman's layer cache keeps the torch layer when only the project's sources change.
 
     python -m tests.cluster.images base       build or reuse the base image, print its reference
     python -m tests.cluster.images platform   the same for the platform image (and the base it needs)
+    python -m tests.cluster.images services   the same for the services image
+    python -m tests.cluster.images all        both (the services image first: it is the smaller)
 
 Builds never touch the machine's network configuration: RUN steps use `--network host` (podman's default bridge
 would add a bridge and iptables rules to the machine's network namespace).
@@ -44,8 +47,10 @@ COREDNS_REPO = "localhost/coredns"
 NETWORK_POLICIES_REPO = "localhost/kube-network-policies"
 BASE_REPO = "localhost/ml-platform-python-base"
 PLATFORM_REPO = "localhost/ml-platform-image"
-# What the dev stack's manifests name (Pulumi.dev.yaml image, imagePullPolicy IfNotPresent).
+SERVICES_REPO = "localhost/ml-platform-services-image"
+# What the dev stack's manifests name (Pulumi.dev.yaml image and servicesImage, imagePullPolicy IfNotPresent).
 PLATFORM_TAG = "ml-platform:dev"
+SERVICES_TAG = "ml-platform-services:dev"
 DEBIAN_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 # Bump when the way an image is built changes in a way its key does not see.
@@ -274,11 +279,26 @@ def _context_files(root: Path, sources: Iterable[str]) -> list[Path]:
     return files
 
 
-def platform_key(root: Path, base_ref: str) -> str:
-    """Content key of the platform image: the Dockerfile, every file its COPY instructions read (pyproject.toml,
-    trainer/, inference/, ... today), the base image's key and the build arguments."""
+@dataclass(frozen=True)
+class Role:
+    """One of the platform's images: a stage of the Dockerfile, the podman repository its builds go to, and the
+    name the dev stack's manifests use for it."""
+
+    target: str
+    repo: str
+    tag: str
+
+
+PLATFORM = Role("platform", PLATFORM_REPO, PLATFORM_TAG)
+SERVICES = Role("services", SERVICES_REPO, SERVICES_TAG)
+ROLES = {role.target: role for role in (PLATFORM, SERVICES)}
+
+
+def image_key(root: Path, base_ref: str, target: str = PLATFORM.target) -> str:
+    """Content key of an image of the Dockerfile: the stage, the Dockerfile, every file its COPY instructions read
+    (pyproject.toml, constraints.txt, trainer/, ... today), the base image's key and the build arguments."""
     dockerfile = root / "Dockerfile"
-    parts: list[str | bytes] = [f"platform-r{PLATFORM_REV}", base_ref, TORCH_INDEX_URL, dockerfile.read_bytes()]
+    parts: list[str | bytes] = [f"{target}-r{PLATFORM_REV}", base_ref, TORCH_INDEX_URL, dockerfile.read_bytes()]
     for path in _context_files(root, dockerfile_sources(dockerfile)):
         parts += [str(path.relative_to(root)), path.read_bytes()]
     return _short_hash(parts)
@@ -292,11 +312,21 @@ class BuildResult:
 
 
 def platform_image(root: Path = ROOT, *, log: Path | None = None) -> BuildResult:
-    """Build (once per content key) or reuse the platform image from the project's Dockerfile; also tagged
-    `ml-platform:dev` in podman."""
+    """The platform image (torch: trainer and inference), tagged `ml-platform:dev` in podman."""
+    return role_image(PLATFORM, root, log=log)
+
+
+def services_image(root: Path = ROOT, *, log: Path | None = None) -> BuildResult:
+    """The services image (no torch: MLflow, operator, launcher), tagged `ml-platform-services:dev` in podman."""
+    return role_image(SERVICES, root, log=log)
+
+
+def role_image(role: Role, root: Path = ROOT, *, log: Path | None = None) -> BuildResult:
+    """Build (once per content key) or reuse the image of the Dockerfile's stage `role.target`; also tagged
+    `role.tag` in podman."""
     start = time.monotonic()
     base_ref = base_image(log=log)
-    ref = f"{PLATFORM_REPO}:{platform_key(root, base_ref)}"
+    ref = f"{role.repo}:{image_key(root, base_ref, role.target)}"
     built = False
     epoch = time.time()
     if not image_exists(ref):
@@ -313,6 +343,7 @@ def platform_image(root: Path = ROOT, *, log: Path | None = None) -> BuildResult
             # it, for the RUN steps only. The path exists in the base, so the image keeps its own bundle and gains
             # no mount-point files; the Dockerfile needs no change.
             "-v", f"{HOST_CA_BUNDLE}:{BASE_CA_BUNDLE}:ro",
+            "--target", role.target,
             "--layers", "-t", ref, "-f", str(root / "Dockerfile"), str(root),
         ]  # fmt: skip
         out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
@@ -325,10 +356,10 @@ def platform_image(root: Path = ROOT, *, log: Path | None = None) -> BuildResult
             tail = log.read_text(errors="replace")[-4000:] if log else proc.stdout.decode(errors="replace")[-4000:]
             raise ImageError(f"podman build failed ({proc.returncode}):\n{tail}")
         built = True
-        phaselog.record("image: platform (podman build)", epoch)
-    podman("tag", ref, PLATFORM_TAG, timeout=60)
+        phaselog.record(f"image: {role.target} (podman build)", epoch)
+    podman("tag", ref, role.tag, timeout=60)
     if built:
-        _remove_other_tags(PLATFORM_REPO, keep=ref)
+        _remove_other_tags(role.repo, keep=ref)
     return BuildResult(ref, built, time.monotonic() - start)
 
 
@@ -344,15 +375,16 @@ def _remove_other_tags(repo: str, keep: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.images", description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("base", "platform"))
+    parser.add_argument("which", choices=("base", *ROLES, "all"))
     parser.add_argument("--log", type=Path, help="append the build's output here")
     args = parser.parse_args(argv)
     if args.which == "base":
         print(base_image(log=args.log))
-    else:
-        result = platform_image(log=args.log)
+        return 0
+    for role in (SERVICES, PLATFORM) if args.which == "all" else (ROLES[args.which],):
+        result = role_image(role, log=args.log)
         word = "built" if result.built else "reused"
-        print(f"images: {word} {result.ref} ({result.seconds:.0f} s), tagged {PLATFORM_TAG}", file=sys.stderr)
+        print(f"images: {word} {result.ref} ({result.seconds:.0f} s), tagged {role.tag}", file=sys.stderr)
         print(result.ref)
     return 0
 

@@ -303,6 +303,7 @@ def ingress_controller(real_cluster: RealCluster) -> Iterator[str]:
 def deployed(
     real_cluster: RealCluster,
     platform_image: str,
+    services_image: str,
     pulumi_engine: Engine,
     cluster_prometheus: PodPrometheus,  # watching before anything is deployed
     cert_manager_config: dict[str, str],
@@ -321,6 +322,7 @@ def deployed(
         "storageHostPath": str(storage),
         "imagePullPolicy": "IfNotPresent",
         "image": platform_image,
+        "servicesImage": services_image,
     }
     try:
         project = copy_project(work / "project")
@@ -1019,6 +1021,7 @@ def test_the_documented_examples_run_as_written_within_the_dev_quota(
 
 # --- upgrades and rollbacks under load (docs/operations.md) --------------------------------------------------
 UPGRADE_TAG = "ml-platform:e2e-upgrade"
+SERVICES_UPGRADE_TAG = "ml-platform-services:e2e-upgrade"
 
 
 def rolled_out(cluster: RealCluster, ns: str, name: str) -> bool:
@@ -1067,17 +1070,23 @@ def rank0_summary(cluster: RealCluster, ns: str, job: str) -> dict[str, Any]:
 
 
 def test_upgrades_and_rollbacks_under_load_lose_no_request(
-    real_cluster: RealCluster, deployed: Deployed, serving: int, trained: dict[str, Any], platform_image: str
+    real_cluster: RealCluster,
+    deployed: Deployed,
+    serving: int,
+    trained: dict[str, Any],
+    platform_image: str,
+    services_image: str,
 ) -> None:
     """docs/operations.md's procedures while 8 clients (3 streaming) send completions through the Service, one
     connection per request: (a) an inference setting, (b) a new image tag, (c) a longer training run (the Job is
     replaced and resumes from its checkpoint); then the previous configuration again, and the model alias moved
     back. Every phase is counted; (a), (b) and the configuration rollback lose no request and cut no stream."""
     ns = deployed.namespace
-    platform = platform_image
+    platform, services = platform_image, services_image
     refs = real_cluster.ctr("images", "ls", "-q").stdout.split()
-    source = next(ref for ref in refs if ref.endswith("/" + platform) or ref == platform)
-    real_cluster.ctr("images", "tag", "--force", source, f"docker.io/library/{UPGRADE_TAG}")
+    for image, tag in ((platform, UPGRADE_TAG), (services, SERVICES_UPGRADE_TAG)):
+        source = next(ref for ref in refs if ref.endswith("/" + image) or ref == image)
+        real_cluster.ctr("images", "tag", "--force", source, f"docker.io/library/{tag}")
     inference = real_cluster.forward_service(ns, "inference", serving)
     model = httpx.get(f"{inference.url}/v1/models", timeout=30).json()["data"][0]["id"]
     load = Load(inference.url, model).start()
@@ -1093,10 +1102,10 @@ def test_upgrades_and_rollbacks_under_load_lose_no_request(
         assert set(changes) <= {"same", "read", "update"} and changes.get("update"), changes
         wait_rolled_out(real_cluster, ns, ("inference",))
         timings["a"] = time.monotonic() - start
-        phases["a"] = load.phase(f"b: image {platform} -> {UPGRADE_TAG}")
+        phases["a"] = load.phase(f"b: images {platform}, {services} -> {UPGRADE_TAG}, {SERVICES_UPGRADE_TAG}")
 
         start = time.monotonic()
-        up_with(deployed, {"image": UPGRADE_TAG})
+        up_with(deployed, {"image": UPGRADE_TAG, "servicesImage": SERVICES_UPGRADE_TAG})
         wait_rolled_out(real_cluster, ns, ("inference", "mlflow", "trainop", "skyrun"))
         timings["b"] = time.monotonic() - start
         phases["b"] = load.phase(f"c: trainMaxSteps {TRAIN_STEPS} -> {TRAIN_STEPS + 40}")
@@ -1110,7 +1119,8 @@ def test_upgrades_and_rollbacks_under_load_lose_no_request(
         phases["c"] = load.phase("rollback: the previous configuration")
 
         start = time.monotonic()
-        up_with(deployed, {"inferenceMemoryLimit": memory, "image": platform, "trainMaxSteps": str(TRAIN_STEPS)})
+        previous = {"image": platform, "servicesImage": services, "trainMaxSteps": str(TRAIN_STEPS)}
+        up_with(deployed, {"inferenceMemoryLimit": memory, **previous})
         wait_rolled_out(real_cluster, ns, ("inference", "mlflow", "trainop", "skyrun"))
         timings["rollback"] = time.monotonic() - start
         phases["rollback"] = load.phase("alias: champion back to the first version")

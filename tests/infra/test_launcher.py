@@ -8,19 +8,22 @@ from typing import Any
 import pulumi
 
 from infra.config.schema import load_schema
-from infra.launcher import NAME, TaskLauncher, TaskLauncherArgs
+from infra.launcher import TaskLauncher, TaskLauncherArgs
 from infra.render import RecordingMocks
-from workloads.pod import Resources, container_security_context, pod_security_context
-from workloads.quota import PLATFORM_QUOTA, quota_problems
+from workloads.pod import Resources
+from workloads.quota import quota_problems
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
 from .conftest import find
 
 Run = Callable[[Callable[[], Any]], RecordingMocks]
+NAME = "skyrun"
+"""The launcher's Deployment, Service and ServiceAccount (docs/launcher.md)."""
 ARGS = TaskLauncherArgs(
     namespace="team-a",
     instance="dev",
-    image="ml-platform:1.0",
+    image="ml-platform-services:1.0",
+    task_image="ml-platform:1.0",
     image_pull_policy="IfNotPresent",
     resources=Resources(cpu_request="100m", cpu_limit="500m", memory_request="128Mi", memory_limit="256Mi"),
 )
@@ -64,9 +67,16 @@ def test_selectors_match_the_pods_and_the_pods_are_restricted(component: Run) ->
     ):
         assert selector.items() <= pod_labels.items()
     spec = template["spec"]
-    assert spec["securityContext"] == pod_security_context()
+    # Pod Security Standards `restricted`, running as the image's user 10001 (the Dockerfile's USER).
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
     (container,) = spec["containers"]
-    assert container["securityContext"] == container_security_context()
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
     assert set(container["resources"]) == {"requests", "limits"}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "http"
@@ -79,7 +89,19 @@ def test_rbac_is_the_namespaced_rules_plus_only_the_two_reviews(component: Run) 
     account = find(objects, "ServiceAccount")["metadata"]["name"]
     assert find(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account
     role = find(objects, "Role")
-    assert role["metadata"]["namespace"] == "team-a" and role["rules"] == launcher_role_rules(NAME)
+    assert role["metadata"]["namespace"] == "team-a"
+    write = ["get", "list", "watch", "create", "update", "patch", "delete"]
+    granted = {(group, resource): rule["verbs"] for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"]}  # fmt: skip
+    assert granted == {
+        ("batch", "jobs"): write, ("", "services"): write, ("", "configmaps"): write,
+        ("", "persistentvolumeclaims"): write, ("networking.k8s.io", "networkpolicies"): write,
+        ("", "pods"): ["get", "list", "watch", "delete"], ("", "pods/log"): ["get"],
+        ("", "events"): ["get", "list", "watch"], ("", "resourcequotas"): ["get", "list"],
+        ("apps", "deployments"): ["get"],
+    }  # fmt: skip
+    # The launcher's engine tier (tests/launcher/harness.py) runs the server bound to exactly these rules.
+    assert role["rules"] == launcher_role_rules(NAME)
     cluster_role = find(objects, "ClusterRole")
     assert cluster_role["rules"] == launcher_cluster_role_rules()
     assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"create"}
@@ -120,7 +142,7 @@ def test_the_launcher_checks_every_key_of_the_platform_quota_and_names_its_confi
     gpu_objects: list[dict[str, Any]],
 ) -> None:
     quota = find(gpu_objects, "ResourceQuota")
-    assert quota["metadata"]["name"] == PLATFORM_QUOTA
+    assert quota["metadata"]["name"] == "platform-quota", "the quota the launcher reads by name (docs/launcher.md)"
     hard = quota["spec"]["hard"]
     assert "requests.nvidia.com/gpu" in hard, "the gpu stack has every kind of key"
     huge = Resources(cpu_request="1000", cpu_limit="1000", memory_request="1000Ti", memory_limit="1000Ti", gpus=8)

@@ -139,5 +139,8 @@ def test_gpu_rules_do_not_apply_without_gpus() -> None:
 
 def test_a_latest_image_in_a_stack_is_caught() -> None:
     violations = stack_violations(render_stack("gpu", image="registry.example.com/ml-platform:latest"))
-    # MLflow, trainer, inference, the TrainingJob operator and the task launcher run the platform image
-    assert len(violations["no-latest-image"]) == 5
+    # The trainer and inference run `image`
+    assert len(violations["no-latest-image"]) == 2
+    violations = stack_violations(render_stack("gpu", servicesImage="registry.example.com/ml-platform-services:latest"))
+    # MLflow, the TrainingJob operator and the task launcher run `servicesImage`
+    assert len(violations["no-latest-image"]) == 3

@@ -45,8 +45,8 @@ packages_track() {
     fi
     # A failed image build does not stop the setup: the cluster tier's fixture tries again and fails with the
     # build's output.
-    if ! .venv/bin/python -m tests.cluster.images platform; then
-        echo "setup: the platform image did not build; the cluster tier will try again"
+    if ! .venv/bin/python -m tests.cluster.images all; then
+        echo "setup: the platform images did not build; the cluster tier will try again"
     fi
 }
 
