@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
-_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$")
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$"
+"""Kubernetes' quantity grammar (unsigned): a decimal number, then a binary or decimal suffix or an exponent. The
+one definition: parse_quantity here, the TrainingJob CRD's OpenAPI patterns and the SkyPilot amounts of
+workloads.task_spec all use it."""
+_QUANTITY = re.compile(QUANTITY_PATTERN)
 _SUFFIX = {
     "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
     "Pi": Decimal(2**50), "Ei": Decimal(2**60), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
@@ -14,18 +18,21 @@ _SUFFIX = {
 }  # fmt: skip
 
 
-def parse_quantity(text: str) -> Decimal:
-    """Value of a Kubernetes quantity (`500m` -> 0.5, `4Gi` -> 4294967296); ValueError if it does not parse."""
+def split_quantity(text: str) -> tuple[Decimal, str]:
+    """The number and the suffix of a Kubernetes quantity (`1.5Gi` -> (1.5, "Gi"), `1e3` -> (1, "e3")); ValueError
+    if it does not parse. The number is never negative, so the quantity is > 0 exactly when the number is."""
     match = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
     if not match:
         raise ValueError(f"{text!r} is not a Kubernetes quantity")
-    number, suffix = match.group(1), match.group(3) or ""
-    try:
-        if suffix[:1] in ("e", "E"):
-            return Decimal(number + suffix)
-        return Decimal(number) * _SUFFIX[suffix]
-    except InvalidOperation as err:  # pragma: no cover - the regex admits only valid decimals
-        raise ValueError(f"{text!r} is not a Kubernetes quantity") from err
+    return Decimal(match.group(1)), match.group(3) or ""
+
+
+def parse_quantity(text: str) -> Decimal:
+    """Value of a Kubernetes quantity (`500m` -> 0.5, `4Gi` -> 4294967296); ValueError if it does not parse."""
+    number, suffix = split_quantity(text)
+    if suffix[:1] in ("e", "E"):
+        return Decimal(f"{number}{suffix}")  # exact, without the context's exponent limits
+    return number * _SUFFIX[suffix]
 
 
 # Largest first: binary suffixes (byte amounts) then decimal ones, from the one table above.

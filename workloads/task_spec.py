@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from workloads.quantity import parse_quantity
+from workloads.quantity import split_quantity
 
 MAX_NUM_NODES = 64
 MAX_GPUS_PER_NODE = 16
@@ -40,8 +40,10 @@ KNOWN_RESOURCES = {"cpus", "memory", "accelerators", "image_id"}
 RESERVED_ENV_PREFIXES = ("SKYPILOT_",)
 RESERVED_ENV = {"NODE_RANK", "NUM_NODES", "MASTER_ADDR", "MASTER_PORT", "JOB_COMPLETION_INDEX", "HOME"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_AMOUNT = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<plus>\+)?$")
-_MEMORY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<unit>GB|MB|TB|G|M|T|Gi|Mi|Ti|Ki)?(?P<plus>\+)?$")
+# SkyPilot's amounts are Kubernetes quantities (workloads.quantity) with SkyPilot's own meanings on top: a trailing
+# "+" (at least N, granted as N), a bare memory number in GiB, and GB/MB/TB for G/M/T.
+_SKYPILOT_UNITS = {"GB": "G", "MB": "M", "TB": "T"}
+_MEMORY_UNITS = ("Ki", "Mi", "Gi", "Ti", "M", "G", "T")
 _ACCELERATOR = re.compile(r"^(?:(?P<name>[A-Za-z][A-Za-z0-9_.-]*)(?::(?P<count>[0-9]+))?|(?P<bare>[0-9]+))$")
 _VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 
@@ -109,32 +111,37 @@ def _amount(value: Any) -> str:
     return str(value).strip() if isinstance(value, int | float | str) and not isinstance(value, bool) else ""
 
 
+def _split(text: str) -> tuple[Decimal, str]:
+    """split_quantity, or (0, "?") for text that is not a quantity ("4 +" is not "4+")."""
+    try:
+        return split_quantity(text) if text == text.strip() else (Decimal(0), "?")
+    except ValueError:
+        return Decimal(0), "?"
+
+
 def parse_cpus(value: Any) -> str:
     """SkyPilot's cpus ("2", "2+", 0.5) or millicores ("500m") as a Kubernetes quantity; "N+" (at least N) is
     granted as N."""
     text = _amount(value)
-    match = _AMOUNT.match(text)
-    try:
-        number = Decimal(match.group("number")) if match else parse_quantity(text)
-    except ValueError:
-        number = Decimal(0)
-    if number <= 0:
+    number, suffix = _split(text.removesuffix("+"))
+    if number <= 0 or (suffix and text.endswith("+")):
         raise ValueError(
             f"{value!r} is not a cpu count: use a positive number (2), at least N (2+) or millicores (500m)"
         )
-    return _plain(number) if match else text
+    return text if suffix else _plain(number)
 
 
 def parse_memory(value: Any) -> str:
     """SkyPilot's memory ("4" GiB, "4+", "8GB", "512MB") or a Kubernetes quantity ("4Gi") as a quantity."""
-    text = _amount(value)
-    match = _MEMORY.match(text)
-    if not match:
+    text = _amount(value).removesuffix("+")
+    if text[-2:] in _SKYPILOT_UNITS:
+        text = text[:-2] + _SKYPILOT_UNITS[text[-2:]]
+    number, unit = _split(text)
+    if unit not in ("", *_MEMORY_UNITS):
         raise ValueError(f'{value!r} is not a memory size: use GiB ("4", "4+"), "8GB", "512MB" or "4Gi"')
-    number, unit = Decimal(match.group("number")), match.group("unit") or "Gi"
     if number <= 0:
         raise ValueError(f"{value!r} is not a memory size: it must be more than 0")
-    unit = {"GB": "G", "MB": "M", "TB": "T"}.get(unit, unit)
+    unit = unit or "Gi"
     if number != number.to_integral_value():  # a fractional amount in a binary unit: say it in Mi
         scale = {"Gi": 1024, "Ti": 1024 * 1024, "G": 1000, "T": 1000 * 1000}.get(unit)
         if scale is None:

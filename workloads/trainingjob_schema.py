@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+from workloads.quantity import QUANTITY_PATTERN
+
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -24,7 +25,7 @@ def _compute(description: str) -> dict[str, Any]:
         "type": "object",
         "description": description,
         "required": ["cpu", "memory"],
-        "properties": {"cpu": _str(pattern=_QUANTITY), "memory": _str(pattern=_QUANTITY)},
+        "properties": {"cpu": _str(pattern=QUANTITY_PATTERN), "memory": _str(pattern=QUANTITY_PATTERN)},
     }
 
 
