@@ -37,16 +37,20 @@ RUN if ! command -v python3 >/dev/null; then \
 WORKDIR /app
 
 
-FROM base AS services
-# The services' extras, from pyproject.toml and the lock alone: this layer is rebuilt only when the declared
-# dependencies change, not when the project's code does.
-COPY pyproject.toml constraints.txt ./
+# Each role's requirements, from pyproject.toml alone: the stages below install them with the lock, in a layer
+# that is rebuilt only when the declared dependencies change, not when the project's code does.
+FROM base AS requirements
+COPY pyproject.toml ./
 RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-extras = ("server", "controllers", "launcher"); \
-print("\n".join(sorted({d for e in extras for d in p["optional-dependencies"][e]} | set(p["dependencies"]))))' \
-        > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt --constraint constraints.txt \
-    && rm /tmp/requirements.txt
+roles = {"services": ("server", "controllers", "launcher"), "platform": ("trainer", "inference")}; \
+[open(f"/tmp/requirements-{r}.txt", "w").write("\n".join(sorted({d for e in x for d in p["optional-dependencies"][e]} \
+    | set(p["dependencies"]))) + "\n") for r, x in roles.items()]'
+
+
+FROM base AS services
+COPY --from=requirements /tmp/requirements-services.txt /tmp/requirements.txt
+COPY pyproject.toml constraints.txt ./
+RUN pip install --requirement /tmp/requirements.txt --constraint constraints.txt
 # The operator validates train.yaml with the trainer's own rules (trainer/config.py, which imports no torch).
 COPY tinygpt ./tinygpt
 COPY trainer ./trainer
@@ -70,13 +74,9 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.15.0
 # torch first, from the index that matches the base (CPU wheels are a tenth of the CUDA ones).
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+COPY --from=requirements /tmp/requirements-platform.txt /tmp/requirements.txt
 COPY pyproject.toml constraints.txt ./
-RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-extras = ("trainer", "inference"); \
-print("\n".join(sorted({d for e in extras for d in p["optional-dependencies"][e]} | set(p["dependencies"]))))' \
-        > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt --constraint constraints.txt \
-    && rm /tmp/requirements.txt
+RUN pip install --requirement /tmp/requirements.txt --constraint constraints.txt
 COPY tinygpt ./tinygpt
 COPY trainer ./trainer
 COPY inference ./inference

@@ -7,8 +7,10 @@ rendered pod carries exactly the `workloads.pod` contexts, whichever form built 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pulumi
 import pulumi_kubernetes as k8s
 
 from workloads.pod import (
@@ -23,10 +25,10 @@ from workloads.pod import (
 from workloads.pod import resource_requirements as workload_resource_requirements
 
 __all__ = [
-    "APP_UID", "AWAIT_CREATED_ONLY", "GPU_RESOURCE", "MANAGED_BY", "PART_OF", "as_input", "checkov_skips",
-    "checkov_skips_with_api_token",
-    "container_security_context", "http_service_spec", "labels", "pod_security_context", "pod_security_labels",
-    "resource_requirements", "selector_labels", "tmp_volume",
+    "APP_UID", "AWAIT_CREATED_ONLY", "GPU_RESOURCE", "MANAGED_BY", "PART_OF", "api_server_pod_spec", "checkov_skips",
+    "checkov_skips_with_api_token", "container_security_context", "env_var", "field_env_var", "http_probe",
+    "http_service_spec", "labels", "object_meta", "pod_security_context", "pod_security_labels", "policy_rules",
+    "resource_requirements", "selector_labels", "service_account_subject", "tmp_volume",
 ]  # fmt: skip
 
 # Value of `app.kubernetes.io/managed-by` on what the Pulumi program creates.
@@ -104,9 +106,105 @@ def tmp_volume(name: str = "tmp", size: str = "256Mi") -> k8s.core.v1.VolumeArgs
     return k8s.core.v1.VolumeArgs(name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size))
 
 
-def as_input(value: object) -> Any:
-    """A plain dict or list, as the API takes it, passed where the SDK's overloads want its TypedDicts."""
-    return value
+def object_meta(
+    name: str, namespace: pulumi.Input[str] | None, labels: Mapping[str, str], annotations: Mapping[str, str] = {}
+) -> k8s.meta.v1.ObjectMetaArgs:
+    """Metadata of a child object (`namespace` None: cluster-scoped); no empty annotations map."""
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=name, namespace=namespace, labels=dict(labels), annotations=dict(annotations) or None
+    )
+
+
+def policy_rules(rules: Sequence[Mapping[str, Any]]) -> list[k8s.rbac.v1.PolicyRuleArgs]:
+    """RBAC rules as `workloads` writes them (the API's camelCase dicts, which the operator and launcher tests bind
+    too), in the SDK's typed form."""
+    known = {"apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"}
+    typed = []
+    for rule in rules:
+        if unknown := set(rule) - known:
+            raise ValueError(f"policy rule {rule} has fields this converter does not know: {sorted(unknown)}")
+        typed.append(
+            k8s.rbac.v1.PolicyRuleArgs(
+                api_groups=rule.get("apiGroups"),
+                resources=rule.get("resources"),
+                verbs=list(rule["verbs"]),
+                resource_names=rule.get("resourceNames"),
+                non_resource_urls=rule.get("nonResourceURLs"),
+            )
+        )
+    return typed
+
+
+def service_account_subject(name: str, namespace: pulumi.Input[str]) -> k8s.rbac.v1.SubjectArgs:
+    return k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=name, namespace=namespace)
+
+
+def env_var(name: str, value: pulumi.Input[str]) -> k8s.core.v1.EnvVarArgs:
+    return k8s.core.v1.EnvVarArgs(name=name, value=value)
+
+
+def field_env_var(name: str, field_path: str) -> k8s.core.v1.EnvVarArgs:
+    """An environment variable from the downward API (e.g. metadata.namespace)."""
+    return k8s.core.v1.EnvVarArgs(
+        name=name,
+        value_from=k8s.core.v1.EnvVarSourceArgs(field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path=field_path)),
+    )
+
+
+def api_server_pod_spec(
+    *,
+    name: str,
+    image: str,
+    image_pull_policy: str,
+    command: list[str],
+    env: list[k8s.core.v1.EnvVarArgs],
+    ports: Mapping[str, int],
+    resources: Resources,
+    startup_probe: k8s.core.v1.ProbeArgs | None = None,
+    liveness_probe: k8s.core.v1.ProbeArgs | None = None,
+    readiness_probe: k8s.core.v1.ProbeArgs | None = None,
+) -> k8s.core.v1.PodSpecArgs:
+    """The pod of a platform server that talks to the Kubernetes API (the operator, the launcher): one container
+    `name` under its own ServiceAccount `name`, Pod Security restricted, a read-only root with a writable /tmp."""
+    return k8s.core.v1.PodSpecArgs(
+        service_account_name=name,
+        security_context=pod_security_context(),
+        containers=[
+            k8s.core.v1.ContainerArgs(
+                name=name,
+                image=image,
+                image_pull_policy=image_pull_policy,
+                command=command,
+                env=env,
+                ports=[k8s.core.v1.ContainerPortArgs(name=port, container_port=n) for port, n in ports.items()],
+                startup_probe=startup_probe,
+                liveness_probe=liveness_probe,
+                readiness_probe=readiness_probe,
+                resources=resource_requirements(resources),
+                security_context=container_security_context(),
+                volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
+            )
+        ],
+        volumes=[tmp_volume()],
+    )
+
+
+def http_probe(
+    path: str,
+    port: str,
+    *,
+    period_s: int,
+    timeout_s: int,
+    failure_threshold: int | None = None,
+    initial_delay_s: int | None = None,
+) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=port),
+        period_seconds=period_s,
+        timeout_seconds=timeout_s,
+        failure_threshold=failure_threshold,
+        initial_delay_seconds=initial_delay_s,
+    )
 
 
 def checkov_skips_with_api_token(*, image: str, pull_policy: str, why: str) -> dict[str, str]:

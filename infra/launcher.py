@@ -18,21 +18,22 @@ deletes every task. A rolling update keeps the Deployment's uid, and the tasks; 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import MANAGED_BY, as_input, checkov_skips_with_api_token
-from workloads.pod import (
-    Resources,
-    container_security_context,
-    pod_security_context,
-    recommended_labels,
-    resource_requirements,
-    selector_labels,
-    tmp_volume,
+from infra.common import (
+    MANAGED_BY,
+    api_server_pod_spec,
+    checkov_skips_with_api_token,
+    env_var,
+    field_env_var,
+    http_probe,
+    object_meta,
+    policy_rules,
+    service_account_subject,
 )
+from workloads.pod import Resources, recommended_labels, selector_labels
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
 NAME = "skyrun"
@@ -56,74 +57,53 @@ class TaskLauncherArgs:
     """Pull policy of the server and of the tasks' pods."""
     resources: Resources
     """Requests and limits of one API server pod."""
-    service_type: str = "ClusterIP"
-    """Type of the API Service (NodePort on kind, so the CLI reaches it from the host)."""
-    node_port: int = 0
-    """The Service's node port when service_type is NodePort (0 = any)."""
-    max_active_tasks_per_user: int = 4
+    max_active_tasks_per_user: int
     """Most pending or running tasks one user may have."""
-    ttl_seconds_after_finished: int = 3600
+    ttl_seconds_after_finished: int
     """Seconds a finished task's Job and pods stay (its record and status stay for good)."""
-    task_service_account: str = "default"
+    task_service_account: str
     """ServiceAccount the tasks' pods run as (no token is mounted)."""
-    audience: str = "skyrun"
+    audience: str
     """Audience users' tokens must be bound to (`kubectl create token SA --audience skyrun`)."""
-    replicas: int = 2
+    replicas: int
     """API server pods (the server keeps no state, any replica answers any request)."""
     pod_annotations: dict[str, str] = field(default_factory=dict)
     """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
 
 
-def launcher_env(args: TaskLauncherArgs) -> list[dict[str, Any]]:
+def launcher_env(args: TaskLauncherArgs) -> list[k8s.core.v1.EnvVarArgs]:
     return [
-        {"name": "SKYRUN_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        field_env_var("SKYRUN_NAMESPACE", "metadata.namespace"),
         # The owner of every task: deleting this Deployment (pulumi destroy) garbage-collects them all.
-        {"name": "SKYRUN_DEPLOYMENT", "value": NAME},
-        {"name": "SKYRUN_IMAGE", "value": args.task_image},
-        {"name": "SKYRUN_IMAGE_PULL_POLICY", "value": args.image_pull_policy},
-        {"name": "SKYRUN_MAX_ACTIVE_TASKS_PER_USER", "value": str(args.max_active_tasks_per_user)},
-        {"name": "SKYRUN_TTL_SECONDS_AFTER_FINISHED", "value": str(args.ttl_seconds_after_finished)},
-        {"name": "SKYRUN_TASK_SERVICE_ACCOUNT", "value": args.task_service_account},
-        {"name": "SKYRUN_AUDIENCE", "value": args.audience},
-        {"name": "SKYRUN_HOST", "value": "0.0.0.0"},
-        {"name": "SKYRUN_PORT", "value": str(HTTP_PORT)},
-        {"name": "SKYRUN_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "HOME", "value": "/tmp"},
+        env_var("SKYRUN_DEPLOYMENT", NAME),
+        env_var("SKYRUN_IMAGE", args.task_image),
+        env_var("SKYRUN_IMAGE_PULL_POLICY", args.image_pull_policy),
+        env_var("SKYRUN_MAX_ACTIVE_TASKS_PER_USER", str(args.max_active_tasks_per_user)),
+        env_var("SKYRUN_TTL_SECONDS_AFTER_FINISHED", str(args.ttl_seconds_after_finished)),
+        env_var("SKYRUN_TASK_SERVICE_ACCOUNT", args.task_service_account),
+        env_var("SKYRUN_AUDIENCE", args.audience),
+        env_var("SKYRUN_HOST", "0.0.0.0"),
+        env_var("SKYRUN_PORT", str(HTTP_PORT)),
+        env_var("SKYRUN_METRICS_PORT", str(METRICS_PORT)),
+        env_var("PYTHONUNBUFFERED", "1"),
+        env_var("HOME", "/tmp"),
     ]
 
 
-def launcher_pod_spec(args: TaskLauncherArgs) -> dict[str, Any]:
-    probe = {"httpGet": {"path": "/livez", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
-    return {
-        "serviceAccountName": NAME,
-        "securityContext": pod_security_context(),
-        "containers": [
-            {
-                "name": NAME,
-                "image": args.image,
-                "imagePullPolicy": args.image_pull_policy,
-                "command": ["python", "-m", "skyrun", "serve"],
-                "env": launcher_env(args),
-                "ports": [
-                    {"name": "http", "containerPort": HTTP_PORT},
-                    {"name": "metrics", "containerPort": METRICS_PORT},
-                ],
-                "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 30},
-                "livenessProbe": {**probe, "failureThreshold": 3},
-                # Ready only while the Kubernetes API answers: every request needs it.
-                "readinessProbe": {
-                    "httpGet": {"path": "/readyz", "port": "http"},
-                    "periodSeconds": 10,
-                    "timeoutSeconds": 5,
-                },
-                "resources": resource_requirements(args.resources),
-                "securityContext": container_security_context(),
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }
-        ],
-        "volumes": [tmp_volume()],
-    }
+def launcher_pod_spec(args: TaskLauncherArgs) -> k8s.core.v1.PodSpecArgs:
+    return api_server_pod_spec(
+        name=NAME,
+        image=args.image,
+        image_pull_policy=args.image_pull_policy,
+        command=["python", "-m", "skyrun", "serve"],
+        env=launcher_env(args),
+        ports={"http": HTTP_PORT, "metrics": METRICS_PORT},
+        resources=args.resources,
+        startup_probe=http_probe("/livez", "http", period_s=2, timeout_s=5, failure_threshold=30),
+        liveness_probe=http_probe("/livez", "http", period_s=10, timeout_s=5, failure_threshold=3),
+        # Ready only while the Kubernetes API answers: every request needs it.
+        readiness_probe=http_probe("/readyz", "http", period_s=10, timeout_s=5),
+    )
 
 
 def launcher_checkov_skips(args: TaskLauncherArgs) -> dict[str, str]:
@@ -153,75 +133,76 @@ class TaskLauncher(pulumi.ComponentResource):
         selector = selector_labels(NAME, args.instance)
         child = pulumi.ResourceOptions(parent=self)
 
-        # Plain dicts, as the API takes them (Any: the SDK's overloads want its TypedDicts).
-        def metadata(**extra: Any) -> Any:
-            return {"name": NAME, "namespace": args.namespace, "labels": meta_labels, **extra}
+        def metadata(annotations: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+            return object_meta(NAME, args.namespace, meta_labels, annotations or {})
 
-        subject = as_input([{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}])
+        subject = service_account_subject(NAME, args.namespace)
         account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(), opts=child)
         role = k8s.rbac.v1.Role(
-            f"{name}-role", metadata=metadata(), rules=as_input(launcher_role_rules(NAME)), opts=child
+            f"{name}-role", metadata=metadata(), rules=policy_rules(launcher_role_rules(NAME)), opts=child
         )
         binding = k8s.rbac.v1.RoleBinding(
             f"{name}-rolebinding",
             metadata=metadata(),
-            role_ref=as_input({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}),
-            subjects=subject,
+            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="Role", name=NAME),
+            subjects=[subject],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role]),
         )
         # Cluster-scoped, so named after the namespace: two stacks in one cluster must not share it.
         cluster_name = f"{NAME}-{args.namespace}-reviews"
-        cluster_meta = as_input({"name": cluster_name, "labels": meta_labels})
+        cluster_meta = object_meta(cluster_name, None, meta_labels)
         reviews = k8s.rbac.v1.ClusterRole(
-            f"{name}-reviews", metadata=cluster_meta, rules=as_input(launcher_cluster_role_rules()), opts=child
+            f"{name}-reviews", metadata=cluster_meta, rules=policy_rules(launcher_cluster_role_rules()), opts=child
         )
         reviews_binding = k8s.rbac.v1.ClusterRoleBinding(
             f"{name}-reviews-binding",
             metadata=cluster_meta,
-            role_ref=as_input({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name}),
-            subjects=subject,
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=cluster_name
+            ),
+            subjects=[subject],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, reviews]),
         )
+        match_selector = k8s.meta.v1.LabelSelectorArgs(match_labels=selector)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=metadata(annotations=launcher_checkov_skips(args)),
-            spec=as_input(
-                {
-                    "replicas": args.replicas,
-                    # Stateless: a rolling update keeps one replica answering throughout.
-                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        # No empty annotations map: that alone would be a template change.
-                        "metadata": {
-                            "labels": meta_labels,
-                            **({"annotations": dict(args.pod_annotations)} if args.pod_annotations else {}),
-                        },
-                        "spec": launcher_pod_spec(args),
-                    },
-                }
+            metadata=metadata(launcher_checkov_skips(args)),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=args.replicas,
+                # Stateless: a rolling update keeps one replica answering throughout.
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
+                ),
+                selector=match_selector,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    # No empty annotations map: that alone would be a template change.
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=meta_labels, annotations=dict(args.pod_annotations) or None
+                    ),
+                    spec=launcher_pod_spec(args),
+                ),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[binding, reviews_binding]),
         )
-        port: dict[str, Any] = {"name": "http", "port": HTTP_PORT, "targetPort": "http"}
-        if args.service_type == "NodePort" and args.node_port:
-            port["nodePort"] = args.node_port
         self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=metadata(),
-            spec=as_input({"type": args.service_type, "selector": selector, "ports": [port]}),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector=selector,
+                ports=[k8s.core.v1.ServicePortArgs(name="http", port=HTTP_PORT, target_port="http")],
+            ),
             opts=child,
         )
         self.pdb = k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata=metadata(),
-            spec=as_input(
-                {
-                    # One of the replicas may go at a time: drains proceed, the API stays up.
-                    "maxUnavailable": 1,
-                    "selector": {"matchLabels": selector},
-                    "unhealthyPodEvictionPolicy": "AlwaysAllow",
-                }
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                # One of the replicas may go at a time: drains proceed, the API stays up.
+                max_unavailable=1,
+                selector=match_selector,
+                unhealthy_pod_eviction_policy="AlwaysAllow",
             ),
             opts=child,
         )

@@ -7,11 +7,6 @@ import yaml
 
 from infra.common import MANAGED_BY
 from infra.config import (
-    LAUNCHER_REPLICAS,
-    LAUNCHER_RESOURCES,
-    MLFLOW_RESOURCES,
-    OPERATOR_RESOURCES,
-    POSTGRES_RESOURCES,
     StackConfig,
 )
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
@@ -160,12 +155,14 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
     )
     postgres = None
     if config.mlflow.backend == "postgresql":
+        if config.postgres_password is None:
+            raise ValueError("StackConfig.postgres_password: build the config with StackConfig.load()")
         postgres = PostgresArgs(
             image=config.mlflow.postgres_image,
             storage_size=config.mlflow.postgres_size,
             storage_class=config.storage.storage_class,
-            password=pulumi.Config().require_secret("postgresPassword"),
-            resources=POSTGRES_RESOURCES,
+            password=config.postgres_password,
+            resources=config.mlflow.postgres_resources,
         )
     mlflow = Mlflow(
         "mlflow",
@@ -177,7 +174,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             data_sub_path=storage.sub_paths["mlflow"],
             service_type=config.service_type,
             node_port=config.mlflow.node_port,
-            resources=MLFLOW_RESOURCES,
+            resources=config.mlflow.resources,
             instance=instance,
             postgres=postgres,
             pod_annotations=pod_annotations(MLFLOW_TARGET, operator_mode),
@@ -204,7 +201,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 checkpoint_access_mode=config.storage.access_mode,
                 trainer_service_account=TRAINER_SERVICE_ACCOUNT,
                 gpus_available=config.accelerator == "nvidia",
-                resources=OPERATOR_RESOURCES,
+                resources=config.operator_resources,
                 install_crd=config.operator_crd,
                 pod_annotations=pod_annotations(OPERATOR_TARGET, operator_mode),
                 scrape_annotations=not operator_mode,
@@ -220,8 +217,12 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 image=config.services_image,
                 task_image=config.image,
                 image_pull_policy=config.image_pull_policy,
-                resources=LAUNCHER_RESOURCES,
-                replicas=LAUNCHER_REPLICAS,
+                resources=config.task_launcher.resources,
+                replicas=config.task_launcher.replicas,
+                max_active_tasks_per_user=config.task_launcher.max_active_tasks_per_user,
+                ttl_seconds_after_finished=config.task_launcher.ttl_seconds_after_finished,
+                audience=config.task_launcher.audience,
+                task_service_account=config.task_launcher.task_service_account,
                 pod_annotations=pod_annotations(LAUNCHER_TARGET, operator_mode),
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns]),

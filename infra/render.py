@@ -9,6 +9,7 @@ Resources that are not Kubernetes objects (components, Helm releases) are listed
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Mapping
@@ -213,6 +214,12 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> R
     from infra.config import StackConfig
     from infra.program import build
 
+    # The SDK's mocks run the program on the current thread's event loop; an asyncio.run() before this (another
+    # caller, or a test) leaves none set, and the SDK would fail with "There is no current event loop".
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks()
     use_mocks(mocks, project_name(), stack)
     pulumi.runtime.set_all_config(config, secret_keys)

@@ -10,22 +10,23 @@ never reconcile the same resources at once), a liveness probe, a metrics port, P
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import MANAGED_BY, as_input, checkov_skips_with_api_token
-from workloads import trainingjob as tj
-from workloads.pod import (
-    Resources,
-    container_security_context,
-    pod_security_context,
-    recommended_labels,
-    resource_requirements,
-    selector_labels,
-    tmp_volume,
+from infra.common import (
+    MANAGED_BY,
+    api_server_pod_spec,
+    checkov_skips_with_api_token,
+    env_var,
+    field_env_var,
+    http_probe,
+    object_meta,
+    policy_rules,
+    service_account_subject,
 )
+from workloads import trainingjob as tj
+from workloads.pod import Resources, recommended_labels, selector_labels
 
 NAME = "trainop"
 """Name of the operator's Deployment, ServiceAccount, Role and pods (app.kubernetes.io/name)."""
@@ -66,24 +67,24 @@ class OperatorArgs:
     Prometheus without the Operator; with it, the trainer PodMonitor selects those pods by label)."""
 
 
-def operator_env(args: OperatorArgs) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": tj.ENV_WATCH_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": tj.ENV_PLATFORM_IMAGE, "value": args.training_image},
-        {"name": tj.ENV_IMAGE_PULL_POLICY, "value": args.image_pull_policy},
-        {"name": tj.ENV_MLFLOW_TRACKING_URI, "value": args.tracking_uri},
-        {"name": tj.ENV_CHECKPOINT_CLAIM, "value": args.checkpoint_claim},
-        {"name": tj.ENV_CHECKPOINT_ACCESS_MODE, "value": args.checkpoint_access_mode},
-        {"name": tj.ENV_TRAINER_SERVICE_ACCOUNT, "value": args.trainer_service_account},
-        {"name": tj.ENV_GPUS_AVAILABLE, "value": "true" if args.gpus_available else "false"},
-        {"name": tj.ENV_HEALTH_PORT, "value": str(tj.HEALTH_PORT)},
-        {"name": tj.ENV_METRICS_PORT, "value": str(tj.METRICS_PORT)},
-        {"name": tj.ENV_SCRAPE_ANNOTATIONS, "value": "true" if args.scrape_annotations else "false"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "HOME", "value": "/tmp"},
+def operator_env(args: OperatorArgs) -> list[k8s.core.v1.EnvVarArgs]:
+    env = [
+        field_env_var(tj.ENV_WATCH_NAMESPACE, "metadata.namespace"),
+        env_var(tj.ENV_PLATFORM_IMAGE, args.training_image),
+        env_var(tj.ENV_IMAGE_PULL_POLICY, args.image_pull_policy),
+        env_var(tj.ENV_MLFLOW_TRACKING_URI, args.tracking_uri),
+        env_var(tj.ENV_CHECKPOINT_CLAIM, args.checkpoint_claim),
+        env_var(tj.ENV_CHECKPOINT_ACCESS_MODE, args.checkpoint_access_mode),
+        env_var(tj.ENV_TRAINER_SERVICE_ACCOUNT, args.trainer_service_account),
+        env_var(tj.ENV_GPUS_AVAILABLE, "true" if args.gpus_available else "false"),
+        env_var(tj.ENV_HEALTH_PORT, str(tj.HEALTH_PORT)),
+        env_var(tj.ENV_METRICS_PORT, str(tj.METRICS_PORT)),
+        env_var(tj.ENV_SCRAPE_ANNOTATIONS, "true" if args.scrape_annotations else "false"),
+        env_var("PYTHONUNBUFFERED", "1"),
+        env_var("HOME", "/tmp"),
     ]
     if args.checkpoint_sub_path:
-        env.append({"name": tj.ENV_CHECKPOINT_SUB_PATH, "value": args.checkpoint_sub_path})
+        env.append(env_var(tj.ENV_CHECKPOINT_SUB_PATH, args.checkpoint_sub_path))
     return env
 
 
@@ -98,41 +99,21 @@ def operator_checkov_skips(args: OperatorArgs) -> dict[str, str]:
     )
 
 
-def operator_pod_spec(args: OperatorArgs) -> dict[str, Any]:
-    return {
-        "serviceAccountName": NAME,
-        "securityContext": pod_security_context(),
-        "containers": [
-            {
-                "name": NAME,
-                "image": args.image,
-                "imagePullPolicy": args.image_pull_policy,
-                "command": ["python", "-m", "trainop"],
-                "env": operator_env(args),
-                "ports": [
-                    {"name": "health", "containerPort": tj.HEALTH_PORT},
-                    {"name": "metrics", "containerPort": tj.METRICS_PORT},
-                ],
-                "livenessProbe": {
-                    "httpGet": {"path": tj.HEALTH_PATH, "port": "health"},
-                    "initialDelaySeconds": 20,
-                    "periodSeconds": 20,
-                    "timeoutSeconds": 5,
-                    "failureThreshold": 3,
-                },
-                # Ready once Kopf serves its health endpoint (it does after connecting to the API server).
-                "readinessProbe": {
-                    "httpGet": {"path": tj.HEALTH_PATH, "port": "health"},
-                    "periodSeconds": 10,
-                    "timeoutSeconds": 5,
-                },
-                "resources": resource_requirements(args.resources),
-                "securityContext": container_security_context(),
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }
-        ],
-        "volumes": [tmp_volume()],
-    }
+def operator_pod_spec(args: OperatorArgs) -> k8s.core.v1.PodSpecArgs:
+    return api_server_pod_spec(
+        name=NAME,
+        image=args.image,
+        image_pull_policy=args.image_pull_policy,
+        command=["python", "-m", "trainop"],
+        env=operator_env(args),
+        ports={"health": tj.HEALTH_PORT, "metrics": tj.METRICS_PORT},
+        resources=args.resources,
+        liveness_probe=http_probe(
+            tj.HEALTH_PATH, "health", period_s=20, timeout_s=5, failure_threshold=3, initial_delay_s=20
+        ),
+        # Ready once Kopf serves its health endpoint (it does after connecting to the API server).
+        readiness_probe=http_probe(tj.HEALTH_PATH, "health", period_s=10, timeout_s=5),
+    )
 
 
 class TrainingJobOperator(pulumi.ComponentResource):
@@ -156,40 +137,36 @@ class TrainingJobOperator(pulumi.ComponentResource):
             )
             after.append(self.crd)
 
-        # Plain dicts, as the API takes them (Any: the SDK's overloads want its TypedDicts).
-        def metadata(**extra: Any) -> Any:
-            return {"name": NAME, "namespace": args.namespace, "labels": meta_labels, **extra}
+        def metadata(annotations: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+            return object_meta(NAME, args.namespace, meta_labels, annotations or {})
 
         account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(), opts=child)
         role = k8s.rbac.v1.Role(
-            f"{name}-role", metadata=metadata(), rules=as_input(tj.operator_role_rules()), opts=child
+            f"{name}-role", metadata=metadata(), rules=policy_rules(tj.operator_role_rules()), opts=child
         )
         binding = k8s.rbac.v1.RoleBinding(
             f"{name}-rolebinding",
             metadata=metadata(),
-            role_ref=as_input({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}),
-            subjects=as_input([{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}]),
+            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="Role", name=NAME),
+            subjects=[service_account_subject(NAME, args.namespace)],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role]),
         )
         selector = selector_labels(NAME, args.instance)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=metadata(annotations=operator_checkov_skips(args)),
-            spec=as_input(
-                {
-                    "replicas": 1,
-                    # Never two operators at once: a rolling update would briefly run both against the same objects.
-                    "strategy": {"type": "Recreate"},
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        # No empty annotations map: that alone would be a template change.
-                        "metadata": {
-                            "labels": meta_labels,
-                            **({"annotations": dict(args.pod_annotations)} if args.pod_annotations else {}),
-                        },
-                        "spec": operator_pod_spec(args),
-                    },
-                }
+            metadata=metadata(operator_checkov_skips(args)),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                # Never two operators at once: a rolling update would briefly run both against the same objects.
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    # No empty annotations map: that alone would be a template change.
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=meta_labels, annotations=dict(args.pod_annotations) or None
+                    ),
+                    spec=operator_pod_spec(args),
+                ),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, binding]),
         )

@@ -11,11 +11,6 @@
 
 from infra.config.schema import PROJECT_FILE, SECRET_KEYS, load_schema, project_name, read_raw_config, secret_keys
 from infra.config.settings import (
-    LAUNCHER_REPLICAS,
-    LAUNCHER_RESOURCES,
-    MLFLOW_RESOURCES,
-    OPERATOR_RESOURCES,
-    POSTGRES_RESOURCES,
     InferenceSettings,
     MlflowSettings,
     MonitoringSettings,
@@ -30,8 +25,7 @@ from workloads.pod import Resources, Toleration
 from workloads.quantity import parse_quantity
 
 __all__ = [
-    "ACCESS_MODES", "LAUNCHER_REPLICAS", "LAUNCHER_RESOURCES", "MLFLOW_RESOURCES", "OPERATOR_RESOURCES",
-    "POSTGRES_RESOURCES", "PROJECT_FILE", "SECRET_KEYS", "ConfigError",
+    "ACCESS_MODES", "PROJECT_FILE", "SECRET_KEYS", "ConfigError",
     "InferenceSettings", "MlflowSettings", "MonitoringSettings", "NamespaceSettings", "Resources", "StackConfig",
     "StorageSettings", "TlsSettings", "Toleration", "TrainingSettings", "load_schema", "parse_quantity",
     "project_name", "read_raw_config", "secret_keys",

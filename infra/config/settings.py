@@ -7,14 +7,23 @@ from dataclasses import dataclass
 from workloads.monitoring.rules import AlertThresholds
 from workloads.pod import Resources, Toleration
 
-# Sizes of the supporting servers (not tunable per stack; the quota check counts them).
-MLFLOW_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="1Gi")
-POSTGRES_RESOURCES = Resources(cpu_request="250m", cpu_limit="1", memory_request="256Mi", memory_limit="1Gi")
-# The TrainingJob operator (Kopf, one replica): mostly idle, a few hundred MB with trainer.config imported.
-# The task launcher's API server (two replicas): FastAPI + lightkube, idle most of the time.
-LAUNCHER_RESOURCES = Resources(cpu_request="100m", cpu_limit="500m", memory_request="128Mi", memory_limit="384Mi")
-LAUNCHER_REPLICAS = 2
-OPERATOR_RESOURCES = Resources(cpu_request="100m", cpu_limit="500m", memory_request="192Mi", memory_limit="512Mi")
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    """The task launcher's knobs (launcher* keys)."""
+
+    replicas: int
+    """API server pods (launcherReplicas)."""
+    max_active_tasks_per_user: int
+    """Most pending or running tasks per user (launcherMaxActiveTasksPerUser)."""
+    ttl_seconds_after_finished: int
+    """Seconds a finished task's Job stays (launcherTaskTtlSeconds)."""
+    audience: str
+    """Audience of users' tokens (launcherAudience)."""
+    task_service_account: str
+    """ServiceAccount of the tasks' pods (launcherTaskServiceAccount)."""
+    resources: Resources
+    """Requests and limits of each API server pod (launcher* keys); FastAPI + lightkube, idle most of the time."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class MlflowSettings:
     """PostgreSQL image (postgresql backend)."""
     postgres_size: str
     """PostgreSQL volume size."""
+    resources: Resources
+    """The tracking server's requests and limits (mlflow* keys)."""
+    postgres_resources: Resources
+    """PostgreSQL's requests and limits (postgres* keys)."""
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,20 @@ The only place besides the entry point that reads stack config (`StackConfig.loa
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pulumi
 
 from infra.config.schema import SECRET_KEYS, project_name, read_raw_config
 from infra.config.settings import (
-    LAUNCHER_REPLICAS,
-    LAUNCHER_RESOURCES,
-    MLFLOW_RESOURCES,
-    OPERATOR_RESOURCES,
-    POSTGRES_RESOURCES,
     InferenceSettings,
+    LauncherSettings,
     MlflowSettings,
     MonitoringSettings,
     NamespaceSettings,
@@ -38,6 +38,7 @@ from infra.config.validation import (
     cert_manager_chart_problem,
 )
 from workloads.monitoring.rules import AlertThresholds
+from workloads.pod import Resources
 from workloads.quantity import parse_quantity
 from workloads.training import MAX_RANKS_PER_POD
 from workloads.trainingjob import CHECKPOINT_ACCESS_MODES
@@ -79,12 +80,19 @@ class StackConfig:
     """The inference service."""
     monitoring: MonitoringSettings
     """Scraping, dashboards and alerts."""
+    task_launcher: LauncherSettings
+    """The task launcher's knobs (launcher* keys)."""
+    operator_resources: Resources
+    """The TrainingJob operator's requests and limits (operator* keys)."""
     operator: bool = True
     """Install the TrainingJob operator (trainingJobOperator)."""
     operator_crd: bool = True
     """Declare the TrainingJob CRD with it (trainingJobCrd)."""
     launcher: bool = True
     """Deploy the task launcher API (taskLauncher)."""
+    postgres_password: pulumi.Output[str] | None = None
+    """The postgresPassword secret, as the secret Output `load()` reads with the postgresql backend (None
+    otherwise, and from `from_raw`, which sees only whether it is set)."""
 
     @classmethod
     def load(cls) -> StackConfig:
@@ -96,7 +104,10 @@ class StackConfig:
         raw = read_raw_config(cfg.get)
         is_set = {key for key in SECRET_KEYS if cfg.get(key)}
         secret = {key for key in is_set if is_config_secret(f"{cfg.name}:{key}")}
-        return cls.from_raw(pulumi.get_stack(), raw, secret, plain_secrets=is_set - secret)
+        config = cls.from_raw(pulumi.get_stack(), raw, secret, plain_secrets=is_set - secret)
+        if config.mlflow.backend == "postgresql":  # validated above: set, as a secret
+            config = dataclasses.replace(config, postgres_password=cfg.require_secret("postgresPassword"))
+        return config
 
     @classmethod
     def from_raw(
@@ -111,16 +122,23 @@ class StackConfig:
         return _build(Validator(stack, raw, secrets_set or set(), plain_secrets or set()))
 
 
+def _audience(v: Validator, key: str) -> str:
+    value = v.string(key)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}", value):
+        v.problem(key, "must be a token audience: letters, digits and . _ : / -, e.g. skyrun")
+    return value
+
+
 def _check_quota(v: Validator, config: StackConfig) -> None:
     """The quota must admit everything at full scale: every worker, MLflow (and PostgreSQL), and inference at
     hpaMaxReplicas plus the one extra pod of a rolling update; otherwise pods are refused at admission."""
     t, inf = config.training, config.inference
     surge_replicas = inf.max_replicas + 1
-    postgres = [POSTGRES_RESOURCES] if config.mlflow.backend == "postgresql" else []
-    operator = [OPERATOR_RESOURCES] if config.operator else []
-    launcher = [LAUNCHER_RESOURCES] * LAUNCHER_REPLICAS if config.launcher else []
+    postgres = [config.mlflow.postgres_resources] if config.mlflow.backend == "postgresql" else []
+    operator = [config.operator_resources] if config.operator else []
+    launcher = [config.task_launcher.resources] * config.task_launcher.replicas if config.launcher else []
     pods = [
-        *([t.resources] * t.workers), MLFLOW_RESOURCES, *postgres, *operator, *launcher,
+        *([t.resources] * t.workers), config.mlflow.resources, *postgres, *operator, *launcher,
         *([inf.resources] * surge_replicas),
     ]  # fmt: skip
     what = (
@@ -292,6 +310,8 @@ def _build(v: Validator) -> StackConfig:
             node_port=mlflow_port,
             postgres_image=v.image("postgresImage"),
             postgres_size=v.quantity("postgresStorageSize"),
+            resources=v.resources("mlflow"),
+            postgres_resources=v.resources("postgres"),
         ),
         tls=TlsSettings(
             enabled=tls_enabled,
@@ -343,6 +363,15 @@ def _build(v: Validator) -> StackConfig:
         operator=v.boolean("trainingJobOperator"),
         operator_crd=v.boolean("trainingJobCrd"),
         launcher=v.boolean("taskLauncher"),
+        task_launcher=LauncherSettings(
+            replicas=v.integer("launcherReplicas", 1, 10),
+            max_active_tasks_per_user=v.integer("launcherMaxActiveTasksPerUser", 1, 1000),
+            ttl_seconds_after_finished=v.integer("launcherTaskTtlSeconds", 0, 604800),
+            audience=_audience(v, "launcherAudience"),
+            task_service_account=v.dns_subdomain("launcherTaskServiceAccount"),
+            resources=v.resources("launcher"),
+        ),
+        operator_resources=v.resources("operator"),
     )
     # The Job name <runName>-train and pod host names <job>-<index> must stay DNS labels.
     if len(config.training.run_name) > 50:

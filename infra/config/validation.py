@@ -201,6 +201,12 @@ class Validator:
             self.problem(key, f"must be {what}: lowercase letters, digits and '-', at most 63 characters")
         return value
 
+    def dns_subdomain(self, key: str, what: str = "a DNS-1123 subdomain") -> str:
+        value = self.string(key)
+        if not DNS_SUBDOMAIN.match(value):
+            self.problem(key, f"must be {what}: lowercase letters, digits, '-' and '.', at most 253 characters")
+        return value
+
     def key_values(self, key: str) -> tuple[tuple[str, str], ...]:
         pairs = []
         for item in self.string_list(key):

@@ -85,31 +85,28 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> I
         pytest.fail(f"the real cluster did not stop cleanly: {problems}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def platform_image(real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The platform image, built once per content key (cold: PyPI's torch, minutes) and imported into the
-    session's cluster as ml-platform:dev, the name the dev stack's manifests use."""
-    log = tmp_path_factory.mktemp("images") / "platform-build.log"
+def _role_image(real_cluster: RealCluster, role: images.Role, logs: Path) -> str:
+    """Build (once per content key) or reuse `role`'s image and import it into the session's cluster under the
+    name the dev stack's manifests use."""
     try:
-        result = images.platform_image(log=log)
+        result = images.role_image(role, log=logs / f"{role.target}-build.log")
     except images.ImageError as err:
         pytest.fail(str(err), pytrace=False)
-    seconds = real_cluster.import_podman_image(result.ref, (images.PLATFORM_TAG,))
+    seconds = real_cluster.import_podman_image(result.ref, (role.tag,))
     word = "built" if result.built else "reused"
-    print(f"\nplatform image {result.ref} {word} ({result.seconds:.0f} s), imported ({seconds:.0f} s)", file=sys.stderr)
-    return images.PLATFORM_TAG
+    print(f"\n{role.target} image {result.ref} {word} ({result.seconds:.0f} s), imported ({seconds:.0f} s)",
+          file=sys.stderr)  # fmt: skip
+    return role.tag
+
+
+@pytest.fixture(scope="session")
+def platform_image(real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The platform image (torch: trainer, inference; cold: PyPI's torch, minutes), as ml-platform:dev."""
+    return _role_image(real_cluster, images.PLATFORM, tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="session")
 def services_image(real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The services image (the Dockerfile's `services` stage: MLflow, the operator, the launcher, no torch), built
-    once per content key and imported into the session's cluster as ml-platform-services:dev."""
-    log = tmp_path_factory.mktemp("images") / "services-build.log"
-    try:
-        result = images.services_image(log=log)
-    except images.ImageError as err:
-        pytest.fail(str(err), pytrace=False)
-    seconds = real_cluster.import_podman_image(result.ref, (images.SERVICES_TAG,))
-    word = "built" if result.built else "reused"
-    print(f"\nservices image {result.ref} {word} ({result.seconds:.0f} s), imported ({seconds:.0f} s)", file=sys.stderr)
-    return images.SERVICES_TAG
+    """The services image (the Dockerfile's `services` stage: MLflow, the operator, the launcher, no torch), as
+    ml-platform-services:dev."""
+    return _role_image(real_cluster, images.SERVICES, tmp_path_factory.mktemp("images"))

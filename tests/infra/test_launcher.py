@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pulumi
+import pytest
 
 from infra.config.schema import load_schema
 from infra.launcher import TaskLauncher, TaskLauncherArgs
@@ -14,7 +16,7 @@ from workloads.pod import Resources
 from workloads.quota import quota_problems
 from workloads.task import launcher_cluster_role_rules, launcher_role_rules
 
-from .conftest import find
+from .conftest import find, objects_of, render_stack
 
 Run = Callable[[Callable[[], Any]], RecordingMocks]
 NAME = "skyrun"
@@ -26,6 +28,11 @@ ARGS = TaskLauncherArgs(
     task_image="ml-platform:1.0",
     image_pull_policy="IfNotPresent",
     resources=Resources(cpu_request="100m", cpu_limit="500m", memory_request="128Mi", memory_limit="256Mi"),
+    max_active_tasks_per_user=4,
+    ttl_seconds_after_finished=3600,
+    task_service_account="default",
+    audience="skyrun",
+    replicas=2,
 )
 
 
@@ -115,16 +122,40 @@ def test_rbac_is_the_namespaced_rules_plus_only_the_two_reviews(component: Run) 
 
 
 def test_the_server_is_configured_from_the_args(component: Run) -> None:
-    args = TaskLauncherArgs(**{**ARGS.__dict__, "max_active_tasks_per_user": 7, "service_type": "NodePort",
-                               "node_port": 30800})  # fmt: skip
+    args = TaskLauncherArgs(**{**ARGS.__dict__, "max_active_tasks_per_user": 7, "ttl_seconds_after_finished": 60,
+                               "task_service_account": "tasks", "audience": "ml-team", "replicas": 3})  # fmt: skip
     _, objects = render(component, args)
-    env = {
-        e["name"]: e.get("value")
-        for e in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
+    deployment = find(objects, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SKYRUN_MAX_ACTIVE_TASKS_PER_USER"] == "7" and env["SKYRUN_IMAGE"] == "ml-platform:1.0"
+    assert env["SKYRUN_TTL_SECONDS_AFTER_FINISHED"] == "60" and env["SKYRUN_TASK_SERVICE_ACCOUNT"] == "tasks"
+    assert env["SKYRUN_AUDIENCE"] == "ml-team" and deployment["spec"]["replicas"] == 3
     assert env["SKYRUN_HOST"] == "0.0.0.0"
-    assert find(objects, "Service")["spec"]["ports"][0]["nodePort"] == 30800
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "ml-platform-services:1.0"
+    assert find(objects, "Service")["spec"]["type"] == "ClusterIP"  # the CLI reaches it by port-forward or Ingress
+
+
+def test_every_launcher_knob_is_a_stack_key() -> None:
+    """launcher* keys reach the launcher's env; a bad one fails before anything is declared, naming the key."""
+    from infra.config import ConfigError
+
+    objects = objects_of(render_stack("dev", launcherReplicas=3, launcherMaxActiveTasksPerUser=9, quotaCpu="20",
+                                      launcherTaskTtlSeconds=120, launcherAudience="team-a",
+                                      launcherTaskServiceAccount="runner"))  # fmt: skip
+    deployment = find(objects, "Deployment", "skyrun")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert deployment["spec"]["replicas"] == 3
+    assert (env["SKYRUN_MAX_ACTIVE_TASKS_PER_USER"], env["SKYRUN_TTL_SECONDS_AFTER_FINISHED"]) == ("9", "120")
+    assert (env["SKYRUN_AUDIENCE"], env["SKYRUN_TASK_SERVICE_ACCOUNT"]) == ("team-a", "runner")
+    for key, value, says in [
+        ("launcherReplicas", 0, "launcherReplicas=0: must be between 1 and 10"),
+        ("launcherMaxActiveTasksPerUser", 0, "launcherMaxActiveTasksPerUser=0: must be between 1 and 1000"),
+        ("launcherTaskTtlSeconds", -1, "launcherTaskTtlSeconds=-1: must be between 0 and 604800"),
+        ("launcherAudience", "has space", "launcherAudience='has space': must be a token audience"),
+        ("launcherTaskServiceAccount", "Runner_1", "launcherTaskServiceAccount='Runner_1': must be a DNS-1123"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            render_stack("dev", **{key: value})
 
 
 def test_the_server_owns_tasks_by_its_own_deployment_and_may_read_only_that_one(component: Run) -> None:
