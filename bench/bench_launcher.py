@@ -47,6 +47,8 @@ from bench.engine_bench import (
     utc_now,
     write_section,
 )
+from skyrun.manifests import Launch, task_manifests
+from skyrun.task_spec import parse_task
 from tests.engine.cluster import LocalCluster
 from tests.harness.api import Api
 from tests.harness.wait import eventually
@@ -58,7 +60,7 @@ from tests.launcher.harness import (
     token,
     user_name,
 )
-from workloads.task import STATE_DONE, STATE_LABEL, Launch, parse_task, task_manifests
+from workloads.task import STATE_DONE, STATE_LABEL
 
 NS = "skyrun-bench"
 HEADING = "### Task launcher (issue 14)"

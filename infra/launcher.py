@@ -7,7 +7,7 @@ its RoleBinding; a ClusterRole with nothing but `create` on tokenreviews and sub
 APIs: the only way to check a bearer token and an --all-users right) and its ClusterRoleBinding; the Deployment
 (2 replicas, rolling, probes, Pod Security restricted) that runs `python -m skyrun serve`; its Service; and a
 PodDisruptionBudget. Its NetworkPolicies (who reaches the API, the server to the Kubernetes API, the tasks' egress)
-are infra/network.py's, with the namespace's others; each task brings its own for its ranks (workloads/task.py).
+are infra/network.py's, with the namespace's others; each task brings its own for its ranks (skyrun/manifests.py).
 
 The Deployment owns every task: each task object carries an ownerReference to its uid (SKYRUN_DEPLOYMENT names
 it). With protectData the platform namespace outlives the stack, so tasks owned by nothing would keep running after

@@ -6,7 +6,7 @@ never by address; ipBlocks serve only for what is not a pod: the API server's en
 pod network, and destinations outside the cluster (NetworkSettings; per CNI in docs/security.md).
 
 The ranks of one training run (or of one launched task) reach each other on every port; those policies come with
-the run's own objects (workloads/training.py, workloads/task.py): only a per-run selector keeps two runs apart.
+the run's own objects (workloads/training.py, skyrun/manifests.py): only a per-run selector keeps two runs apart.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ class NetworkPolicies(pulumi.ComponentResource):
                 ),
             )
             # Tasks: MLflow and the allowed destinations. Their ranks reach each other through the policy each task
-            # brings (workloads/task.py); nothing else reaches a task.
+            # brings (skyrun/manifests.py); nothing else reaches a task.
             task_egress = [np.NetworkPolicyEgressRuleArgs(to=[_peer_pods("mlflow")], ports=_tcp(args.mlflow_port))]
             if net.task_egress_cidrs:
                 task_egress.append(

@@ -6,7 +6,7 @@ import datetime as dt
 import secrets
 import string
 
-from workloads.task import FieldError
+from workloads.quota import FieldError
 
 _ALPHABET = string.ascii_lowercase + string.digits
 

@@ -9,7 +9,8 @@ import httpx2
 from lightkube import ApiError
 
 from skyrun.kube import Kube
-from workloads.task import CONTAINER, NODE_INDEX_LABEL, TASK_ID_LABEL, TASK_LABEL, task_object_name
+from skyrun.manifests import task_object_name
+from workloads.task import CONTAINER, NODE_INDEX_LABEL, TASK_ID_LABEL, TASK_LABEL
 
 
 async def follow_logs(kube: Kube, task_id: str, num_nodes: int, follow: bool) -> AsyncIterator[str]:

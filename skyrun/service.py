@@ -17,13 +17,15 @@ from skyrun.common import Problem as Problem
 from skyrun.common import invalid, new_id, now_utc
 from skyrun.kube import Kube
 from skyrun.logs import follow_logs
+from skyrun.manifests import Anchor, Launch, task_manifests, task_object_name, task_resources, user_hash
 from skyrun.models import SubmitResponse, TaskInfo, TaskStatus, VolumeCreate, VolumeInfo
 from skyrun.settings import Settings
 from skyrun.status import Derived, derive
 from skyrun.task_info import task_info
+from skyrun.task_spec import TaskInvalid, parse_task
 from skyrun.volumes import ACCESS_MODES as ACCESS_MODES
 from skyrun.volumes import create_volume, owned_volumes, volume_info
-from workloads.quota import quota_problems
+from workloads.quota import FieldError, quota_problems
 from workloads.task import (
     KIND_LABEL,
     NAME_ANNOTATION,
@@ -35,15 +37,6 @@ from workloads.task import (
     TASK_LABEL,
     USER_ANNOTATION,
     USER_HASH_LABEL,
-    Anchor,
-    FieldError,
-    Launch,
-    TaskInvalid,
-    parse_task,
-    task_manifests,
-    task_object_name,
-    task_resources,
-    user_hash,
 )
 
 

@@ -10,17 +10,11 @@ from lightkube import ApiError
 
 from skyrun.common import Problem, invalid, new_id
 from skyrun.kube import Kube
+from skyrun.manifests import user_hash, volume_claim
 from skyrun.models import VolumeCreate, VolumeInfo
 from workloads.quantity import parse_quantity
-from workloads.task import (
-    KIND_LABEL,
-    NAME_ANNOTATION,
-    USER_ANNOTATION,
-    USER_HASH_LABEL,
-    FieldError,
-    user_hash,
-    volume_claim,
-)
+from workloads.quota import FieldError
+from workloads.task import KIND_LABEL, NAME_ANNOTATION, USER_ANNOTATION, USER_HASH_LABEL
 
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod")
 

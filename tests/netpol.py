@@ -30,7 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workloads.task import Launch, parse_task, task_manifests
+from skyrun.manifests import Launch, task_manifests
+from skyrun.task_spec import parse_task
 
 
 @dataclass(frozen=True)

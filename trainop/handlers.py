@@ -46,8 +46,7 @@ from trainop.kube import Kube, OwnedElsewhere
 from trainop.progress import ProgressCache
 from trainop.settings import Settings
 from trainop.validate import run_shape, spec_problems
-from workloads.quota import over_quota, trainingjob_demands
-from workloads.task_spec import FieldError
+from workloads.quota import FieldError, over_quota, trainingjob_demands
 from workloads.training import CONFIG_CHECKSUM_ANNOTATION
 from workloads.trainingjob import GROUP, PLURAL, VERSION, attempt_manifests, job_name, resources
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$"
 """Kubernetes' quantity grammar (unsigned): a decimal number, then a binary or decimal suffix or an exponent. The
 one definition: parse_quantity here, the TrainingJob CRD's OpenAPI patterns and the SkyPilot amounts of
-workloads.task_spec all use it."""
+skyrun/task_spec.py all use it."""
 _QUANTITY = re.compile(QUANTITY_PATTERN)
 _SUFFIX = {
     "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),

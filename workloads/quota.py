@@ -1,6 +1,6 @@
 """Refusing at submission a task or a TrainingJob that a ResourceQuota of the namespace can never admit.
 
-A task asks num_nodes x its per-node resources (request = limit, workloads/task.py `task_resources`) and one Job,
+A task asks num_nodes x its per-node resources (request = limit, skyrun/manifests.py `task_resources`) and one Job,
 Service, NetworkPolicy and record ConfigMap. When that total alone is over a quota's `spec.hard`, the Job
 controller could never create all of its pods: the task would stay pending for good. Current use is not counted:
 it only makes a task wait, and the status says so (the Job's FailedCreate "exceeded quota" event, skyrun/status.py).
@@ -17,7 +17,15 @@ from typing import Any
 
 from workloads.pod import GPU_RESOURCE, Resources
 from workloads.quantity import format_quantity, parse_quantity
-from workloads.task_spec import FieldError
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with a task or request: the field (dotted path) and what to do about it."""
+
+    field: str
+    message: str
+
 
 PLATFORM_QUOTA = "platform-quota"
 """The name infra/namespace.py gives the namespace's quota: its limits come from the stack's config keys below."""

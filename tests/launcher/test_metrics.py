@@ -24,10 +24,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from skyrun.app import LOGS_ROUTE, create_app
+from skyrun.manifests import task_manifests
 from skyrun.settings import Settings
+from skyrun.task_spec import parse_task
 from tests.launcher.test_units import USER, FakeKube, launch
 from tests.proc import stop_group
-from workloads.task import NODE_INDEX_LABEL, STATE_ACTIVE, STATE_LABEL, parse_task, task_manifests
+from workloads.task import NODE_INDEX_LABEL, STATE_ACTIVE, STATE_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_ID = "abcd1234"

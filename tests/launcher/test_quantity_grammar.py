@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from skyrun.task_spec import parse_cpus, parse_memory
 from workloads.quantity import parse_quantity
-from workloads.task_spec import parse_cpus, parse_memory
 from workloads.trainingjob import crd
 
 VALID = {"500m": Decimal("0.5"), "4Gi": Decimal(4 * 2**30), "1e3": Decimal(1000), ".5": Decimal("0.5"),

@@ -12,20 +12,13 @@ import yaml
 from fastapi.testclient import TestClient
 
 from skyrun.app import create_app
+from skyrun.manifests import Anchor, Launch, task_manifests, volume_claim
 from skyrun.models import TaskStatus
 from skyrun.settings import Settings
 from skyrun.status import derive
+from skyrun.task_spec import TaskInvalid, parse_task
 from workloads.pod import container_security_context, pod_security_context
-from workloads.task import (
-    NODE_INDEX_LABEL,
-    SETUP_FAILED_EXIT_CODE,
-    Anchor,
-    Launch,
-    TaskInvalid,
-    parse_task,
-    task_manifests,
-    volume_claim,
-)
+from workloads.task import NODE_INDEX_LABEL, SETUP_FAILED_EXIT_CODE
 
 USER = "system:serviceaccount:ml:alice"
 LAUNCHER_UID = "5f0c7a52-0000-4000-8000-000000000001"

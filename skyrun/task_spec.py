@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from workloads.quantity import split_quantity
+from workloads.quota import FieldError
 
 MAX_NUM_NODES = 64
 MAX_GPUS_PER_NODE = 16
@@ -46,14 +47,6 @@ _SKYPILOT_UNITS = {"GB": "G", "MB": "M", "TB": "T"}
 _MEMORY_UNITS = ("Ki", "Mi", "Gi", "Ti", "M", "G", "T")
 _ACCELERATOR = re.compile(r"^(?:(?P<name>[A-Za-z][A-Za-z0-9_.-]*)(?::(?P<count>[0-9]+))?|(?P<bare>[0-9]+))$")
 _VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One problem with a task or request: the field (dotted path) and what to do about it."""
-
-    field: str
-    message: str
 
 
 class TaskInvalid(ValueError):
