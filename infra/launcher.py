@@ -34,12 +34,12 @@ from infra.common import (
     service_account_subject,
 )
 from workloads.pod import Resources, recommended_labels, selector_labels
-from workloads.task import launcher_cluster_role_rules, launcher_role_rules
+from workloads.task import LAUNCHER_HTTP_PORT, LAUNCHER_METRICS_PORT, launcher_cluster_role_rules, launcher_role_rules
 
 NAME = "skyrun"
 """Name of the launcher's Deployment, Service, ServiceAccount, Role and pods (app.kubernetes.io/name)."""
-HTTP_PORT = 8000
-METRICS_PORT = 9090
+HTTP_PORT = LAUNCHER_HTTP_PORT
+METRICS_PORT = LAUNCHER_METRICS_PORT
 """Prometheus metrics (`/metrics`, no token): a port of their own, so the API port stays token-only."""
 
 

@@ -21,7 +21,7 @@ from infra.common import labels
 from infra.config.settings import NetworkSettings
 from infra.launcher import NAME as LAUNCHER_NAME
 from infra.trainingjobs import NAME as OPERATOR_NAME
-from workloads.task import TASK_LABEL
+from workloads.task import LAUNCHER_HTTP_PORT, TASK_LABEL
 
 NAME_LABEL = "app.kubernetes.io/name"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
@@ -58,7 +58,7 @@ class NetworkPoliciesArgs:
     """The task launcher runs here: its API (from the namespace's pods that are not tasks, the ingress controller
     and `network.launcher_client_cidrs`), its egress to the Kubernetes API, and its tasks' egress (MLflow and
     `network.task_egress_cidrs`)."""
-    launcher_port: int = 8000
+    launcher_port: int = LAUNCHER_HTTP_PORT
     """The launcher API's container port."""
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skyrun.task_spec import Task
+from workloads.contracts import MASTER_PORT
 from workloads.pod import (
     GPU_RESOURCE,
     Resources,
@@ -41,7 +42,6 @@ from workloads.task import (
     CONTAINER,
     KIND_LABEL,
     MANAGED_BY,
-    MASTER_PORT,
     NAME_ANNOTATION,
     NODE_INDEX_FIELD,
     SETUP_FAILED_EXIT_CODE,

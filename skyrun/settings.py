@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workloads.task import LAUNCHER_HTTP_PORT, LAUNCHER_METRICS_PORT
+
 
 class Settings(BaseSettings):
     """Configuration of one API server process (environment variables are `SKYRUN_<FIELD>`)."""
@@ -46,8 +48,8 @@ class Settings(BaseSettings):
     """How long one token's TokenReview answer is reused."""
     host: str = "127.0.0.1"
     """Address to bind (`0.0.0.0` in a pod)."""
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = Field(default=LAUNCHER_HTTP_PORT, ge=1, le=65535)
     """TCP port to listen on."""
-    metrics_port: int = Field(default=9090, ge=1, le=65535)
+    metrics_port: int = Field(default=LAUNCHER_METRICS_PORT, ge=1, le=65535)
     """TCP port of the Prometheus metrics (`/metrics`, no token), on `host` too; apart from the API's port so a
     NetworkPolicy can admit Prometheus to this port alone."""

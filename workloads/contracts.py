@@ -19,3 +19,5 @@ MODEL_VERSION_TAG = "registered_model_version"
 
 TRAINER_METRICS_PORT = 9400
 """The trainer's Prometheus port (local rank i serves TRAINER_METRICS_PORT + i)."""
+MASTER_PORT = 29500
+"""Rank 0's rendezvous port in the runs the operator and the launcher create (torch's usual default)."""

@@ -29,7 +29,11 @@ STATE_ACTIVE, STATE_DONE = "active", "done"
 USER_ANNOTATION = "skyrun.ml-platform.dev/user"
 NAME_ANNOTATION = "skyrun.ml-platform.dev/name"
 CONTAINER = "task"
-MASTER_PORT = 29500
+LAUNCHER_HTTP_PORT = 8000
+"""The launcher API's port: skyrun's default SKYRUN_PORT, the container port the stack declares and its
+NetworkPolicy admits."""
+LAUNCHER_METRICS_PORT = 9090
+"""The launcher's Prometheus port (`/metrics`, no token): skyrun's default SKYRUN_METRICS_PORT."""
 SETUP_FAILED_EXIT_CODE = 100
 TASK_ID_LENGTH = 8
 TASK_ID_RE = re.compile(r"^[a-z][a-z0-9]{7}$")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workloads.contracts import GROUP, UID_TAG
+from workloads.contracts import GROUP, MASTER_PORT, UID_TAG
 from workloads.pod import Resources, Toleration
 from workloads.train_yaml import Decisions, train_yaml, user_sections
 from workloads.training import CHECKPOINT_MOUNT, TrainingJobSpec, training_manifests
@@ -30,7 +30,6 @@ MANAGED_BY = "trainop"
 TRAININGJOB_LABEL = f"{GROUP}/trainingjob"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 RUN_NAME_MAX = 40  # + "-a<attempt>-train" and the pod index keeps pod host names within 63 characters
-MASTER_PORT = 29500
 DISCOVERY = "dns"  # every attempt finds rank 0 by its DNS name: the pods need no API token
 # The operator's ports and settings (environment variables), for its Deployment.
 HEALTH_PORT = 8080
