@@ -1,4 +1,6 @@
-"""The training loop: DDP over the process group, evaluation, checkpoints, tracking and the final summary.
+"""The training loop: one rank's run (DDP over the process group, the learning-rate schedule of
+`trainer.schedule`, evaluation with `trainer.evaluation`, checkpoints, tracking, and rank 0's `Summary`) and the
+step functions it is made of (optimizer, forward/backward, optimizer step, the loss averaged over the ranks).
 
 Everything random is a pure function of (train.seed, rank, step): batches come from `trainer.data`, dropout
 masks from a generator reseeded each step. Together with the model and optimizer state in a checkpoint, this
@@ -8,13 +10,11 @@ makes a resumed run bitwise identical to an uninterrupted one on CPU.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from trainer.checkpoint import Checkpoint, TrainingState, load_checkpoint, resto
 from trainer.config import ConfigError, TrainConfig, TrainerConfig
 from trainer.data import BatchSampler, Corpus, build_corpus, mix_seed
 from trainer.distenv import DistEnv
+from trainer.evaluation import evaluate
 from trainer.metrics import TrainerMetrics, metrics_port
 from trainer.progress import Progress, format_metrics
 from trainer.runtime import (
@@ -41,46 +42,10 @@ from trainer.runtime import (
     process_group,
     rendezvous_store,
 )
+from trainer.schedule import lr_at
 from trainer.stopping import Stopped, StopRequest, StopVote
+from trainer.summary import Summary
 from trainer.tracking import RunLogger, make_logger
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Summary:
-    """Rank 0's final JSON line."""
-
-    step: int
-    """Steps completed."""
-    train_loss: float | None
-    """Mean training loss of the last step (None if no step ran since the last checkpoint was written)."""
-    val_loss: float | None
-    """Validation loss at the last step."""
-    tokens_per_s: float
-    """Global training tokens per second of training-step time in this process (0 when no step ran)."""
-    checkpoint: str
-    """The final checkpoint directory (also a saved-model directory)."""
-    world_size: int
-    """Ranks that trained."""
-    resumed_from_step: int
-    """Step of the checkpoint this process started from (0 = a fresh start)."""
-    run_id: str | None = None
-    """MLflow run, when tracking is on."""
-    model_uri: str | None = None
-    """`models:/<name>/<version>` of the registered model, when tracking is on."""
-    alias_moved: bool | None = None
-    """Whether tracking.alias now points at the new version."""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate for the step with 0-based index `step`: linear warmup, then cosine decay to min_lr."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / (config.warmup_steps + 1)
-    span = max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 def make_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -122,25 +87,6 @@ def mean_over_ranks(value: torch.Tensor, env: DistEnv) -> float:
     if env.is_distributed:
         dist.all_reduce(value)
     return float(value.item()) / env.world_size
-
-
-@torch.no_grad()
-def evaluate(
-    model: GPT, batches: BatchSampler, iters: int, env: DistEnv, device: torch.device, accel: Acceleration
-) -> float:
-    """Mean loss over the same `iters` global validation batches every time, averaged across ranks."""
-    model.eval()
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    for index in range(iters):
-        x, y = batches(index)
-        with accel.autocast(device):
-            _, loss = model(x, y)
-        assert loss is not None
-        total += loss.double()
-    model.train()
-    if env.is_distributed:
-        dist.all_reduce(total)
-    return float(total.item() / (iters * env.world_size))
 
 
 def _check_compatible(checkpoint: Checkpoint, model_config: GPTConfig, corpus: Corpus) -> None:

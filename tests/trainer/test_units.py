@@ -12,7 +12,6 @@ import torch.distributed as dist
 from trainer.config import TrainConfig
 from trainer.distenv import DistEnv
 from trainer.launcher import exit_code, rank_environments
-from trainer.loop import lr_at
 from trainer.progress import Progress
 from trainer.runtime import (
     acknowledge_finish,
@@ -21,6 +20,7 @@ from trainer.runtime import (
     await_start,
     cpu_budget,
 )
+from trainer.schedule import lr_at
 
 
 def test_lr_warms_up_linearly_then_decays_to_min_lr() -> None:
