@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -94,21 +93,23 @@ class Monitoring(pulumi.ComponentResource):
                 name=object_name, namespace=args.namespace, labels=object_labels, annotations=annotations
             )
 
-        # CustomResource declares no typed outputs; its `metadata` output is the object's metadata as a dict.
-        self.pod_monitors: list[Any] = []
+        # CustomResource declares no typed outputs: each name is the one it was given, once the object exists.
+        self.pod_monitors: list[k8s.apiextensions.CustomResource] = []
+        self.pod_monitor_names: list[pulumi.Output[str]] = []
         if args.prometheus_operator:
             for target in args.targets:
-                self.pod_monitors.append(
-                    k8s.apiextensions.CustomResource(
-                        f"{name}-{target.component}-podmonitor",
-                        api_version="monitoring.coreos.com/v1",
-                        kind="PodMonitor",
-                        metadata=metadata(f"{target.component}-metrics", selected),
-                        spec=pod_monitor_spec(target, PART_OF),
-                        opts=child,
-                    )
+                monitor_name = f"{target.component}-metrics"
+                monitor = k8s.apiextensions.CustomResource(
+                    f"{name}-{target.component}-podmonitor",
+                    api_version="monitoring.coreos.com/v1",
+                    kind="PodMonitor",
+                    metadata=metadata(monitor_name, selected),
+                    spec=pod_monitor_spec(target, PART_OF),
+                    opts=child,
                 )
-            rules: Any = k8s.apiextensions.CustomResource(
+                self.pod_monitors.append(monitor)
+                self.pod_monitor_names.append(pulumi.Output.all(monitor.urn, monitor_name).apply(lambda v: str(v[1])))
+            rules = k8s.apiextensions.CustomResource(
                 f"{name}-rules",
                 api_version="monitoring.coreos.com/v1",
                 kind="PrometheusRule",
@@ -116,7 +117,7 @@ class Monitoring(pulumi.ComponentResource):
                 spec=prometheus_rule_spec(args.namespace, args.thresholds),
                 opts=child,
             )
-            self.rules_name = rules.metadata["name"]
+            self.rules_name = rules.urn.apply(lambda _: PROMETHEUS_RULE)
         else:
             rules_file = k8s.core.v1.ConfigMap(
                 f"{name}-rules",
@@ -164,7 +165,6 @@ class Monitoring(pulumi.ComponentResource):
                 )
             )
 
-        self.pod_monitor_names = [m.metadata["name"] for m in self.pod_monitors]
         self.dashboard_names = [d.metadata.name for d in self.dashboards]
         self.policy_names = [p.metadata.name for p in self.policies]
         self.register_outputs(
