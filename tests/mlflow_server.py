@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from tests.harness.wait import eventually
 
 
 def free_port() -> int:
@@ -37,17 +38,16 @@ def mlflow_server(root: Path, env: Mapping[str, str] | None = None, timeout_s: f
         server = subprocess.Popen(
             command, env=server_env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+        def healthy() -> bool:
+            if server.poll() is not None:
+                raise AssertionError(f"mlflow server exited with {server.returncode}: {log_path.read_text()}")
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                return bool(response.status == 200)
+
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if server.poll() is not None:
-                    raise AssertionError(f"mlflow server exited with {server.returncode}: {log_path.read_text()}")
-                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not answer /health within {timeout_s:.0f}s")
-                time.sleep(0.2)
+            # Not listening yet, or refusing: an OSError (URLError, HTTPError), tried again.
+            eventually(f"mlflow server to answer {url}/health", healthy, timeout_s, 0.2, retry_on=(OSError,))
             yield url
         finally:
             # The server runs workers in its own session: stop the whole group it leads, stragglers included.

@@ -101,11 +101,18 @@ def steps_done(metrics_url: str) -> float:
                default=0.0)  # fmt: skip
 
 
-def wait_gone(text: str, timeout_s: float = 30.0) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
+def wait_gone(text: str, timeout_s: float = 30.0) -> None:
+    """Until no process's command line mentions `text`; a timeout names the ones left."""
+    left: list[str] = []
+
+    def gone() -> bool:
+        left[:] = processes_mentioning(text)
+        return not left
+
+    try:
+        eventually(f"no process mentioning {text}", gone, timeout_s, 0.5, retry_on=())
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; left: {left}") from None
 
 
 @pytest.mark.slow
@@ -138,7 +145,7 @@ def test_demo_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert f"metrics:    {state / 'metrics.png'}" in out
     width, height = png_size(state / "metrics.png")
     assert width >= 1200 and 300 <= height <= width and 20_000 < (state / "metrics.png").stat().st_size < 2_000_000
-    assert wait_gone(str(state)) == []
+    wait_gone(str(state))
 
     # A second run starts a new training run cleanly and registers the next version.
     again = subprocess.run(demo_command(state, "--steps", "12", "--max-tokens", "8", "--burst", "4"), cwd=ROOT,
@@ -146,7 +153,7 @@ def test_demo_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "registered tiny-gpt version 2" in again.stdout
     assert "4/4 ok" in again.stdout
-    assert wait_gone(str(state)) == []
+    wait_gone(str(state))
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
@@ -188,7 +195,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         raise
     assert proc.returncode == 130, "".join(seen) + rest
     assert "interrupted" in rest
-    assert wait_gone(str(state)) == []
+    wait_gone(str(state))
 
 
 def test_burst_options_are_checked(tmp_path: Path) -> None:

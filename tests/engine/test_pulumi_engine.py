@@ -240,7 +240,7 @@ def test_dev_destroy_keeps_the_data_and_removes_the_rest(
         rest = (o for o in dev_objects if o["kind"] not in kept)
         return [f"{o['kind']} {o['metadata']['name']}" for o in rest if live(cluster, o)]
 
-    assert not wait_for_empty(rest_gone), rest_gone()
+    wait_for_empty("everything but the protected resources deleted", rest_gone)
     for obj in dev_objects:
         if obj["kind"] in kept:
             assert live(cluster, obj) is not None, f"{obj['kind']} {obj['metadata']['name']} was deleted"
@@ -254,14 +254,18 @@ def test_dev_destroy_keeps_the_data_and_removes_the_rest(
     assert claim is not None and again is not None and again["metadata"]["uid"] == claim["metadata"]["uid"]
 
 
-def wait_for_empty(check: Callable[[], list[str]], timeout_s: float = 180) -> list[str]:
-    """Poll until `check` returns nothing; returns what is left at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    left = check()
-    while left and time.monotonic() < deadline:
-        time.sleep(1)
-        left = check()
-    return left
+def wait_for_empty(what: str, check: Callable[[], list[str]], timeout_s: float = 180) -> None:
+    """Poll until `check` returns nothing; a timeout names `what` and what was still left."""
+    left: list[str] = []
+
+    def empty() -> bool:
+        left[:] = check()
+        return not left
+
+    try:
+        eventually(what, empty, timeout_s, 1, retry_on=())
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; left: {left}") from None
 
 
 # --- gpu ----------------------------------------------------------------------------------------------------

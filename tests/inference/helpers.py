@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any
 
 import httpx
+import httpx2
 import torch
 from fastapi.testclient import TestClient
 
+from tests.harness.wait import eventually
 from tinygpt import saved
 from tinygpt.config import GPTConfig
 from tinygpt.model import GPT
@@ -69,14 +70,28 @@ def add_checkpoint(root: Path, step: int, saved_model: Path, *, complete: bool =
     return directory
 
 
+def wait_readyz(
+    client: TestClient,
+    what: str,
+    ok: Callable[[httpx2.Response], bool],
+    timeout: float = 60.0,
+    interval: float = 0.05,
+) -> dict[str, Any]:
+    """Poll the in-process app's /readyz until `ok(answer)` and return the answer's body; a timeout names `what`
+    and the last body. Nothing is retried: the app answers in-process, so an exception is a failure at once."""
+
+    def check() -> dict[str, Any] | None:
+        answer = client.get("/readyz")
+        return dict(answer.json()) if ok(answer) else None
+
+    try:
+        return dict(eventually(what, check, timeout, interval, retry_on=()))
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; /readyz: {client.get('/readyz').json()}") from None
+
+
 def wait_ready(client: TestClient, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get("/readyz")
-        if response.status_code == 200:
-            return response.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
+    return wait_readyz(client, "/readyz to answer 200", lambda answer: answer.status_code == 200, timeout)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -116,16 +131,17 @@ class LiveServer:
         )
 
     def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> dict[str, Any] | None:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.TransportError):
-                response = httpx.get(f"{self.url}/readyz", timeout=5)
-                if response.status_code == 200:
-                    return response.json()
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
+            response = httpx.get(f"{self.url}/readyz", timeout=5)
+            return dict(response.json()) if response.status_code == 200 else None
+
+        what = f"{self.url}/readyz to answer 200"
+        try:  # not listening yet: a transport error, tried again
+            return dict(eventually(what, ready, timeout, 0.1, retry_on=(httpx.TransportError,)))
+        except TimeoutError as err:
+            raise AssertionError(f"{err}\n{self.log()}") from None
 
     def log(self) -> str:
         self._log.flush()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from inference.app import create_app
 from inference.settings import Settings
-from tests.inference.helpers import add_checkpoint, wait_ready
+from tests.harness.wait import eventually
+from tests.inference.helpers import add_checkpoint, wait_ready, wait_readyz
 from tinygpt.saved import is_saved_model_dir
 
 
@@ -50,10 +50,8 @@ def test_livez_is_always_ok_and_readiness_waits_for_a_complete_checkpoint(
     add_checkpoint(root, 10, model_a, complete=False)
     with TestClient(create_app(make_settings(model_uri=str(root)))) as client:
         assert client.get("/livez").json() == {"status": "ok"}
-        deadline = time.monotonic() + 30
-        while "complete step-*" not in str(client.get("/readyz").json().get("reason")):
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.05)
+        wait_readyz(client, "a 'complete step-*' reason on /readyz",
+                    lambda answer: "complete step-*" in str(answer.json().get("reason")), 30)  # fmt: skip
         not_ready = client.get("/readyz")
         assert not_ready.status_code == 503 and not_ready.json()["status"] == "loading"
         refused = client.post("/v1/completions", json={"model": "m", "prompt": "a"})
@@ -196,10 +194,7 @@ def test_a_newer_complete_checkpoint_is_swapped_in(
         wait_ready(client)
         before = complete(client, prompt="x", max_tokens=2)["system_fingerprint"]
         add_checkpoint(root, 2, model_b)
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").json()["version"] != "step-00000002":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_readyz(client, "step-00000002 swapped in", lambda answer: answer.json()["version"] == "step-00000002", 30)
         after = complete(client, prompt="x", max_tokens=2)["system_fingerprint"]
         assert (before, after) == ("root:step-00000001", "root:step-00000002")
         assert metric(client, "inference_model_swaps_total") == 1
@@ -219,10 +214,9 @@ def test_request_timeout_answers_504_and_frees_the_slot(
         )
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "timeout"
-        deadline = time.monotonic() + 30
-        while metric(client, "inference_active_sequences") or metric(client, "inference_queue_depth"):
-            assert time.monotonic() < deadline, "the timed-out sequence was not cancelled"
-            time.sleep(0.01)
+        busy = ("inference_active_sequences", "inference_queue_depth")
+        eventually(f"the timed-out sequence cancelled ({' and '.join(busy)} back to 0)",
+                   lambda: not any(metric(client, name) for name in busy), 30, 0.01, retry_on=())  # fmt: skip
         assert metric(client, "inference_generated_tokens_total") < 512
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from mlflow import MlflowClient
 
 from inference.app import create_app
 from inference.settings import Settings
-from tests.inference.helpers import LiveServer, wait_ready
+from tests.harness.wait import eventually
+from tests.inference.helpers import LiveServer, wait_ready, wait_readyz
 from tests.mlflow_server import mlflow_server
 from tinygpt.pyfunc import save_pyfunc
 from tinygpt.saved import find_saved_model
@@ -81,19 +81,20 @@ def test_alias_is_served_and_moving_it_swaps_the_model(
         second = register(tracking_uri, model_b)
         assert fingerprint(client) == f"{NAME}:{first}", "registering alone must not change what is served"
         registry.set_registered_model_alias(NAME, "champion", second)
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").json()["version"] != second:
-            assert time.monotonic() < deadline, "the alias move was not picked up"
-            time.sleep(0.1)
+        wait_readyz(client, f"the alias move to version {second} picked up",
+                    lambda answer: answer.json()["version"] == second, 60, 0.1)  # fmt: skip
         assert fingerprint(client) == f"{NAME}:{second}"
         assert f'inference_model_loaded{{model="{NAME}",version="{second}"}} 1.0' in client.get("/metrics").text
 
 
 def wait_for_cache(directory: Path, expected: set[str], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while {entry.name for entry in directory.iterdir()} != expected:
-        assert time.monotonic() < deadline, f"{sorted(p.name for p in directory.iterdir())} != {sorted(expected)}"
-        time.sleep(0.05)
+    def cached() -> bool:
+        return {entry.name for entry in directory.iterdir()} == expected
+
+    try:
+        eventually(f"{directory} to hold exactly {sorted(expected)}", cached, timeout, 0.05, retry_on=())
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; it holds {sorted(p.name for p in directory.iterdir())}") from None
 
 
 def test_the_cache_keeps_only_the_served_version(
@@ -117,10 +118,8 @@ def test_the_cache_keeps_only_the_served_version(
 
         second = register(tracking_uri, model_b)
         registry.set_registered_model_alias(NAME, "cache-test", second)
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").json()["version"] != second:
-            assert time.monotonic() < deadline, "the alias move was not picked up"
-            time.sleep(0.1)
+        wait_readyz(client, f"the alias move to version {second} picked up",
+                    lambda answer: answer.json()["version"] == second, 60, 0.1)  # fmt: skip
         wait_for_cache(cache, {second})
         assert fingerprint(client) == f"{NAME}:{second}"
         assert (find_saved_model(cache / second) / "model.pt").is_file()
@@ -145,10 +144,8 @@ def test_unknown_alias_keeps_the_server_unready_with_the_reason(
 ) -> None:
     settings = make_settings(model_uri=f"models:/{NAME}@no-such-alias", tracking_uri=tracking_uri)
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 60
-        while "cannot resolve" not in str(client.get("/readyz").json().get("reason")):
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.1)
+        wait_readyz(client, "a 'cannot resolve' reason on /readyz",
+                    lambda answer: "cannot resolve" in str(answer.json().get("reason")), 60, 0.1)  # fmt: skip
         response = client.get("/readyz")
         assert response.status_code == 503
         assert f"models:/{NAME}@no-such-alias" in response.json()["reason"]

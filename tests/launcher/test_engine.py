@@ -8,7 +8,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,14 +131,17 @@ def test_a_two_node_task_is_one_indexed_job_with_the_skypilot_env(env: Env) -> N
 def test_statuses_go_pending_running_completed_as_kwok_moves_the_pods(env: Env) -> None:
     task_id = env.submit(env.alice, TWO_NODES)
     seen: list[str] = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def completed() -> bool:  # records every status it sees on the way
         status = env.status(env.alice, task_id)["status"]
         if not seen or seen[-1] != status:
             seen.append(status)
-        if status == "completed":
-            break
-        time.sleep(0.2)
+        return status == "completed"
+
+    try:  # nothing retried: an error answer fails the test at once
+        eventually(f"task {task_id} completed", completed, 90, 0.2, retry_on=())
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; statuses seen: {seen}") from None
     assert seen == ["pending", "running", "completed"], seen
     info = env.status(env.alice, task_id)
     assert info["finished_at"] and [n["index"] for n in info["nodes"]] == [0, 1]

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from skyrun.app import LOGS_ROUTE, create_app
 from skyrun.manifests import task_manifests
 from skyrun.settings import Settings
 from skyrun.task_spec import parse_task
+from tests.harness.wait import eventually
 from tests.launcher.test_units import USER, FakeKube, launch
 from tests.proc import stop_group
 from workloads.task import NODE_INDEX_LABEL, STATE_ACTIVE, STATE_LABEL
@@ -260,17 +260,16 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "skyrun", "serve"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def live() -> bool:
+        assert proc.poll() is None, f"the server exited:\n{log.read_text()}"
+        return httpx.get(f"http://127.0.0.1:{api_port}/livez", timeout=2).status_code == 200
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"the server exited:\n{log.read_text()}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{api_port}/livez", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no /livez within 60 s:\n{log.read_text()}"
-            time.sleep(0.2)
+        try:  # not listening yet: a transport error, tried again
+            eventually(f"/livez on 127.0.0.1:{api_port}", live, 60, 0.2, retry_on=(httpx.TransportError,))
+        except TimeoutError as err:
+            raise AssertionError(f"{err}\n{log.read_text()}") from None
         yield f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{metrics_port}", proc
     finally:
         stop_group(proc)

@@ -5,11 +5,9 @@ Importable by any test module; the fixtures in conftest.py use `toolchain_dir` a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.harness.wait import eventually
 from tests.proc import stop_group
 
 HERE = Path(__file__).resolve().parent
@@ -127,14 +126,16 @@ class PrometheusServer:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until /-/ready answers 200 (the TSDB is open, the config loaded)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             assert self.process is not None and self.process.poll() is None, f"prometheus exited:\n{self.log()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/-/ready", timeout=5).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready after {timeout}s:\n{self.log()}")
+            return httpx.get(f"{self.url}/-/ready", timeout=5).status_code == 200
+
+        try:  # not listening yet: a transport error, tried again
+            eventually(f"prometheus {self.url}/-/ready to answer 200", ready, timeout, 0.2,
+                       retry_on=(httpx.TransportError,))  # fmt: skip
+        except TimeoutError as err:
+            raise AssertionError(f"{err}\n{self.log()}") from None
 
     def api(self, path: str, **params: str) -> Any:
         """`data` of a /api/v1/<path> answer (asserts status success)."""

@@ -104,6 +104,21 @@ def reasons(cluster: LocalCluster, name: str) -> list[str]:
     return [e.get("reason", "") for e in events if (e.get("involvedObject") or {}).get("name") == name]
 
 
+def wait_event(cluster: LocalCluster, name: str, reason: str, timeout_s: float = 30) -> None:
+    """Until `name` has an event with `reason` (the operator writes its events asynchronously); a timeout names
+    the reasons it has."""
+    seen: list[str] = []
+
+    def recorded() -> bool:
+        seen[:] = reasons(cluster, name)
+        return reason in seen
+
+    try:
+        eventually(f"a {reason} event for {name}", recorded, timeout_s)
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; its events: {seen}") from None
+
+
 def test_a_run_creates_owned_children_and_succeeds(cluster: LocalCluster, operator: OperatorProcess) -> None:
     cluster.api.apply(training_job("ok", NS, podAnnotations={"pod-complete.stage.kwok.x-k8s.io/delay": "2s"}))
     status = wait_status(cluster, operator, "ok", "Succeeded", lambda s: s.get("phase") == "Succeeded")
@@ -123,7 +138,7 @@ def test_a_run_creates_owned_children_and_succeeds(cluster: LocalCluster, operat
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["Succeeded"]["status"] == "True" and conds["Created"]["status"] == "True"
     assert conds["Running"]["status"] == "False"
-    eventually("Succeeded event", lambda: "Completed" in reasons(cluster, "ok"), 30)
+    wait_event(cluster, "ok", "Completed")
 
 
 def test_printer_columns_through_the_table_output(cluster: LocalCluster, operator: OperatorProcess) -> None:
@@ -155,7 +170,7 @@ def test_exit_code_1_restarts_the_whole_gang(cluster: LocalCluster, operator: Op
                children(cluster, "flaky", "Job", "batch/v1")] == ["flaky-a1-train"], TIMEOUT_S)  # fmt: skip
     status = wait_status(cluster, operator, "flaky", "Running", lambda s: s.get("phase") == "Running")
     assert status["restarts"] == 1
-    assert "WorkerFailed" in reasons(cluster, "flaky")
+    wait_event(cluster, "flaky", "WorkerFailed")
 
 
 def test_exit_code_2_fails_at_once_with_the_trainers_message(cluster: LocalCluster, operator: OperatorProcess) -> None:
@@ -195,7 +210,7 @@ def test_suspend_and_resume(cluster: LocalCluster, operator: OperatorProcess) ->
     status = wait_status(cluster, operator, "pausable", "Running", lambda s: s.get("phase") == "Running")
     assert (status["restarts"], status["preemptions"], status["attempt"]) == (0, 0, 1)
     running_pods(cluster, "pausable-a1-train", 4)
-    assert "Suspended" in reasons(cluster, "pausable")
+    wait_event(cluster, "pausable", "Suspended")
 
 
 def test_invalid_train_config_fails_before_anything_is_created(

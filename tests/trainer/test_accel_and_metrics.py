@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.harness.wait import eventually
 from tests.trainer.conftest import REPO, clean_env, tiny_config
 from trainer.accel import choose_acceleration
 from trainer.config import ConfigError, TrainConfig, build_config
@@ -154,13 +154,17 @@ def test_a_real_run_exports_its_progress_while_it_trains(tmp_path: Path) -> None
     )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        deadline, samples = time.monotonic() + 120, {}
-        while time.monotonic() < deadline and samples.get("trainer_step{'rank': '0'}", 0) < 20:
+        scraped: list[dict[str, float]] = [{}]
+
+        def past_step_20() -> dict[str, float] | None:
             assert trainer.poll() is None, trainer.communicate()[1]
-            with contextlib.suppress(OSError):  # not listening yet
-                samples = _scrape(url)
-            time.sleep(0.5)
-        assert samples.get("trainer_step{'rank': '0'}", 0) >= 20, samples
+            scraped[0] = _scrape(url)  # not listening yet: an OSError, tried again
+            return scraped[0] if scraped[0].get("trainer_step{'rank': '0'}", 0) >= 20 else None
+
+        try:
+            samples = eventually("rank 0 past step 20 on its /metrics", past_step_20, 120, 0.5, retry_on=(OSError,))
+        except TimeoutError as err:
+            raise AssertionError(f"{err}; last scrape: {scraped[0]}") from None
         assert samples["trainer_max_steps{'rank': '0'}"] == 100_000
         assert samples["trainer_tokens_per_second{'rank': '0'}"] > 0
         assert 0 < samples["trainer_train_loss{'rank': '0'}"] < 10
