@@ -65,11 +65,19 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def holding(port: int) -> Iterator[None]:
-    """Keep `port` on 127.0.0.1 busy (if it is free at all) while the block runs."""
+    """Keep `port` on 127.0.0.1 busy while the block runs. Another process may hold it now (a trainer of a test
+    running beside this one) and free it at any moment, so wait until this test holds it itself."""
     with socket.socket() as sock:
-        with contextlib.suppress(OSError):
-            sock.bind(("127.0.0.1", port))
-            sock.listen()
+
+        def bound() -> bool:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+        eventually(f"port {port} free for this test to hold", bound, 120, retry_on=())
+        sock.listen()
         yield
 
 
