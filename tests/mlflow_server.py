@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tests.harness.wait import eventually
+from tests.proc import die_with_parent
 
 
 def free_port() -> int:
@@ -36,7 +37,8 @@ def mlflow_server(root: Path, env: Mapping[str, str] | None = None, timeout_s: f
     log_path = root / "server.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            command, env=server_env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=server_env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
         def healthy() -> bool:
