@@ -209,17 +209,21 @@ def stack_config(stack: str, root: Path = PROJECT_FILE.parent) -> tuple[dict[str
     return config, secret
 
 
+def ensure_event_loop() -> None:
+    """The SDK's mocks run the program on the current thread's event loop; an asyncio.run() before (another caller,
+    or a test) leaves none set, and the SDK would fail with "There is no current event loop"."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> RecordingMocks:
     """Run the real program under mocks with `config`; ConfigError propagates before any resource exists."""
     from infra.config import StackConfig
     from infra.program import build
 
-    # The SDK's mocks run the program on the current thread's event loop; an asyncio.run() before this (another
-    # caller, or a test) leaves none set, and the SDK would fail with "There is no current event loop".
-    try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    ensure_event_loop()
     mocks = RecordingMocks()
     use_mocks(mocks, project_name(), stack)
     pulumi.runtime.set_all_config(config, secret_keys)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,18 +10,15 @@ import pulumi
 import pytest
 
 from infra.config import project_name
-from infra.render import RecordingMocks, redact_secrets, run_program, stack_config, use_mocks
+from infra.render import RecordingMocks, ensure_event_loop, redact_secrets, run_program, stack_config, use_mocks
 
 PROJECT = project_name()
 
 
 @pytest.fixture(autouse=True)
 def event_loop_for_the_sdk() -> None:
-    """The SDK's mocks run on the thread's current event loop; an earlier test's asyncio.run() leaves none."""
-    try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    """Component tests use the SDK's mocks directly: the same event loop run_program makes sure of."""
+    ensure_event_loop()
 
 
 def render_stack(stack: str, **overrides: Any) -> RecordingMocks:
