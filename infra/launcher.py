@@ -17,6 +17,7 @@ deletes every task. A rolling update keeps the Deployment's uid, and the tasks; 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pulumi
@@ -34,13 +35,42 @@ from infra.common import (
     service_account_subject,
 )
 from workloads.pod import Resources, recommended_labels, selector_labels
-from workloads.task import LAUNCHER_HTTP_PORT, LAUNCHER_METRICS_PORT, launcher_cluster_role_rules, launcher_role_rules
+from workloads.task import (
+    LAUNCHER_HTTP_PORT,
+    LAUNCHER_METRICS_PORT,
+    launcher_cluster_role_rules,
+    launcher_team_rules,
+)
 
 NAME = "skyrun"
 """Name of the launcher's Deployment, Service, ServiceAccount, Role and pods (app.kubernetes.io/name)."""
 HTTP_PORT = LAUNCHER_HTTP_PORT
 METRICS_PORT = LAUNCHER_METRICS_PORT
 """Prometheus metrics (`/metrics`, no token): a port of their own, so the API port stays token-only."""
+
+
+@dataclass(frozen=True)
+class LauncherTeam:
+    """One entry of SKYRUN_TEAMS."""
+
+    name: str
+    namespace: str
+    users: tuple[str, ...]
+    queue: str
+    """Kueue LocalQueue in the namespace ("" = no Kueue)."""
+
+
+def teams_json(teams: tuple[LauncherTeam, ...]) -> str:
+    return json.dumps(
+        [{"name": t.name, "namespace": t.namespace, "users": list(t.users), "queue": t.queue} for t in teams],
+        separators=(",", ":"),
+    )
+
+
+def tasks_cluster_role(namespace: str) -> str:
+    """The ClusterRole of the launcher's rights in team namespaces (bound there by infra/teams.py, nowhere else):
+    cluster-scoped, so named after the platform namespace."""
+    return f"{NAME}-{namespace}-tasks"
 
 
 @dataclass(frozen=True)
@@ -67,6 +97,10 @@ class TaskLauncherArgs:
     """Audience users' tokens must be bound to (`kubectl create token SA --audience skyrun`)."""
     replicas: int
     """API server pods (the server keeps no state, any replica answers any request)."""
+    teams: tuple[LauncherTeam, ...] = ()
+    """Where each user's tasks go (SKYRUN_TEAMS)."""
+    anchor: str = "skyrun-anchor"
+    """The ConfigMap in each team namespace owning its tasks (SKYRUN_ANCHOR; infra/teams.py creates it)."""
     pod_annotations: dict[str, str] = field(default_factory=dict)
     """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
 
@@ -74,8 +108,9 @@ class TaskLauncherArgs:
 def launcher_env(args: TaskLauncherArgs) -> list[k8s.core.v1.EnvVarArgs]:
     return [
         field_env_var("SKYRUN_NAMESPACE", "metadata.namespace"),
-        # The owner of every task: deleting this Deployment (pulumi destroy) garbage-collects them all.
-        env_var("SKYRUN_DEPLOYMENT", NAME),
+        env_var("SKYRUN_TEAMS", teams_json(args.teams)),
+        # The owner of every task in a team namespace: deleting it (pulumi destroy) garbage-collects them all.
+        env_var("SKYRUN_ANCHOR", args.anchor),
         env_var("SKYRUN_IMAGE", args.task_image),
         env_var("SKYRUN_IMAGE_PULL_POLICY", args.image_pull_policy),
         env_var("SKYRUN_MAX_ACTIVE_TASKS_PER_USER", str(args.max_active_tasks_per_user)),
@@ -138,16 +173,15 @@ class TaskLauncher(pulumi.ComponentResource):
 
         subject = service_account_subject(NAME, args.namespace)
         account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(), opts=child)
-        role = k8s.rbac.v1.Role(
-            f"{name}-role", metadata=metadata(), rules=policy_rules(launcher_role_rules(NAME)), opts=child
+        # Its task rights: a ClusterRole bound by a RoleBinding in each team namespace (infra/teams.py), none in the
+        # platform namespace: the launcher cannot read, change or delete the platform's own objects.
+        self.tasks_role = k8s.rbac.v1.ClusterRole(
+            f"{name}-tasks",
+            metadata=object_meta(tasks_cluster_role(args.namespace), None, meta_labels),
+            rules=policy_rules(launcher_team_rules()),
+            opts=child,
         )
-        binding = k8s.rbac.v1.RoleBinding(
-            f"{name}-rolebinding",
-            metadata=metadata(),
-            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="Role", name=NAME),
-            subjects=[subject],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role]),
-        )
+        self.subject = subject
         # Cluster-scoped, so named after the namespace: two stacks in one cluster must not share it.
         cluster_name = f"{NAME}-{args.namespace}-reviews"
         cluster_meta = object_meta(cluster_name, None, meta_labels)
@@ -183,7 +217,7 @@ class TaskLauncher(pulumi.ComponentResource):
                     spec=launcher_pod_spec(args),
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[binding, reviews_binding]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[reviews_binding, self.tasks_role]),
         )
         self.service = k8s.core.v1.Service(
             f"{name}-service",

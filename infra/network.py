@@ -20,6 +20,7 @@ import pulumi_kubernetes as k8s
 from infra.common import labels
 from infra.config.settings import NetworkSettings
 from infra.launcher import NAME as LAUNCHER_NAME
+from infra.teams import PLATFORM_LABEL
 from infra.trainingjobs import NAME as OPERATOR_NAME
 from workloads.task import LAUNCHER_HTTP_PORT, TASK_LABEL
 
@@ -54,6 +55,9 @@ class NetworkPoliciesArgs:
     """ACME HTTP-01 solver pods run in the namespace during certificate issuance."""
     operator: bool = False
     """The TrainingJob operator runs here: egress to the Kubernetes API and to MLflow (progress)."""
+    team_tasks: str = ""
+    """The platform whose team namespaces run tasks (infra/teams.py's PLATFORM_LABEL value; "" = none): their task
+    pods reach MLflow here."""
     launcher: bool = False
     """The task launcher runs here: its API (from the namespace's pods that are not tasks, the ingress controller
     and `network.launcher_client_cidrs`), its egress to the Kubernetes API, and its tasks' egress (MLflow and
@@ -145,8 +149,9 @@ class NetworkPolicies(pulumi.ComponentResource):
         )
         clients = ("trainer", "inference", OPERATOR_NAME) if args.operator else ("trainer", "inference")
         mlflow_clients = [_peer_pods(client) for client in clients]
-        if args.launcher:
-            mlflow_clients.append(np.NetworkPolicyPeerArgs(pod_selector=TASK_PODS))
+        if args.team_tasks:
+            team_namespaces = k8s.meta.v1.LabelSelectorArgs(match_labels={PLATFORM_LABEL: args.team_tasks})
+            mlflow_clients.append(np.NetworkPolicyPeerArgs(namespace_selector=team_namespaces, pod_selector=TASK_PODS))
         for client in clients:
             policy(
                 f"{client}-to-mlflow",
@@ -237,17 +242,7 @@ class NetworkPolicies(pulumi.ComponentResource):
                     ingress=[np.NetworkPolicyIngressRuleArgs(from_=launcher_sources, ports=_tcp(args.launcher_port))],
                 ),
             )
-            # Tasks: MLflow and the allowed destinations. Their ranks reach each other through the policy each task
-            # brings (skyrun/manifests.py); nothing else reaches a task.
-            task_egress = [np.NetworkPolicyEgressRuleArgs(to=[_peer_pods("mlflow")], ports=_tcp(args.mlflow_port))]
-            if net.task_egress_cidrs:
-                task_egress.append(
-                    np.NetworkPolicyEgressRuleArgs(to=_cidrs(net.task_egress_cidrs), ports=_tcp(*net.task_egress_ports))
-                )
-            policy(
-                "tasks-egress",
-                np.NetworkPolicySpecArgs(pod_selector=TASK_PODS, policy_types=["Egress"], egress=task_egress),
-            )
+            # Tasks run in the team namespaces, with those namespaces' policies (infra/teams.py).
         if args.acme:
             policy(
                 "acme-solver-ingress",

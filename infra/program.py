@@ -5,21 +5,23 @@ from __future__ import annotations
 import pulumi
 import yaml
 
-from infra.common import MANAGED_BY
+from infra.common import GPU_RESOURCE, MANAGED_BY
 from infra.config import (
     StackConfig,
 )
 from infra.inference import HTTP_PORT, InferenceArgs, InferenceService, IngressArgs
+from infra.kueue import Queues, QueuesArgs
 from infra.launcher import HTTP_PORT as LAUNCHER_HTTP_PORT
 from infra.launcher import METRICS_PORT as LAUNCHER_METRICS_PORT
 from infra.launcher import NAME as LAUNCHER_NAME
-from infra.launcher import TaskLauncher, TaskLauncherArgs
+from infra.launcher import LauncherTeam, TaskLauncher, TaskLauncherArgs
 from infra.mlflow import MLFLOW_PORT, POSTGRES_PORT, Mlflow, MlflowArgs, PostgresArgs, tracking_uri
 from infra.monitoring import Monitoring, MonitoringArgs, pod_annotations
 from infra.namespace import Namespace, NamespaceArgs
 from infra.network import NetworkPolicies, NetworkPoliciesArgs
 from infra.rbac import TrainerRbac, TrainerRbacArgs
 from infra.storage import Storage, StorageArgs, VolumeClaim
+from infra.teams import ANCHOR, Teams, TeamsArgs
 from infra.tls import Tls, TlsArgs
 from infra.training import TrainingArgs, TrainingJob
 from infra.trainingjobs import NAME as OPERATOR_NAME
@@ -131,6 +133,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             acme=config.tls.enabled and config.tls.issuer == "acme",
             operator=config.operator,
             launcher=config.launcher,
+            team_tasks=instance if config.teams else "",
             launcher_port=LAUNCHER_HTTP_PORT,
             network=config.network,
         ),
@@ -208,8 +211,29 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage]),
         )
+    kueue = config.kueue
+    queues = None
+    if kueue is not None and kueue.enabled:
+        quota = {"cpu": config.namespace.quota_cpu, "memory": config.namespace.quota_memory}
+        if config.namespace.quota_gpus:
+            quota[GPU_RESOURCE] = str(config.namespace.quota_gpus)
+        queues = Queues(
+            "queues",
+            QueuesArgs(
+                namespace=config.namespace.name,
+                instance=instance,
+                settings=kueue,
+                teams=config.teams,
+                gpu=config.accelerator == "nvidia",
+                gpu_tolerations=config.training.tolerations,
+                training_queue=config.training.kueue_queue,
+                training_quota=quota,
+            ),
+            opts=after_ns,
+        )
+    launcher = None
     if config.launcher:
-        TaskLauncher(
+        launcher = TaskLauncher(
             "launcher",
             TaskLauncherArgs(
                 namespace=config.namespace.name,
@@ -223,9 +247,32 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 ttl_seconds_after_finished=config.task_launcher.ttl_seconds_after_finished,
                 audience=config.task_launcher.audience,
                 task_service_account=config.task_launcher.task_service_account,
+                teams=tuple(
+                    LauncherTeam(t.name, t.namespace, t.users, t.name if queues is not None else "")
+                    for t in config.teams
+                ),
+                anchor=ANCHOR,
                 pod_annotations=pod_annotations(LAUNCHER_TARGET, operator_mode),
             ),
             opts=pulumi.ResourceOptions(depends_on=[ns]),
+        )
+    if config.teams:
+        Teams(
+            "teams",
+            TeamsArgs(
+                platform_namespace=ns.name,
+                instance=instance,
+                teams=config.teams,
+                defaults=config.namespace.defaults,
+                network=config.network,
+                mlflow_port=MLFLOW_PORT,
+                launcher_cluster_role=launcher.tasks_role.metadata.name if launcher else None,
+                launcher_subject=launcher.subject if launcher else None,
+                kueue=queues is not None,
+                kueue_ready=queues.ready if queues is not None else [],
+                protect=config.storage.protect_data,
+            ),
+            opts=after_ns,
         )
     t = config.training
     training = TrainingJob(
@@ -236,7 +283,8 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
             wait=t.wait,
             timeout_minutes=t.timeout_minutes,
         ),
-        opts=pulumi.ResourceOptions(depends_on=[ns, mlflow]),
+        # Through Kueue, the Job waits for its LocalQueue (Kueue would hold it as inadmissible until it exists).
+        opts=pulumi.ResourceOptions(depends_on=[ns, mlflow, *([queues] if queues is not None else [])]),
     )
     ingress = None
     if config.inference.ingress_enabled:

@@ -18,6 +18,7 @@ from skyrun.auth import DEV_USER_HEADER, Authenticator, Caller
 from skyrun.kube import Kube
 from skyrun.metrics import Metrics, MetricsMiddleware, route_of
 from skyrun.models import (
+    QueueView,
     StopResponse,
     SubmitRequest,
     SubmitResponse,
@@ -67,7 +68,7 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # In a pod its ServiceAccount; elsewhere KUBECONFIG.
         kube_client = client or AsyncClient(KubeConfig.from_env(), field_manager="skyrun")
-        kube = Kube(kube_client, settings.namespace)
+        kube = Kube(kube_client)
         app.state.launcher = Launcher(kube, settings)
         app.state.auth = Authenticator(kube, settings)
         reconciler = asyncio.create_task(_reconcile_forever(app.state.launcher, settings.reconcile_interval_s))
@@ -119,7 +120,9 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         try:
-            await request.app.state.launcher.kube.objects("ConfigMap", {"skyrun.ml-platform.dev/kind": "probe"})
+            # A namespace it may read (with teams it has no rights in the platform namespace).
+            ns = settings.namespaces()[0]
+            await request.app.state.launcher.kube.objects(ns, "ConfigMap", {"skyrun.ml-platform.dev/kind": "probe"})
         except Exception as err:  # any failure to reach the API server: not ready
             return JSONResponse({"status": f"Kubernetes API unreachable: {err}"}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -127,7 +130,15 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     @app.get("/whoami", response_model=WhoAmI)
     async def whoami(request: Request, me: Me) -> WhoAmI:
         allowed = await request.app.state.auth.may_act_for_all(me, "list")
-        return WhoAmI(user=me.user, groups=list(me.groups), all_users_allowed=allowed)
+        team = settings.team_of(me.user)
+        return WhoAmI(
+            user=me.user,
+            groups=list(me.groups),
+            all_users_allowed=allowed,
+            team=team.name if team else "",
+            namespace=team.namespace if team else "",
+            queue=team.queue if team else "",
+        )
 
     @app.post(SUBMIT_ROUTE, response_model=SubmitResponse)
     async def submit(body: SubmitRequest, me: Me, svc: Svc) -> SubmitResponse:
@@ -147,6 +158,10 @@ def create_app(settings: Settings, client: AsyncClient | None = None) -> FastAPI
     @app.get("/tasks/{task_id}", response_model=TaskInfo)
     async def get_task(task_id: str, me: Me, svc: Svc) -> TaskInfo:
         return await svc.task(me.user, task_id)
+
+    @app.get("/queue", response_model=QueueView)
+    async def queue(me: Me, svc: Svc) -> QueueView:
+        return await svc.queue(me.user)
 
     @app.post("/tasks/stop", response_model=StopResponse)
     async def stop_all(request: Request, me: Me, svc: Svc, all_users: AllUsers = False) -> StopResponse:

@@ -1,6 +1,8 @@
 """Who is calling: a bearer token checked with the Kubernetes TokenReview API (bound to the launcher's audience),
 or, only with the local-development flag on, a trusted `X-Skyrun-User` header. Acting for all users needs a
-SubjectAccessReview allow."""
+SubjectAccessReview allow, asked in the platform namespace (SKYRUN_NAMESPACE) whatever the teams: one place where
+operators are granted every team's tasks; the launcher itself needs no rights there to ask (a cluster-wide
+`create` on subjectaccessreviews)."""
 
 from __future__ import annotations
 
@@ -72,7 +74,9 @@ class Authenticator:
         )
 
     async def may_act_for_all(self, caller: Caller, verb: str) -> bool:
-        return await self.kube.access_review(caller.review_user(), verb, self.settings.admin_group, "tasks")
+        return await self.kube.access_review(
+            self.settings.namespace, caller.review_user(), verb, self.settings.admin_group, "tasks"
+        )
 
     async def require_all_users(self, caller: Caller, verb: str) -> None:
         if not await self.may_act_for_all(caller, verb):

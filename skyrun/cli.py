@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from skyrun.models import (
+    QueueView,
     StopResponse,
     SubmitResponse,
     TaskInfo,
@@ -132,7 +133,9 @@ def login(
 def whoami() -> None:
     """Who the launcher says you are."""
     me = WhoAmI.model_validate(Api().call("GET", "/whoami"))
-    out.print(f"{me.user}" + (" (may act for all users)" if me.all_users_allowed else ""), highlight=False)
+    team = f"team {me.team}, namespace {me.namespace}" + (f", queue {me.queue}" if me.queue else "")
+    out.print(f"{me.user} ({team if me.team else 'in no team: ask an administrator to add you'})"
+              + (" (may act for all users)" if me.all_users_allowed else ""), highlight=False)  # fmt: skip
 
 
 # --- jobs -------------------------------------------------------------------------------------------------
@@ -199,11 +202,29 @@ def status(task_id: str) -> None:
     t = TaskInfo.model_validate(Api().call("GET", f"/tasks/{task_id}"))
     table = Table("FIELD", "VALUE", show_header=False)
     for key in ("task_id", "name", "user", "status", "message", "num_nodes", "submitted_at", "finished_at", "cpus",
-                "memory", "accelerators", "image"):  # fmt: skip
+                "memory", "accelerators", "image", "namespace", "queue", "queue_position",
+                "waiting_reason"):  # fmt: skip
         value = getattr(t, key)
+        if key.startswith(("queue", "waiting")) and value in ("", None):
+            continue
         table.add_row(key, value.value if key == "status" else str(value))
     for node in t.nodes:
         table.add_row(f"node-{node.index}", f"{node.pod} {node.phase}")
+    out.print(table)
+
+
+@app.command("queue")
+def queue() -> None:
+    """Your tasks that wait in your team's Kueue queue, first in line first, with why they wait."""
+    view = QueueView.model_validate(Api().call("GET", "/queue"))
+    if not view.queue:
+        out.print(f"team {view.team} has no queue: its tasks never wait for Kueue", highlight=False)
+        return
+    table = Table("POSITION", "ID", "NAME", "NODES", "SUBMITTED", "WAITING BECAUSE",
+                  title=f"queue {view.queue} (namespace {view.namespace})")  # fmt: skip
+    for t in view.tasks:
+        position = "?" if t.queue_position is None else str(t.queue_position)
+        table.add_row(position, t.task_id, t.name, str(t.num_nodes), t.submitted_at, t.waiting_reason)
     out.print(table)
 
 
@@ -282,13 +303,17 @@ def serve(
 ) -> None:
     """Run the API server and its metrics endpoint (settings from SKYRUN_* variables, docs/launcher.md)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from skyrun.app import create_app
     from skyrun.metrics import serve_metrics
     from skyrun.settings import Settings
 
     chosen = {"host": host, "port": port, "metrics_port": metrics_port}
-    settings = Settings(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
+    try:
+        settings = Settings(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as bad:
+        _fail(f"bad SKYRUN_* settings, not starting:\n{bad}", EXIT_BAD_INPUT)
     api = create_app(settings)
     metrics_server, _ = serve_metrics(api.state.metrics.registry, settings.host, settings.metrics_port)
     try:

@@ -9,9 +9,13 @@ In the pod, `setup` and then `run` execute in one container, through a small bas
 setup exits with `SETUP_FAILED_EXIT_CODE`, which a FailJob rule of its own turns into the task status
 `failed_setup`; a run that happens to exit with that code is reported as 1, so the code means setup only.
 
-Every object of a task is owned (a non-controller ownerReference) by the launcher's own Deployment, its `Anchor`:
-the stack declares that Deployment and destroys it with the launcher, so `pulumi destroy` garbage-collects every
-task even where the platform namespace is kept (protectData). Volumes are not owned: they are the users' data.
+Every object of a task is owned (a non-controller ownerReference) by its namespace's `Anchor`: in a team's
+namespace the anchor ConfigMap the stack creates there (an ownerReference cannot cross namespaces), without teams
+the launcher's own Deployment. The stack destroys both with the launcher, so `pulumi destroy` garbage-collects every
+task even where a namespace is kept (protectData). Volumes are not owned: they are the users' data.
+
+With a Kueue queue, the Job carries Kueue's queue-name label and is created suspended: Kueue admits it by
+unsuspending it (workloads/training.py does the same for TrainingJobs).
 
 The labels, annotations and exit codes the launcher, the stack's NetworkPolicies and the tests share are in
 workloads/task.py, with the launcher's RBAC rules.
@@ -55,6 +59,7 @@ from workloads.task import (
     USER_HASH_LABEL,
     USERNAME_LABEL,
 )
+from workloads.training import KUEUE_QUEUE_LABEL
 
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -97,12 +102,12 @@ def task_object_name(task_id: str) -> str:
 
 @dataclass(frozen=True)
 class Anchor:
-    """The object that owns every object of every task: the launcher's Deployment. When it is deleted, the garbage
-    collector deletes the tasks (and, through their Jobs, their pods); a rolling update keeps its uid, and the
-    tasks with it."""
+    """The object that owns every object of every task of one namespace: a team namespace's anchor ConfigMap, or
+    (without teams) the launcher's Deployment. When it is deleted, the garbage collector deletes the tasks (and,
+    through their Jobs, their pods); a rolling update of the launcher keeps either's uid, and the tasks with it."""
 
     name: str
-    """The Deployment's name in the platform namespace."""
+    """The owner's name, in the task's namespace."""
     uid: str
     """Its metadata.uid: an ownerReference names one incarnation, not a name."""
     api_version: str = "apps/v1"
@@ -133,7 +138,7 @@ class Launch:
     user: str
     """The authenticated user (exact, e.g. `system:serviceaccount:team:alice`)."""
     namespace: str
-    """The platform namespace."""
+    """The user's team's namespace (the platform namespace without teams)."""
     default_image: str
     """Image when the task names none."""
     image_pull_policy: str
@@ -157,7 +162,9 @@ class Launch:
     ignored: tuple[str, ...] = ()
     """Ignored fields, kept on the record."""
     anchor: Anchor | None = None
-    """Owner of every object of the task (the launcher's Deployment); None: owned by nothing (local development)."""
+    """Owner of every object of the task (the namespace's anchor); None: owned by nothing (local development)."""
+    queue: str = ""
+    """The team's Kueue LocalQueue: the Job is labelled for it and created suspended; empty: no Kueue."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +316,7 @@ def task_manifests(task: Task, launch: Launch) -> TaskManifests:
             "ignored": "\n".join(launch.ignored),
             "volumes": "\n".join(f"{path}={claim}" for path, claim in launch.claims),
             "summary": json.dumps(task_summary(task, launch), sort_keys=True),
+            "queue": launch.queue,
         },
     }
     selector = {TASK_LABEL: "true", TASK_ID_LABEL: launch.task_id}
@@ -324,7 +332,7 @@ def task_manifests(task: Task, launch: Launch) -> TaskManifests:
             "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": "rendezvous"}],
         },
     }
-    job = {
+    job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata(annotations=dict(annotations)),
@@ -360,6 +368,9 @@ def task_manifests(task: Task, launch: Launch) -> TaskManifests:
             },
         },
     }
+    if launch.queue:
+        job["metadata"] = {**job["metadata"], "labels": {**labels, KUEUE_QUEUE_LABEL: launch.queue}}
+        job["spec"] = {**job["spec"], "suspend": True}  # Kueue admits the Job by unsuspending it
     network_policy = ranks_network_policy(metadata(annotations=dict(annotations)), selector)
     return TaskManifests(record=record, service=service, network_policy=network_policy, job=job)
 
@@ -396,5 +407,3 @@ def volume_claim(
         },
         "spec": spec,
     }
-
-

@@ -59,9 +59,28 @@ class TaskInfo(BaseModel):
     """Mount path -> volume name."""
     ignored: list[str] = Field(default_factory=list)
     nodes: list[NodeInfo] = Field(default_factory=list)
+    namespace: str = ""
+    """The namespace of the task's objects (its user's team's)."""
+    queue: str = ""
+    """The Kueue LocalQueue the task was submitted to; empty: none."""
+    queue_position: int | None = None
+    """1-based place in that queue while Kueue holds the task; null when not queued or Kueue's visibility API does
+    not answer."""
+    waiting_reason: str = ""
+    """Why Kueue holds the task (its Workload's QuotaReserved reason and message)."""
 
 
 class TaskList(BaseModel):
+    tasks: list[TaskInfo]
+
+
+class QueueView(BaseModel):
+    """The caller's tasks that Kueue holds, first in line first."""
+
+    team: str
+    namespace: str
+    queue: str
+    """The team's LocalQueue; empty: the team has none and tasks never wait in a queue."""
     tasks: list[TaskInfo]
 
 
@@ -98,6 +117,11 @@ class WhoAmI(BaseModel):
     user: str
     groups: list[str] = Field(default_factory=list)
     all_users_allowed: bool = False
+    team: str = ""
+    """The caller's team (empty: none; every task request is then refused with 403)."""
+    namespace: str = ""
+    """Where the caller's tasks and volumes live."""
+    queue: str = ""
 
 
 class FieldProblem(BaseModel):

@@ -1,4 +1,5 @@
-"""A task's status from its Kubernetes objects (plain dicts): the record ConfigMap, the Job, its pods and events.
+"""A task's status from its Kubernetes objects (plain dicts): the record ConfigMap, the Job, its pods and events,
+and, while Kueue holds the Job suspended, its Workload and Kueue's queue positions.
 
 Pure functions, so every transition is testable without a cluster. The record's `status` key, once written, is
 final and wins (a finished Job is deleted after its TTL; a stopped task's Job is deleted at once).
@@ -25,6 +26,43 @@ _IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrIm
 class Derived:
     status: TaskStatus
     message: str = ""
+    queue_position: int | None = None
+    """1-based place in the team's LocalQueue while Kueue holds the task (Kueue's positionInLocalQueue + 1)."""
+    waiting_reason: str = ""
+    """Why Kueue holds the task: its Workload's QuotaReserved reason and message."""
+
+
+def suspended(job: Mapping[str, Any] | None) -> bool:
+    return bool((job or {}).get("spec", {}).get("suspend"))
+
+
+def _owned_by(obj: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
+    uid = job["metadata"].get("uid")
+    return any(o.get("uid") == uid for o in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def queued(
+    job: Mapping[str, Any], queue: str, workloads: Sequence[Mapping[str, Any]], pending: Sequence[Mapping[str, Any]]
+) -> Derived:
+    """A task whose Job Kueue holds suspended: pending, with Kueue's reason (its Workload's QuotaReserved False
+    condition) and its place in the queue (Kueue's visibility API's items, matched to the Workload by name or
+    owner; `pending` is empty when that API does not answer, and the position is then unknown)."""
+    workload = next((w for w in workloads if _owned_by(w, job)), None)
+    if workload is None:
+        return Derived(TaskStatus.PENDING, f"queued in {queue}: waiting for Kueue to create its Workload",
+                       waiting_reason="no Workload yet")  # fmt: skip
+    reserved = _conditions(workload).get("QuotaReserved")
+    if reserved is None:
+        why = "waiting for Kueue to consider it"
+    elif reserved.get("status") == "True":
+        why = "quota reserved, waiting for admission checks"
+    else:
+        why = f"{reserved.get('reason') or 'Pending'}: {reserved.get('message') or ''}".rstrip(": ")
+    name = workload["metadata"].get("name")
+    item = next((p for p in pending if p.get("metadata", {}).get("name") == name or _owned_by(p, job)), None)
+    position = int(item["positionInLocalQueue"]) + 1 if item and "positionInLocalQueue" in item else None
+    where = f"queued in {queue}" + (f" at position {position}" if position is not None else "")
+    return Derived(TaskStatus.PENDING, f"{where}: {why}", queue_position=position, waiting_reason=why)
 
 
 def _conditions(obj: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:

@@ -52,4 +52,8 @@ def task_info(
         volumes=volumes,
         ignored=[x for x in (data.get("ignored") or "").splitlines() if x],
         nodes=nodes,
+        namespace=meta.get("namespace", ""),
+        queue=data.get("queue", ""),
+        queue_position=derived.queue_position,
+        waiting_reason=derived.waiting_reason,
     )

@@ -29,6 +29,7 @@ from infra.config.settings import (
     TlsSettings,
     TrainingSettings,
 )
+from infra.config.teams import KueueSettings, TeamSettings, parse_kueue, parse_teams
 from infra.config.validation import (
     DNS_SUBDOMAIN,
     IMAGE_PREFIX,
@@ -84,6 +85,10 @@ class StackConfig:
     """The task launcher's knobs (launcher* keys)."""
     operator_resources: Resources
     """The TrainingJob operator's requests and limits (operator* keys)."""
+    teams: tuple[TeamSettings, ...] = ()
+    """Who shares the cluster: a namespace, a quota and (with Kueue) a queue per team (teams)."""
+    kueue: KueueSettings | None = None
+    """The queues (kueue* keys); None only from code that builds a StackConfig by hand."""
     operator: bool = True
     """Install the TrainingJob operator (trainingJobOperator)."""
     operator_crd: bool = True
@@ -159,6 +164,23 @@ def _check_quota(v: Validator, config: StackConfig) -> None:
             v.problem(key, f"must cover the limits of {what} = {needed.normalize():f}")
     if config.namespace.quota_pods < len(pods):
         v.problem("quotaPods", f"must be at least {len(pods)}: {what}")
+
+
+def _check_teams(v: Validator, config: StackConfig) -> None:
+    if config.launcher and not config.teams:
+        v.problem(
+            "teams",
+            "the task launcher runs users' tasks in team namespaces: declare at least one team (e.g. "
+            "[{name: default, users: ['*'], cpu: '4', memory: 8Gi, storage: 20Gi, volumes: 10}]) or set taskLauncher "
+            "to false",
+        )
+    for team in config.teams:
+        if len(team.namespace) > 63:
+            v.problem("teams", f"team {team.name}: its namespace {team.namespace} is longer than 63 characters")
+        if config.accelerator == "cpu" and team.max_gpus:
+            v.problem("teams", f"team {team.name}: gpus/maxGpus must be 0 with accelerator cpu")
+        if team.namespace == config.namespace.name:
+            v.problem("teams", f"team {team.name}: its namespace would be the platform's")
 
 
 def _monitoring(v: Validator) -> MonitoringSettings:
@@ -238,6 +260,9 @@ def _build(v: Validator) -> StackConfig:
     if min_replicas > max_replicas:
         v.problem("hpaMinReplicas", f"must not exceed hpaMaxReplicas={max_replicas}")
 
+    namespace_name = v.dns_label("namespace")
+    node_selector = v.key_values("gpuNodeSelector")
+
     storage_mode = v.choice("storageMode", ("hostPath", "storageClass"))
     host_path = v.string("storageHostPath")
     if storage_mode == "hostPath" and not host_path.startswith("/"):
@@ -289,7 +314,7 @@ def _build(v: Validator) -> StackConfig:
         accelerator=accelerator,
         service_type=service_type,
         namespace=NamespaceSettings(
-            name=v.dns_label("namespace"),
+            name=namespace_name,
             quota_cpu=v.quantity("quotaCpu"),
             quota_memory=v.quantity("quotaMemory"),
             quota_pods=v.integer("quotaPods", 1),
@@ -337,7 +362,7 @@ def _build(v: Validator) -> StackConfig:
             settings=v.train_settings("trainSettings"),
             resources=v.resources("train", gpus),
             shm_size=v.quantity("shmSize"),
-            node_selector=v.key_values("gpuNodeSelector"),
+            node_selector=node_selector,
             tolerations=v.tolerations("gpuTolerations"),
             wait=wait,
             timeout_minutes=v.integer("trainingTimeoutMinutes", 1, 7 * 24 * 60),
@@ -372,6 +397,8 @@ def _build(v: Validator) -> StackConfig:
             resources=v.resources("launcher"),
         ),
         operator_resources=v.resources("operator"),
+        teams=parse_teams(v, namespace_name),
+        kueue=parse_kueue(v, node_selector),
     )
     # The Job name <runName>-train and pod host names <job>-<index> must stay DNS labels.
     if len(config.training.run_name) > 50:
@@ -385,6 +412,7 @@ def _build(v: Validator) -> StackConfig:
     if config.inference.ingress_class and not DNS_SUBDOMAIN.match(config.inference.ingress_class):
         v.problem("ingressClassName", "must be an IngressClass name")
     _check_quota(v, config)
+    _check_teams(v, config)
     if v.problems:
         raise ConfigError(v.stack, v.problems)
     return config

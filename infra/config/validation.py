@@ -43,27 +43,37 @@ def acme_email_problem(email: str) -> str | None:
     return None
 
 
-def cert_manager_chart_problem(path: str) -> str | None:
-    """Why `path` is not a local copy of cert-manager's Helm chart, or None."""
+CHART_SOURCES = {
+    "cert-manager": "deploy/charts/cert-manager of the github.com/cert-manager/cert-manager Go module or what "
+    "`helm pull jetstack/cert-manager --untar` wrote",
+    "kueue": "charts/kueue of the sigs.k8s.io/kueue Go module (tests/toolchain/kueue.sh copies it) or what "
+    "`helm pull oci://registry.k8s.io/kueue/charts/kueue --untar` wrote",
+}
+
+
+def chart_dir_problem(path: str, chart_name: str) -> str | None:
+    """Why `path` is not a local copy of the Helm chart `chart_name` (a key of CHART_SOURCES), or None."""
     from pathlib import Path
 
     import yaml
 
     chart = Path(path)
     if not chart.is_absolute():
-        return "must be an absolute path (a directory holding cert-manager's Chart.yaml)"
+        return f"must be an absolute path (a directory holding {chart_name}'s Chart.yaml)"
     if not (chart / "Chart.yaml").is_file():
-        return (
-            "has no Chart.yaml: point it at cert-manager's chart directory, e.g. deploy/charts/cert-manager of the "
-            "github.com/cert-manager/cert-manager Go module or what `helm pull jetstack/cert-manager --untar` wrote"
-        )
+        return f"has no Chart.yaml: point it at {chart_name}'s chart directory, e.g. {CHART_SOURCES[chart_name]}"
     try:
         name = (yaml.safe_load((chart / "Chart.yaml").read_text()) or {}).get("name")
     except (OSError, yaml.YAMLError) as err:
         return f"Chart.yaml cannot be read: {err}"
-    if name != "cert-manager":
-        return f"holds the chart {name!r}, not cert-manager"
+    if name != chart_name:
+        return f"holds the chart {name!r}, not {chart_name}"
     return None
+
+
+def cert_manager_chart_problem(path: str) -> str | None:
+    """Why `path` is not a local copy of cert-manager's Helm chart, or None."""
+    return chart_dir_problem(path, "cert-manager")
 
 
 class ConfigError(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -10,11 +11,11 @@ import pulumi
 import pytest
 
 from infra.config.schema import load_schema
-from infra.launcher import TaskLauncher, TaskLauncherArgs
+from infra.launcher import LauncherTeam, TaskLauncher, TaskLauncherArgs
 from infra.render import RecordingMocks
 from workloads.pod import Resources
 from workloads.quota import quota_problems
-from workloads.task import launcher_cluster_role_rules, launcher_role_rules
+from workloads.task import launcher_cluster_role_rules, launcher_team_rules
 
 from .conftest import find, objects_of, render_stack
 
@@ -33,6 +34,10 @@ ARGS = TaskLauncherArgs(
     task_service_account="default",
     audience="skyrun",
     replicas=2,
+    teams=(
+        LauncherTeam("vision", "team-a-vision", ("alice", "bob"), "vision"),
+        LauncherTeam("nlp", "team-a-nlp", ("*",), ""),
+    ),
 )
 
 
@@ -56,8 +61,8 @@ def test_type_token_and_child_names(component: Run) -> None:
     assert mocks.resources[0].type == "mlplatform:launcher:TaskLauncher"
     assert all(r.name.startswith("launcher") for r in mocks.resources)
     assert sorted(o["kind"] for o in objects) == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
-        "RoleBinding", "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Service",
+        "ServiceAccount",
     ]  # fmt: skip
 
 
@@ -91,34 +96,68 @@ def test_selectors_match_the_pods_and_the_pods_are_restricted(component: Run) ->
     assert find(objects, "Service")["spec"]["ports"][0]["targetPort"] == "http"
 
 
-def test_rbac_is_the_namespaced_rules_plus_only_the_two_reviews(component: Run) -> None:
+def test_rbac_is_task_rights_for_team_namespaces_and_only_reviews_cluster_wide(component: Run) -> None:
+    """Nothing in the platform namespace (no Role, no RoleBinding): the task rights are a ClusterRole that only the
+    team namespaces' RoleBindings bind (infra/teams.py); cluster-wide, the two reviews and reading ClusterQueues."""
     _, objects = render(component)
     account = find(objects, "ServiceAccount")["metadata"]["name"]
     assert find(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account
-    role = find(objects, "Role")
-    assert role["metadata"]["namespace"] == "team-a"
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    tasks = find(objects, "ClusterRole", "skyrun-team-a-tasks")
     write = ["get", "list", "watch", "create", "update", "patch", "delete"]
-    granted = {(group, resource): rule["verbs"] for rule in role["rules"] for group in rule["apiGroups"]
+    granted = {(group, resource): rule["verbs"] for rule in tasks["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"]}  # fmt: skip
     assert granted == {
         ("batch", "jobs"): write, ("", "services"): write, ("", "configmaps"): write,
         ("", "persistentvolumeclaims"): write, ("networking.k8s.io", "networkpolicies"): write,
         ("", "pods"): ["get", "list", "watch", "delete"], ("", "pods/log"): ["get"],
         ("", "events"): ["get", "list", "watch"], ("", "resourcequotas"): ["get", "list"],
-        ("apps", "deployments"): ["get"],
+        ("coordination.k8s.io", "leases"): ["get", "create", "update"],
+        ("kueue.x-k8s.io", "workloads"): ["get", "list", "watch"],
+        ("kueue.x-k8s.io", "localqueues"): ["get", "list", "watch"],
+        ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads"): ["get"],
     }  # fmt: skip
     # The launcher's engine tier (tests/launcher/harness.py) runs the server bound to exactly these rules.
-    assert role["rules"] == launcher_role_rules(NAME)
-    cluster_role = find(objects, "ClusterRole")
-    assert cluster_role["rules"] == launcher_cluster_role_rules()
-    assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"create"}
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
-        "tokenreviews", "subjectaccessreviews",
+    assert tasks["rules"] == launcher_team_rules()
+    reviews = find(objects, "ClusterRole", "skyrun-team-a-reviews")
+    assert reviews["rules"] == launcher_cluster_role_rules()
+    assert {(g, r, v) for rule in reviews["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]} == {
+        ("authentication.k8s.io", "tokenreviews", "create"), ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        ("kueue.x-k8s.io", "clusterqueues", "get"), ("kueue.x-k8s.io", "clusterqueues", "list"),
     }  # fmt: skip
-    for binding, ref in (("RoleBinding", role), ("ClusterRoleBinding", cluster_role)):
-        b = find(objects, binding)
-        assert b["roleRef"]["name"] == ref["metadata"]["name"]
-        assert b["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "team-a"}]
+    binding = find(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == "skyrun-team-a-reviews"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "team-a"}]
+
+
+def test_team_namespaces_bind_the_task_rights_and_hold_the_anchor() -> None:
+    """The stack: each team namespace has a RoleBinding of the launcher's task ClusterRole to its ServiceAccount in
+    the platform namespace, and the anchor ConfigMap the launcher's SKYRUN_ANCHOR names."""
+    teams = [{"name": "vision", "users": ["alice"], "cpu": "2", "memory": "4Gi", "storage": "10Gi", "volumes": 3},
+             {"name": "nlp", "users": ["*"], "cpu": "1", "memory": "2Gi", "storage": "5Gi", "volumes": 2}]  # fmt: skip
+    objects = objects_of(render_stack("dev", teams=teams))
+    bindings = sorted(
+        (o["metadata"]["namespace"], o["roleRef"]["name"], o["subjects"][0]["namespace"])
+        for o in objects
+        if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "skyrun-tasks"
+    )
+    assert bindings == [("ml-platform-nlp", "skyrun-ml-platform-tasks", "ml-platform"),
+                        ("ml-platform-vision", "skyrun-ml-platform-tasks", "ml-platform")]  # fmt: skip
+    anchors = sorted(o["metadata"]["namespace"] for o in objects
+                     if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "skyrun-anchor")  # fmt: skip
+    assert anchors == ["ml-platform-nlp", "ml-platform-vision"]
+    env = {e["name"]: e.get("value") for e in
+           find(objects, "Deployment", "skyrun")["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert env["SKYRUN_ANCHOR"] == "skyrun-anchor"
+    assert json.loads(env["SKYRUN_TEAMS"]) == [
+        {"name": "vision", "namespace": "ml-platform-vision", "users": ["alice"], "queue": ""},
+        {"name": "nlp", "namespace": "ml-platform-nlp", "users": ["*"], "queue": ""},
+    ]
+    with_kueue = objects_of(render_stack("dev", teams=teams, kueue=True))
+    env = {e["name"]: e.get("value") for e in
+           find(with_kueue, "Deployment", "skyrun")["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert [t["queue"] for t in json.loads(env["SKYRUN_TEAMS"])] == ["vision", "nlp"]
 
 
 def test_the_server_is_configured_from_the_args(component: Run) -> None:
@@ -158,21 +197,10 @@ def test_every_launcher_knob_is_a_stack_key() -> None:
             render_stack("dev", **{key: value})
 
 
-def test_the_server_owns_tasks_by_its_own_deployment_and_may_read_only_that_one(component: Run) -> None:
-    _, objects = render(component)
-    deployment = find(objects, "Deployment")
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["SKYRUN_DEPLOYMENT"] == deployment["metadata"]["name"] == NAME
-    rules = [r for r in find(objects, "Role")["rules"] if "deployments" in r["resources"]]
-    assert rules == [{"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [NAME], "verbs": ["get"]}]
-    quota_rules = [r for r in find(objects, "Role")["rules"] if "resourcequotas" in r["resources"]]
-    assert [r["verbs"] for r in quota_rules] == [["get", "list"]]
-
-
 def test_the_launcher_checks_every_key_of_the_platform_quota_and_names_its_config_key(
     gpu_objects: list[dict[str, Any]],
 ) -> None:
-    quota = find(gpu_objects, "ResourceQuota")
+    quota = find(gpu_objects, "ResourceQuota", "platform-quota")
     assert quota["metadata"]["name"] == "platform-quota", "the quota the launcher reads by name (docs/launcher.md)"
     hard = quota["spec"]["hard"]
     assert "requests.nvidia.com/gpu" in hard, "the gpu stack has every kind of key"

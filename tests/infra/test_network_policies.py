@@ -15,6 +15,8 @@ from tests.netpol import Cluster, Endpoint, ip_block_matches, selector_matches, 
 from .conftest import objects_of, render_stack
 
 NS = "ml-platform"
+TEAM_NS = "ml-platform-default"  # Pulumi.yaml's default team: where the users' tasks run (infra/teams.py)
+TEAM_LABELS = {"ml-platform.dev/team": "default", "ml-platform.dev/platform": NS}
 NODE_IP = "172.18.0.2"  # kind's node: the API server's endpoint (after the kubernetes Service's DNAT)
 
 
@@ -24,9 +26,9 @@ class World:
 
     def __init__(self, stack: str, **overrides: Any) -> None:
         objects = objects_of(render_stack(stack, **overrides))
-        tasks = [*task_objects("alice001", "alice", NS), *task_objects("bob00001", "bob", NS)]
+        tasks = [*task_objects("alice001", "alice", TEAM_NS), *task_objects("bob00001", "bob", TEAM_NS)]
         policies = [o for o in [*objects, *tasks] if o["kind"] == "NetworkPolicy"]
-        self.cluster = Cluster(policies, {NS: {}, "kube-system": {}, "traefik": {}, "ingress-nginx": {}, "team-b": {},
+        self.cluster = Cluster(policies, {NS: {}, TEAM_NS: TEAM_LABELS, "kube-system": {}, "traefik": {}, "ingress-nginx": {}, "team-b": {},
                                           "dns-elsewhere": {}})  # fmt: skip
         ip = iter(f"10.244.0.{i}" for i in range(10, 250))
 
@@ -52,7 +54,8 @@ class World:
         for task in ("alice001", "bob00001"):
             labels = next(o for o in tasks if o["kind"] == "Job" and task in o["metadata"]["name"])
             for rank in range(2):
-                self.listening[pod(f"{task}-{rank}", labels["spec"]["template"]["metadata"]["labels"])] = collective
+                task_labels = labels["spec"]["template"]["metadata"]["labels"]
+                self.listening[pod(f"{task}-{rank}", task_labels, TEAM_NS)] = collective
         dns_ports = [("UDP", 53), ("TCP", 53)]
         self.listening[pod("kube-dns", {"k8s-app": "kube-dns"}, "kube-system")] = dns_ports
         self.listening[pod("other-dns", {"k8s-app": "kube-dns"}, "dns-elsewhere")] = dns_ports
@@ -67,12 +70,13 @@ class World:
         self.by_name = {e.name: e for e in self.listening}
 
     def open_flows(self) -> set[tuple[str, str, str, int]]:
-        """Every (source, destination, protocol, port) that passes, where one end is a pod of the namespace."""
+        """Every (source, destination, protocol, port) that passes, where one end is a pod of the platform's or the
+        team's namespace."""
         return {
             (src.name, dst.name, proto, port)
             for src in self.listening
             for dst, ports in self.listening.items()
-            if src != dst and NS in (src.namespace, dst.namespace)
+            if src != dst and {NS, TEAM_NS} & {src.namespace, dst.namespace}
             for proto, port in ports
             if self.cluster.allowed(src, dst, proto, port)
         }
@@ -119,7 +123,7 @@ def test_default_deny_covers_every_pod_both_ways() -> None:
 
 def test_dev_flows_exactly() -> None:
     world = World("dev")
-    outside = [e.name for e in world.listening if e.namespace != NS]
+    outside = [e.name for e in world.listening if e.namespace not in (NS, TEAM_NS)]  # tasks: egress policies
     expected = (
         common(PLATFORM, "traefik")
         # NodePorts: from anything outside the namespace (hence from anywhere), only the two published ports.

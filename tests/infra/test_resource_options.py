@@ -98,6 +98,7 @@ def test_every_kubernetes_object_belongs_to_a_component(stack_mocks: RecordingMo
 
 @pytest.mark.parametrize("protect", [True, False])
 def test_only_the_data_volumes_are_protected_and_only_when_asked(protect: bool) -> None:
+    """The platform's claims and volumes, and the team namespaces (their users' volumes are in them)."""
     for stack in ("dev", "gpu"):
         mocks = render_stack(stack, protectData=protect)
         protected = {(t.rsplit(":", 1)[-1], n) for (t, n), o in mocks.options.items() if o.protect}
@@ -105,7 +106,8 @@ def test_only_the_data_volumes_are_protected_and_only_when_asked(protect: bool) 
         volumes = {(r.type.rsplit(":", 1)[-1], r.name) for r in mocks.resources
                    if r.type.endswith(kinds) and r.name.startswith("storage-")}  # fmt: skip
         assert volumes, stack
-        assert protected == (volumes if protect else set()), stack
+        teams = {("Namespace", "teams-default-namespace")}  # Pulumi.yaml's default team
+        assert protected == (volumes | teams if protect else set()), stack
 
 
 def test_nothing_ignores_changes_or_survives_deletion(stack_mocks: RecordingMocks) -> None:

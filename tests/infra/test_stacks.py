@@ -54,7 +54,8 @@ def test_every_object_has_recommended_labels_and_namespace(stack_objects: list[d
         assert set(meta.get("labels", {})) >= RECOMMENDED, (obj["kind"], meta["name"])
         assert meta.get("name"), obj["kind"]
         if obj["kind"] not in cluster_scoped:
-            assert meta.get("namespace") == "ml-platform", (obj["kind"], meta["name"])
+            # The platform's namespace, or a team's (infra/teams.py): <namespace>-<team>.
+            assert meta.get("namespace") in ("ml-platform", "ml-platform-default"), (obj["kind"], meta["name"])
     for workload, _ in pod_specs(stack_objects):
         assert set(workload["spec"]["template"]["metadata"]["labels"]) >= RECOMMENDED
 
@@ -138,7 +139,7 @@ def test_dev_uses_gloo_and_no_gpus(dev_objects: list[dict[str, Any]]) -> None:
         for c in containers(pod):
             assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert "nodeSelector" not in job["spec"]["template"]["spec"]
-    assert "requests.nvidia.com/gpu" not in find(dev_objects, "ResourceQuota")["spec"]["hard"]
+    assert "requests.nvidia.com/gpu" not in find(dev_objects, "ResourceQuota", "platform-quota")["spec"]["hard"]
 
 
 def test_gpu_uses_nccl_requests_gpus_and_tolerates_taints(gpu_objects: list[dict[str, Any]]) -> None:
@@ -159,7 +160,7 @@ def test_gpu_uses_nccl_requests_gpus_and_tolerates_taints(gpu_objects: list[dict
     assert [f"{t['key']}:{t['effect']}" for t in pod["tolerations"] if t["operator"] == "Exists"] == settings[
         "gpuTolerations"
     ]
-    quota = find(gpu_objects, "ResourceQuota")["spec"]["hard"]["requests.nvidia.com/gpu"]
+    quota = find(gpu_objects, "ResourceQuota", "platform-quota")["spec"]["hard"]["requests.nvidia.com/gpu"]
     assert int(quota) == settings["quotaGpus"] >= job["spec"]["completions"] * int(gpus)
     checkpoints = find(gpu_objects, "PersistentVolumeClaim", "checkpoints")
     assert checkpoints["spec"]["accessModes"] == [settings["storageAccessMode"]] == ["ReadWriteMany"]

@@ -66,10 +66,10 @@ class TaskKube(FakeKube):
         self.streams_open_during_stream: list[float] = []
         self.registry: CollectorRegistry | None = None
 
-    async def objects(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    async def objects(self, ns: str, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         return self.store.get(kind, [])
 
-    async def log_lines(self, pod: str, container: str, *, follow: bool) -> AsyncIterator[str]:
+    async def log_lines(self, ns: str, pod: str, container: str, *, follow: bool) -> AsyncIterator[str]:
         assert self.registry is not None
         for line in ("step 1", "step 2"):
             self.streams_open_during_stream.append(value(self.registry, "skyrun_log_streams_open"))

@@ -22,38 +22,72 @@ from workloads.task import NODE_INDEX_LABEL, SETUP_FAILED_EXIT_CODE
 
 USER = "system:serviceaccount:ml:alice"
 LAUNCHER_UID = "5f0c7a52-0000-4000-8000-000000000001"
+ANCHOR = "skyrun-anchor"
 
 
 class FakeKube:
     """Answers every read with nothing but the launcher's own Deployment (it exists wherever the server runs; None
-    with `deployment=False`) and the namespace's `quotas`; records every read of one object and every write (none
-    is expected for a refused request)."""
+    with `deployment=False`), the teams' anchor ConfigMaps, the namespace's `quotas` and Kueue's `local_queues` and
+    `cluster_queues`; records every read of one object and every write (none is expected for a refused request).
+    The cap lock's Lease is kept apart (`leases`): it is the lock, not the task."""
 
-    def __init__(self, quotas: Sequence[dict[str, Any]] = (), *, deployment: bool = True) -> None:
+    def __init__(
+        self,
+        quotas: Sequence[dict[str, Any]] = (),
+        *,
+        deployment: bool = True,
+        local_queues: Mapping[str, dict[str, Any]] | None = None,
+        cluster_queues: Sequence[dict[str, Any]] = (),
+    ) -> None:
         self.writes: list[Any] = []
         self.reads: list[tuple[str, str]] = []
+        self.namespaces: list[str] = []
         self.quotas = list(quotas)
+        self.local_queues = dict(local_queues or {})
+        self.cluster_queue_objects = list(cluster_queues)
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.deployment = {"metadata": {"name": "skyrun", "uid": LAUNCHER_UID}} if deployment else None
 
-    async def objects(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    async def objects(self, ns: str, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        self.namespaces.append(ns)
         return list(self.quotas) if kind == "ResourceQuota" else []
 
-    async def events(self) -> list[dict[str, Any]]:
+    async def events(self, ns: str) -> list[dict[str, Any]]:
         return []
 
-    async def get(self, kind: str, name: str) -> dict[str, Any] | None:
+    async def cluster_queues(self) -> list[dict[str, Any]]:
+        return list(self.cluster_queue_objects)
+
+    async def pending_workloads(self, ns: str, queue: str) -> list[dict[str, Any]] | None:
+        return None
+
+    async def get(self, ns: str, kind: str, name: str) -> dict[str, Any] | None:
+        if kind == "Lease":
+            return self.leases.get((ns, name))
         self.reads.append((kind, name))
+        if kind == "LocalQueue":
+            return self.local_queues.get(name)
+        if (kind, name) == ("ConfigMap", ANCHOR):
+            return {"metadata": {"name": ANCHOR, "namespace": ns, "uid": f"anchor-{ns}"}}
         return self.deployment if (kind, name) == ("Deployment", "skyrun") else None
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Lease":
+            return await self.replace(obj)
+        self.namespaces.append(obj["metadata"]["namespace"])
         self.writes.append(("create", obj))
         return dict(obj)
 
-    async def merge_patch(self, kind: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        assert obj["kind"] == "Lease", obj
+        self.leases[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = dict(obj)
+        return dict(obj)
+
+    async def merge_patch(self, ns: str, kind: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         self.writes.append(("patch", kind, name))
         return {}
 
-    async def delete(self, kind: str, name: str, **_: Any) -> None:
+    async def delete(self, ns: str, kind: str, name: str, **_: Any) -> None:
         self.writes.append(("delete", kind, name))
 
     async def access_review(self, *_: Any) -> bool:
@@ -166,7 +200,7 @@ def test_a_deleted_volume_is_gone_while_its_claim_waits_for_its_finalizer(api: t
     deleting = {**claim, "metadata": {**claim["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z",
                                       "finalizers": ["kubernetes.io/pvc-protection"]}}  # fmt: skip
 
-    async def objects(kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    async def objects(ns: str, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         return [deleting] if kind == "PersistentVolumeClaim" else []
 
     kube.objects = objects  # type: ignore[method-assign]
