@@ -41,7 +41,7 @@ def allowed(cluster: LocalCluster, verb: str, resource: str, namespace: str = ""
         attrs["subresource"] = subresource
     if name:
         attrs["name"] = name
-    review = cluster.api.create({
+    review = cluster.api.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {"user": LAUNCHER, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{PLATFORM}",
                                               "system:authenticated"],

@@ -76,6 +76,13 @@ class Api:
         self.client.close()
         self._plain.close()
 
+    def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST `body` to `path` as the admin, outside lightkube (a review, which must carry no field manager)."""
+        response = self._plain.post(path, json=dict(body))
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, response.text, f"POST {path}")
+        return dict(response.json())
+
     def ready(self) -> bool:
         """Whether the API server's /readyz answers 200 (raises httpx2.HTTPError while it does not listen)."""
         return self._plain.get("/readyz").status_code == 200
