@@ -106,6 +106,7 @@ def training_spec(config: StackConfig, checkpoint_sub_path: str | None) -> Train
 def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
     """Declare every resource of the stack; returns the stack outputs."""
     instance = config.namespace.name
+    kueue_on = config.kueue is not None and config.kueue.enabled
     ns = Namespace(
         "platform",
         NamespaceArgs(
@@ -206,6 +207,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 gpus_available=config.accelerator == "nvidia",
                 resources=config.operator_resources,
                 install_crd=config.operator_crd,
+                default_queue=config.training.kueue_queue if kueue_on else "",
                 pod_annotations=pod_annotations(OPERATOR_TARGET, operator_mode),
                 scrape_annotations=not operator_mode,
             ),

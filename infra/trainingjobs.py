@@ -10,6 +10,7 @@ never reconcile the same resources at once), a liveness probe, a metrics port, P
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -60,11 +61,23 @@ class OperatorArgs:
     """Requests and limits of the operator pod."""
     install_crd: bool = True
     """Declare the CRD (false when another stack in the same cluster owns it)."""
+    default_queue: str = ""
+    """The Kueue LocalQueue a TrainingJob that names none goes through (the CRD's default for spec.queueName; the
+    stack's kueueQueue with kueue on, "" = none)."""
     pod_annotations: dict[str, str] = field(default_factory=dict)
     """Annotations of the pod template (the prometheus.io/* scrape annotations without the Prometheus Operator)."""
     scrape_annotations: bool = False
     """Whether the operator gives the training pods it creates the prometheus.io/* scrape annotations (a
     Prometheus without the Operator; with it, the trainer PodMonitor selects those pods by label)."""
+
+
+def with_default_queue(definition: dict[str, Any], queue: str) -> dict[str, Any]:
+    """The CRD with `queue` as the default of spec.queueName in every version (unchanged when queue is "")."""
+    if queue:
+        for version in definition["spec"]["versions"]:
+            spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            spec["properties"]["queueName"]["default"] = queue
+    return definition
 
 
 def operator_env(args: OperatorArgs) -> list[k8s.core.v1.EnvVarArgs]:
@@ -128,7 +141,7 @@ class TrainingJobOperator(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         after: list[pulumi.Resource] = []
         if args.install_crd:
-            definition = tj.crd()
+            definition = with_default_queue(tj.crd(), args.default_queue)
             self.crd = k8s.apiextensions.v1.CustomResourceDefinition(
                 f"{name}-crd",
                 metadata={**definition["metadata"], "labels": meta_labels},
@@ -151,6 +164,23 @@ class TrainingJobOperator(pulumi.ComponentResource):
             subjects=[service_account_subject(NAME, args.namespace)],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role]),
         )
+        # ClusterQueues are cluster-scoped: reading them (what a queue could ever admit) needs a ClusterRole, named
+        # after the namespace so that two stacks in one cluster do not share it.
+        queues_name = f"{NAME}-{args.namespace}-clusterqueues"
+        cluster_meta = object_meta(queues_name, None, meta_labels)
+        queues_role = k8s.rbac.v1.ClusterRole(
+            f"{name}-clusterqueues", metadata=cluster_meta, rules=policy_rules(tj.operator_cluster_role_rules()),
+            opts=child,
+        )  # fmt: skip
+        queues_binding = k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-clusterqueues-binding",
+            metadata=cluster_meta,
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=queues_name
+            ),
+            subjects=[service_account_subject(NAME, args.namespace)],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account, queues_role]),
+        )
         selector = selector_labels(NAME, args.instance)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -168,7 +198,7 @@ class TrainingJobOperator(pulumi.ComponentResource):
                     spec=operator_pod_spec(args),
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, binding]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, binding, queues_binding]),
         )
         self.deployment_name = self.deployment.metadata.name
         self.register_outputs({"deployment_name": self.deployment_name})

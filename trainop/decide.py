@@ -4,7 +4,9 @@
 status and that observation into the next phase and counters (the restart decision); `conditions` writes the
 whole condition list for a phase. A retriable failure restarts the whole gang as a new attempt (new Job) after an
 exponential backoff, up to maxRestarts; a preempted pod (DisruptionTarget) restarts it too but is counted apart
-and costs nothing of maxRestarts; exit code 2 (the trainer's configuration error) fails at once.
+and costs nothing of maxRestarts; exit code 2 (the trainer's configuration error) fails at once. An eviction by
+Kueue (trainop/queueing.py) is counted in preemptions too, once, and is no restart: the same Job waits in its
+queue and resumes when Kueue admits it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from trainop.queueing import QueueState
 from workloads.training import CONFIG_ERROR_EXIT_CODE
 
 # What the current attempt is doing, from its Job and pods.
@@ -38,7 +41,9 @@ class Observation:
     message: str = ""
     """What happened, for the condition (a pod's failure, the trainer's termination message)."""
     reason: str = ""
-    """Why a pending attempt waits (QuotaExceeded, Queued, ...), for the condition; empty: just created."""
+    """Why a pending attempt waits (QuotaExceeded, Queued, Preempted, ...), for the condition; empty: just created."""
+    queue: QueueState | None = None
+    """What Kueue says of the attempt's Job (spec.queueName set and its Workload there); None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class Transition:
     preemptions: int
     restart_after: dt.datetime | None = None
     """When the next attempt may start (Restarting only)."""
+    queue: QueueState | None = None
+    """Kueue's view of the attempt, for the status' queue fields; None: not queued, or no Workload yet."""
 
 
 def _true(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -109,14 +116,17 @@ def backoff_seconds(restarts: int, base_s: float, cap_s: float = 300.0) -> float
 def transition(
     status: Mapping[str, Any], seen: Observation, *, max_restarts: int, now: dt.datetime, backoff_base_s: float
 ) -> Transition:
-    """The next phase of a TrainingJob whose current attempt was observed as `seen`."""
+    """The next phase of a TrainingJob whose current attempt was observed as `seen`. Kueue's evictions of the
+    attempt's Workload not yet counted (its tally above `status.queueEvictions` of the same Workload) are added to
+    preemptions, whatever the phase: an eviction and re-admission between two looks is counted too."""
     current = Transition(
         phase=status.get("phase") or "Pending",
         reason=_reason(status),
         message="",
         attempt=int(status.get("attempt", 0)),
         restarts=int(status.get("restarts", 0)),
-        preemptions=int(status.get("preemptions", 0)),
+        preemptions=int(status.get("preemptions", 0)) + new_evictions(status, seen.queue),
+        queue=seen.queue,
     )
     attempt = current.attempt
     if seen.state == SUCCEEDED:
@@ -163,6 +173,15 @@ def transition(
         reason=seen.reason or "Created",
         message=seen.message or f"attempt {attempt} created, pods pending",
     )
+
+
+def new_evictions(status: Mapping[str, Any], queue: QueueState | None) -> int:
+    """Evictions of the Workload `queue` not yet in status.preemptions (the status remembers how many of which
+    Workload it counted: a new attempt's Job has a new Workload, counted from 0)."""
+    if queue is None:
+        return 0
+    counted = int(status.get("queueEvictions", 0)) if status.get("queueWorkload") == queue.workload else 0
+    return max(0, queue.evictions - counted)
 
 
 def _reason(status: Mapping[str, Any]) -> str:

@@ -34,6 +34,7 @@ from trainop.decide import (
     CONFIG_ERROR,
     PENDING,
     RUNNING,
+    SUCCEEDED,
     SUSPENDED,
     TERMINAL,
     Observation,
@@ -44,6 +45,15 @@ from trainop.decide import (
 )
 from trainop.kube import Kube, OwnedElsewhere
 from trainop.progress import ProgressCache
+from trainop.queueing import (
+    WAITING,
+    QueueState,
+    capacity_problems,
+    missing_queue,
+    owned_workload,
+    pending_position,
+    queue_state,
+)
 from trainop.settings import Settings
 from trainop.validate import run_shape, spec_problems
 from workloads.quota import FieldError, over_quota, trainingjob_demands
@@ -60,8 +70,11 @@ WARNING_REASONS = {
     "DeadlineExceeded",
     "WorkerFailed",
     "Preempted",
+    "Evicted",
     "Conflict",
 }
+QUEUE_WAITS = ("Created", "Queued", "Preempted", "Evicted")
+"""Reasons of a queued run's Pending phase before Kueue (re)admits it: its deadline counts from the admission."""
 
 
 def _time(text: str | None) -> dt.datetime | None:
@@ -119,6 +132,10 @@ class Reconciler:
             step = Transition("Failed", "InvalidSpec", "; ".join(f"{p.field}: {p.message}" for p in over), 0, 0, 0)
             await self._write(tj, status, step, now, completed=True)
             return "invalid"
+        if not status.get("phase") and spec.get("queueName") and (wrong := await self._queue_problems(tj)):
+            step = Transition("Failed", "InvalidSpec", "; ".join(wrong), 0, 0, 0)
+            await self._write(tj, status, step, now, completed=True)
+            return "invalid"
         attempt = int(status.get("attempt", 0))
         if attempt:
             await self.kube.delete_other_attempts(name, attempt)
@@ -135,7 +152,9 @@ class Reconciler:
         queued = bool(spec.get("queueName"))
         deadline = spec.get("activeDeadlineSeconds")
         started = _time(status.get("startTime"))
-        if deadline and started and not suspend and now > started + dt.timedelta(seconds=int(deadline)):
+        waiting = queued and (job is None or bool((job.get("spec") or {}).get("suspend")))
+        expired = started and now > started + dt.timedelta(seconds=int(deadline or 0))
+        if deadline and expired and not suspend and not waiting:
             if job is not None:
                 await self.kube.delete_job(job["metadata"]["name"])
             step = self._same(
@@ -166,7 +185,8 @@ class Reconciler:
                     reason="Created",
                     message=f"attempt {attempt}: Job {job_name(tj, attempt)} created",
                 )
-                status.setdefault("startTime", _stamp(now))
+                if not queued:  # a queued run's deadline counts from its admission
+                    status.setdefault("startTime", _stamp(now))
             await self._write(tj, status, step, now)
             return "created"
         if not suspend and (job.get("spec") or {}).get("suspend") and self._changed(tj, attempt, job):
@@ -186,8 +206,8 @@ class Reconciler:
                 status["startTime"] = _stamp(now)
         pods = await self.kube.pods(job["metadata"]["name"])
         seen = observe(job, pods)
-        if queued and not suspend and seen.state == SUSPENDED:
-            seen = Observation(PENDING, "waiting for Kueue to admit the Job", reason="Queued")
+        if queued and not suspend:
+            seen = await self._queued(job, seen, str(spec["queueName"]))
         if seen.state in (PENDING, RUNNING) and len(pods) < int(job["spec"].get("parallelism") or 1):
             seen = await self._why_pods_are_missing(job, seen)
         if seen.state == CONFIG_ERROR and seen.message.endswith("(configuration error)"):
@@ -199,6 +219,8 @@ class Reconciler:
             now=now,
             backoff_base_s=self.settings.restart_backoff_s,
         )
+        if queued and step.phase == "Running" and (status.get("reason") in QUEUE_WAITS or "startTime" not in status):
+            status["startTime"] = _stamp(now)  # admitted (again) by Kueue: the deadline counts from here
         if step.restarts > int(status.get("restarts", 0)):
             metrics.RESTARTS.labels("failure").inc()
         if step.preemptions > int(status.get("preemptions", 0)):
@@ -239,6 +261,43 @@ class Reconciler:
         spec = tj["spec"]
         demands = trainingjob_demands(resources(spec), int(spec.get("workers", 1)))
         return over_quota(demands, await self.kube.resource_quotas(), "the TrainingJob")
+
+    async def _queue_problems(self, tj: Mapping[str, Any]) -> list[str]:
+        """Why spec.queueName cannot be used: no such LocalQueue in the namespace (or no Kueue at all), or its
+        ClusterQueue could never admit the gang, even borrowing all its cohort can lend."""
+        queue, spec = str(tj["spec"]["queueName"]), tj["spec"]
+        local_queues = await self.kube.local_queues()
+        if why := missing_queue(queue, self.kube.ns, local_queues):
+            return [why]
+        cluster_queues = await self.kube.cluster_queues()
+        local_queue = next(q for q in local_queues or [] if q["metadata"]["name"] == queue)
+        if cluster_queues is None:
+            return []
+        return capacity_problems(queue, resources(spec), int(spec.get("workers", 1)), local_queue, cluster_queues)
+
+    async def _queued(self, job: Mapping[str, Any], seen: Observation, queue: str) -> Observation:
+        """A queued run's observation with what Kueue says of its Job (its Workload). Waiting (never admitted, or
+        evicted and queued again): Pending, reason Queued (Preempted/Evicted after an eviction), Kueue's message,
+        the position in the LocalQueue. An evicted Job's pods end as Kueue suspends it: their ends are no
+        failure. Admitted: the Job's own observation, with the Workload for the eviction tally."""
+        workload = owned_workload(job["metadata"]["uid"], await self.kube.workloads(job["metadata"]["uid"]))
+        if workload is None:
+            return Observation(PENDING, WAITING, reason="Queued") if seen.state == SUSPENDED else seen
+        state = queue_state(workload)
+        if state.admitted:
+            if seen.state == SUSPENDED:  # quota reserved; Kueue unsuspends the Job next
+                return Observation(PENDING, f"admitted by Kueue: {state.message}", reason="Queued", queue=state)
+            return replace(seen, queue=state)
+        if seen.state in (SUCCEEDED, CONFIG_ERROR):
+            return replace(seen, queue=state)
+        if state.reason != "Evicted":
+            pending = await self.kube.pending_workloads(queue)
+            state = replace(state, position=pending_position(pending, state.workload) if pending else None)
+        if state.evicted_by:
+            reason = "Preempted" if state.evicted_by == "Preempted" else "Evicted"
+            message = f"evicted by Kueue ({state.evicted_by}), waiting to be admitted again: {state.message}"
+            return Observation(PENDING, message, reason=reason, queue=state)
+        return Observation(PENDING, state.message, reason="Queued", queue=state)
 
     async def _why_pods_are_missing(self, job: Mapping[str, Any], seen: Observation) -> Observation:
         """The Job controller could not create every pod: its newest FailedCreate says why (a ResourceQuota it
@@ -300,18 +359,32 @@ class Reconciler:
         }
         if step.restart_after is not None:
             new["restartAfter"] = _stamp(step.restart_after)
+        new.update(_queue_fields(step.queue))
         if completed:
             new.setdefault("completionTime", _stamp(now))
         new.update(self.progress.get(meta["uid"], run_shape(tj)))
         metrics.record_phase(meta["uid"], step.phase)
-        if new == status:
+        if {k: v for k, v in new.items() if v is not None} == status:
             return
-        await self.kube.patch_status(meta["name"], new)
+        await self.kube.patch_status(meta["name"], new)  # a None removes its field (a merge patch)
         if step.phase != status.get("phase"):
             log.info("%s: %s -> %s (%s) %s", meta["name"], status.get("phase"), step.phase, step.reason, step.message)
         if step.phase != status.get("phase") or step.reason != self._same(status).reason:
             kind = "Warning" if step.reason in WARNING_REASONS else "Normal"
             await self.kube.post_event(tj, kind, step.reason, step.message or step.phase)
+
+
+def _queue_fields(queue: QueueState | None) -> dict[str, Any]:
+    """The status' queue fields: the Workload and how many of its evictions preemptions counts (kept while there is
+    no Workload to look at), and, while it waits, why in one word and its position (None removes them)."""
+    if queue is None:
+        return {"queueReason": None, "queuePosition": None}
+    return {
+        "queueWorkload": queue.workload,
+        "queueEvictions": queue.evictions,
+        "queueReason": queue.reason or None,
+        "queuePosition": queue.position,
+    }
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:

@@ -6,6 +6,7 @@ crash); it is taken over when it already belongs to this TrainingJob and refused
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -13,18 +14,48 @@ from typing import Any
 
 import httpx2
 from lightkube import ApiError, AsyncClient, codecs
+from lightkube.core import resource as lkres
 from lightkube.core.client import LabelValue
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import Generic, create_global_resource, create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod, ResourceQuota, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import CascadeType, PatchType
 
-from workloads.trainingjob import API_VERSION, ATTEMPT_LABEL, GROUP, KIND, PLURAL, TRAININGJOB_LABEL, VERSION
+from trainop.queueing import JOB_UID_LABEL, KUEUE_VERSION
+from workloads.trainingjob import (
+    API_VERSION,
+    ATTEMPT_LABEL,
+    GROUP,
+    KIND,
+    KUEUE_GROUP,
+    KUEUE_VISIBILITY_GROUP,
+    PLURAL,
+    TRAININGJOB_LABEL,
+    VERSION,
+)
 
 log = logging.getLogger(__name__)
 TrainingJobResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 FIELD_MANAGER = "trainop"
+LocalQueue = create_namespaced_resource(KUEUE_GROUP, KUEUE_VERSION, "LocalQueue", "localqueues")
+Workload = create_namespaced_resource(KUEUE_GROUP, KUEUE_VERSION, "Workload", "workloads")
+ClusterQueue = create_global_resource(KUEUE_GROUP, KUEUE_VERSION, "ClusterQueue", "clusterqueues")
+VISIBILITY_TIMEOUT_S = 3.0
+"""Kueue's visibility API is an aggregated API: an answer slower than this leaves the position out."""
+
+
+class PendingWorkloads(lkres.NamespacedResourceG, Generic):
+    """`GET .../visibility.kueue.x-k8s.io/v1beta2/namespaces/NS/localqueues/NAME/pendingworkloads`: a LocalQueue's
+    pending Workloads in order, each with its positionInLocalQueue."""
+
+    _api_info = lkres.ApiInfo(
+        resource=lkres.ResourceDef(KUEUE_VISIBILITY_GROUP, KUEUE_VERSION, "PendingWorkloadsSummary"),
+        parent=lkres.ResourceDef(KUEUE_VISIBILITY_GROUP, KUEUE_VERSION, "LocalQueue"),
+        plural="localqueues",
+        verbs=["get"],
+        action="pendingworkloads",
+    )
 
 
 class OwnedElsewhere(RuntimeError):
@@ -53,6 +84,41 @@ class Kube:
 
     async def resource_quotas(self) -> list[dict[str, Any]]:
         return [dict(q.to_dict()) async for q in self.client.list(ResourceQuota, namespace=self.ns)]
+
+    async def local_queues(self) -> list[dict[str, Any]] | None:
+        """The namespace's Kueue LocalQueues; None when the API server does not serve them (Kueue not installed)."""
+        try:
+            return [dict(q.to_dict()) async for q in self.client.list(LocalQueue, namespace=self.ns)]
+        except ApiError as err:
+            if _missing(err):
+                return None
+            raise
+
+    async def cluster_queues(self) -> list[dict[str, Any]] | None:
+        """Every ClusterQueue (cluster-scoped: the operator's ClusterRole); None when not allowed or not served, and
+        then the gang is not checked against the queue's quota."""
+        try:
+            return [dict(q.to_dict()) async for q in self.client.list(ClusterQueue)]
+        except ApiError as err:
+            if err.status.code in (403, 404):
+                log.warning("ClusterQueues not readable (%s): gangs are not checked against queue quotas", err)
+                return None
+            raise
+
+    async def workloads(self, job_uid: str) -> list[dict[str, Any]]:
+        """The Workloads Kueue made for the Job `job_uid` (its job-uid label)."""
+        labels: dict[str, LabelValue] = {JOB_UID_LABEL: job_uid}
+        return [dict(w.to_dict()) async for w in self.client.list(Workload, namespace=self.ns, labels=labels)]
+
+    async def pending_workloads(self, queue: str) -> dict[str, Any] | None:
+        """Kueue's visibility API for the LocalQueue `queue`, or None when it does not answer (not registered, not
+        allowed, slow): the position is a nicety, never a reason to fail a reconciliation."""
+        try:
+            async with asyncio.timeout(VISIBILITY_TIMEOUT_S):
+                return dict((await self.client.get(PendingWorkloads, queue, namespace=self.ns)).to_dict())
+        except (ApiError, httpx2.HTTPError, TimeoutError, ValueError) as err:
+            log.debug("pending workloads of %s: %s", queue, err)
+            return None
 
     async def job(self, name: str) -> dict[str, Any] | None:
         try:

@@ -26,6 +26,8 @@ KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 SHORT_NAME = "tj"
 MANAGED_BY = "trainop"
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
 # Labels on every child: which TrainingJob (by name) and which attempt it belongs to.
 TRAININGJOB_LABEL = f"{GROUP}/trainingjob"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
@@ -84,6 +86,13 @@ class Platform:
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "why, in one word"},
+    {"name": "Queue", "type": "string", "jsonPath": ".spec.queueName", "description": "Kueue LocalQueue"},
+    {
+        "name": "Position",
+        "type": "integer",
+        "jsonPath": ".status.queuePosition",
+        "description": "in the LocalQueue while Kueue has not admitted the run (0 = next)",
+    },
     {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
     {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent", "description": "percent"},
     {"name": "Val loss", "type": "number", "jsonPath": ".status.progress.valLoss"},
@@ -154,7 +163,18 @@ def operator_role_rules() -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "create", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        # Kueue (spec.queueName): the LocalQueue must exist before anything is created; the Job's Workload says
+        # whether it waits, was admitted or evicted; the visibility API gives its position in the queue.
+        {"apiGroups": [KUEUE_GROUP], "resources": ["localqueues", "workloads"], "verbs": ["get", "list"]},
+        {"apiGroups": [KUEUE_VISIBILITY_GROUP], "resources": ["localqueues/pendingworkloads"], "verbs": ["get"]},
     ]
+
+
+def operator_cluster_role_rules() -> list[dict[str, Any]]:
+    """The operator's one cluster-wide read: ClusterQueues (cluster-scoped), to refuse at submission a gang that the
+    LocalQueue's ClusterQueue could never admit, even borrowing all its cohort lends. Without it that check is
+    skipped and such a run waits in the queue (Kueue's message says why)."""
+    return [{"apiGroups": [KUEUE_GROUP], "resources": ["clusterqueues"], "verbs": ["get", "list"]}]
 
 
 def run_name(tj: Mapping[str, Any]) -> str:

@@ -28,8 +28,8 @@ class World:
         objects = objects_of(render_stack(stack, **overrides))
         tasks = [*task_objects("alice001", "alice", TEAM_NS), *task_objects("bob00001", "bob", TEAM_NS)]
         policies = [o for o in [*objects, *tasks] if o["kind"] == "NetworkPolicy"]
-        self.cluster = Cluster(policies, {NS: {}, TEAM_NS: TEAM_LABELS, "kube-system": {}, "traefik": {}, "ingress-nginx": {}, "team-b": {},
-                                          "dns-elsewhere": {}})  # fmt: skip
+        self.cluster = Cluster(policies, {NS: {}, TEAM_NS: TEAM_LABELS, "kube-system": {}, "traefik": {},
+                                          "ingress-nginx": {}, "team-b": {}, "dns-elsewhere": {}})  # fmt: skip
         ip = iter(f"10.244.0.{i}" for i in range(10, 250))
 
         def pod(name: str, labels: dict[str, str], ns: str = NS) -> Endpoint:

@@ -53,17 +53,23 @@ def test_every_namespace_enforces_restricted(stack_objects: list[dict[str, Any]]
 def test_rbac_grants_only_pod_reads_to_the_trainer(stack_objects: list[dict[str, Any]]) -> None:
     rbac_kinds = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
     everything = [o for o in stack_objects if o["kind"] in rbac_kinds]
-    # Namespaced, but for the task launcher: its reviews (cluster-scoped APIs) bound cluster-wide, and its task
-    # rights as a ClusterRole that only RoleBindings in the team namespaces bind (tests/infra/test_launcher.py).
+    # Namespaced, but for the operator's reading of ClusterQueues and the task launcher: its reviews (cluster-scoped
+    # APIs) bound cluster-wide, and its task rights as a ClusterRole that only RoleBindings in the team namespaces
+    # bind (tests/infra/test_launcher.py).
     cluster_wide = [o for o in everything if o["kind"].startswith("Cluster")]
     assert sorted((o["kind"], o["metadata"]["name"]) for o in cluster_wide) == [
         ("ClusterRole", "skyrun-ml-platform-reviews"),
         ("ClusterRole", "skyrun-ml-platform-tasks"),
+        ("ClusterRole", "trainop-ml-platform-clusterqueues"),
         ("ClusterRoleBinding", "skyrun-ml-platform-reviews"),
+        ("ClusterRoleBinding", "trainop-ml-platform-clusterqueues"),
     ]
     # The operator's and the launcher's: tests/infra/test_trainingjob_operator.py, test_launcher.py.
-    rbac = [o for o in everything
-            if o["metadata"]["name"] not in ("trainop", "skyrun", "skyrun-tasks") and "Cluster" not in o["kind"]]
+    rbac = [
+        o
+        for o in everything
+        if o["metadata"]["name"] not in ("trainop", "skyrun", "skyrun-tasks") and "Cluster" not in o["kind"]
+    ]
     role = find(rbac, "Role")
     grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
               for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip

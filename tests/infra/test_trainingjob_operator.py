@@ -28,7 +28,8 @@ def test_crd_is_the_one_workloads_defines(stack_objects: list[dict[str, Any]]) -
     assert columns == {
         "Phase": ".status.phase", "Reason": ".status.reason", "Workers": ".spec.workers",
         "Progress": ".status.progress.percent", "Val loss": ".status.progress.valLoss", "Restarts": ".status.restarts",
-        "Age": ".metadata.creationTimestamp", "Message": ".status.message",
+        "Age": ".metadata.creationTimestamp", "Message": ".status.message", "Queue": ".spec.queueName",
+        "Position": ".status.queuePosition",
     }  # fmt: skip
     # The operator's engine tier (tests/operator/test_engine.py) runs against workloads' CRD: the stack must declare
     # that very object, or what the engine tier validates is not what is deployed.
@@ -54,13 +55,40 @@ def test_operator_rbac_is_namespaced_and_exactly_the_tested_rules(stack_objects:
         ("", "resourcequotas"): ["get", "list"],
         ("", "events"): ["list", "create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
+        ("kueue.x-k8s.io", "localqueues"): ["get", "list"],
+        ("kueue.x-k8s.io", "workloads"): ["get", "list"],
+        ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads"): ["get"],
     }  # fmt: skip
     assert not any("resourceNames" in rule for rule in role["rules"])
     binding = find(stack_objects, "RoleBinding", "trainop")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "trainop"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "trainop", "namespace": "ml-platform"}]
-    cluster_wide = [o for o in stack_objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    assert all(o["metadata"]["name"].startswith("skyrun-") for o in cluster_wide)  # the launcher's reviews only
+    # Cluster-wide, the operator only reads ClusterQueues (what a queue could ever admit); the rest is the launcher's.
+    cluster_wide = [o for o in stack_objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")
+                    and o["metadata"]["name"].startswith("trainop-")]  # fmt: skip
+    assert sorted(o["kind"] for o in cluster_wide) == ["ClusterRole", "ClusterRoleBinding"]
+    role = find(cluster_wide, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["clusterqueues"], "verbs": ["get", "list"]}
+    ]
+    binding = find(cluster_wide, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] == "trainop-ml-platform-clusterqueues"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "trainop", "namespace": "ml-platform"}]
+
+
+def test_with_kueue_a_trainingjob_that_names_no_queue_goes_through_the_stacks_training_queue() -> None:
+    crd = find(objects_of(render_stack("dev", kueue=True, kueueQueue="training")), "CustomResourceDefinition")
+    (version,) = crd["spec"]["versions"]
+    assert (
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["queueName"]["default"] == "training"
+    )
+    plain = find(objects_of(render_stack("dev", kueueQueue="training")), "CustomResourceDefinition")
+    assert (
+        "default"
+        not in plain["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "queueName"
+        ]
+    )  # without kueue the stack declares no queue: none is defaulted
 
 
 def test_operator_deployment(stack_objects: list[dict[str, Any]]) -> None:

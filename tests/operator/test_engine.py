@@ -151,10 +151,11 @@ def test_printer_columns_through_the_table_output(cluster: LocalCluster, operato
     table.raise_for_status()
     body = table.json()
     names = [c["name"] for c in body["columnDefinitions"]]
-    assert names == ["Name", "Phase", "Reason", "Workers", "Progress", "Val loss", "Restarts", "Age", "Message"]
+    assert names == ["Name", "Phase", "Reason", "Queue", "Position", "Workers", "Progress", "Val loss", "Restarts",
+                     "Age", "Message"]  # fmt: skip
     row = body["rows"][0]["cells"]
-    assert row[:4] == ["columns", "Succeeded", "Completed", 2] and row[6] == 0
-    assert row[8] == "attempt 0 completed", row
+    assert row[:6] == ["columns", "Succeeded", "Completed", None, None, 2] and row[8] == 0, row
+    assert row[10] == "attempt 0 completed", row
 
 
 def test_exit_code_1_restarts_the_whole_gang(cluster: LocalCluster, operator: OperatorProcess) -> None:
@@ -322,21 +323,6 @@ def test_the_example_is_accepted_and_started(cluster: LocalCluster, operator: Op
     name = example["metadata"]["name"]
     status = wait_status(cluster, operator, name, "started", lambda s: s.get("phase") in ("Pending", "Running"))
     assert status["jobName"] == f"{name}-a0-train"
-
-
-def test_a_queued_run_waits_for_kueue(cluster: LocalCluster, operator: OperatorProcess) -> None:
-    cluster.api.apply(training_job("queued", NS, queueName="team-a"))
-    status = wait_status(cluster, operator, "queued", "Pending", lambda s: s.get("phase") == "Pending")
-    live = cluster.api.get("batch/v1", "Job", "queued-a0-train", NS)
-    assert live is not None and live["spec"]["suspend"] is True, "Kueue admits it by unsuspending it"
-    assert live["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-    # Three more rounds of the timer (RECONCILE_INTERVAL_S=1) reconcile it: the operator must not unsuspend it.
-    pending = reconciliations(operator, "pending")
-    eventually("three rounds of the timer", lambda: reconciliations(operator, "pending") >= pending + 3, TIMEOUT_S)
-    assert cluster.api.get("batch/v1", "Job", "queued-a0-train", NS)["spec"]["suspend"] is True  # type: ignore[index]
-    status = tj_status(cluster, "queued")
-    assert (status["phase"], status["reason"]) == ("Pending", "Queued"), status
-    assert status["message"] == "waiting for Kueue to admit the Job", status
 
 
 def test_progress_comes_from_the_run_the_trainer_tags(cluster: LocalCluster, operator: OperatorProcess) -> None:

@@ -37,6 +37,7 @@ from workloads.trainingjob import (
     Platform,
     attempt_manifests,
     crd,
+    operator_cluster_role_rules,
     operator_role_rules,
 )
 
@@ -75,7 +76,8 @@ def test_crd_names_columns_and_status_subresource() -> None:
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     assert [c["name"] for c in PRINTER_COLUMNS] == [
-        "Phase", "Reason", "Workers", "Progress", "Val loss", "Restarts", "Age", "Message"]  # fmt: skip
+        "Phase", "Reason", "Queue", "Position", "Workers", "Progress", "Val loss", "Restarts", "Age",
+        "Message"]  # fmt: skip
     schema = version["schema"]["openAPIV3Schema"]["properties"]
     for column in PRINTER_COLUMNS:  # every column's path exists in the schema
         node: dict[str, Any] = {"properties": {**schema, "metadata": {"properties": {"creationTimestamp": {}}}}}
@@ -89,6 +91,13 @@ def test_role_is_namespaced_least_privilege() -> None:
     assert verbs[("", "pods")] == {"get", "list"}
     assert "*" not in {v for vs in verbs.values() for v in vs} and ("", "secrets") not in verbs
     assert not any(r.startswith("customresourcedefinitions") or r == "namespaces" for _, r in verbs)
+    # Kueue: read-only, namespaced (ClusterQueues are cluster-scoped: operator_cluster_role_rules)
+    assert verbs[("kueue.x-k8s.io", "localqueues")] == verbs[("kueue.x-k8s.io", "workloads")] == {"get", "list"}
+    assert verbs[("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads")] == {"get"}
+    assert ("kueue.x-k8s.io", "clusterqueues") not in verbs
+    assert operator_cluster_role_rules() == [
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["clusterqueues"], "verbs": ["get", "list"]}
+    ]
 
 
 def test_children_come_from_the_shared_builder_owned_and_per_attempt() -> None:
