@@ -190,6 +190,26 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
         TrainerRbacArgs(namespace=ns.name, service_account_name=TRAINER_SERVICE_ACCOUNT, instance=instance),
         opts=after_ns,
     )
+    kueue = config.kueue
+    queues = None
+    if kueue is not None and kueue.enabled:
+        quota = {"cpu": config.namespace.quota_cpu, "memory": config.namespace.quota_memory}
+        if config.namespace.quota_gpus:
+            quota[GPU_RESOURCE] = str(config.namespace.quota_gpus)
+        queues = Queues(
+            "queues",
+            QueuesArgs(
+                namespace=config.namespace.name,
+                instance=instance,
+                settings=kueue,
+                teams=config.teams,
+                gpu=config.accelerator == "nvidia",
+                gpu_tolerations=config.training.tolerations,
+                training_queue=config.training.kueue_queue,
+                training_quota=quota,
+            ),
+            opts=after_ns,
+        )
     if config.operator:
         TrainingJobOperator(
             "trainingjobs",
@@ -211,27 +231,9 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[object]]:
                 pod_annotations=pod_annotations(OPERATOR_TARGET, operator_mode),
                 scrape_annotations=not operator_mode,
             ),
-            opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage]),
-        )
-    kueue = config.kueue
-    queues = None
-    if kueue is not None and kueue.enabled:
-        quota = {"cpu": config.namespace.quota_cpu, "memory": config.namespace.quota_memory}
-        if config.namespace.quota_gpus:
-            quota[GPU_RESOURCE] = str(config.namespace.quota_gpus)
-        queues = Queues(
-            "queues",
-            QueuesArgs(
-                namespace=config.namespace.name,
-                instance=instance,
-                settings=kueue,
-                teams=config.teams,
-                gpu=config.accelerator == "nvidia",
-                gpu_tolerations=config.training.tolerations,
-                training_queue=config.training.kueue_queue,
-                training_quota=quota,
-            ),
-            opts=after_ns,
+            # With Kueue: created after the queues, and so deleted before them, while Kueue still releases the
+            # Workloads of the TrainingJobs' Jobs.
+            opts=pulumi.ResourceOptions(depends_on=[ns, rbac, mlflow, storage, *([queues] if queues else [])]),
         )
     launcher = None
     if config.launcher:
