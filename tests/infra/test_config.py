@@ -12,6 +12,7 @@ from infra.config import PROJECT_FILE, ConfigError, StackConfig, load_schema, pa
 
 from .conftest import render_stack
 
+TEAM = {"name": "a", "users": ["alice"], "cpu": "1", "memory": "1Gi", "storage": "1Gi", "volumes": 1}
 # (stack, overrides, key the error must name, a phrase of the explanation)
 BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"workers": 0}, "workers", "between 1 and 256"),
@@ -92,6 +93,26 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"dnsPodLabels": ["k8s-app"]}, "dnsPodLabels", "label-key=label-value"),
     ("dev", {"dnsPodLabels": [], "dnsCidrs": []}, "dnsPodLabels", "could resolve no name"),
     ("dev", {"launcherClientCidrs": ["fd00::1/64"]}, "launcherClientCidrs", "host bits zero"),
+    # teams (docs/config.md "Teams and queues")
+    ("dev", {"teams": "team-a"}, "teams", "must be a list of teams"),
+    ("dev", {"teams": []}, "teams", "declare at least one team"),
+    ("dev", {"teams": [{**TEAM, "name": "Team A"}]}, "teams[0].name", "DNS-1123 label, at most 30 characters"),
+    ("dev", {"teams": [{"name": "a", "users": ["*"]}]}, "teams[0]", "missing cpu, memory, storage, volumes"),
+    ("dev", {"teams": [{**TEAM, "quota": "4"}]}, "teams[0]", "unknown field(s) quota"),
+    ("dev", {"teams": [{**TEAM, "cpu": "lots"}]}, "teams[a].cpu", "non-negative Kubernetes quantity"),
+    ("dev", {"teams": [{**TEAM, "cpu": "2", "maxCpu": "1"}]}, "teams[a].maxCpu", "must be at least cpu='2'"),
+    ("dev", {"teams": [{**TEAM, "gpus": 1}]}, "teams", "gpus/maxGpus must be 0 with accelerator cpu"),
+    ("dev", {"teams": [{**TEAM, "volumes": -1}]}, "teams[a].volumes", "integer >= 0"),
+    ("dev", {"teams": [{**TEAM, "weight": 0}]}, "teams[a].weight", "number > 0"),
+    ("dev", {"teams": [{**TEAM, "users": []}]}, "teams[a].users", "non-empty list of Kubernetes user names"),
+    ("dev", {"teams": [TEAM, {**TEAM, "name": "b"}]}, "teams[b].users", "'alice' is also in team a"),
+    ("dev", {"teams": [TEAM, TEAM]}, "teams", "team 'a' is declared twice"),
+    ("dev", {"teams": [{**TEAM, "name": "n" * 30}], "namespace": "p" * 40}, "teams", "longer than 63 characters"),
+    ("dev", {"kueueChart": "/nonexistent/kueue", "kueue": True}, "kueueChart", "no Chart.yaml"),
+    ("dev", {"kueueChart": "charts/kueue", "kueue": True}, "kueueChart", "absolute path"),
+    ("dev", {"kueueChart": "/opt/kueue"}, "kueueChart", "set kueue to true"),
+    ("dev", {"kueue": "yes"}, "kueue", "true or false"),
+    ("dev", {"kueueImage": "has space"}, "kueueImage", "image reference"),
 ]
 
 
