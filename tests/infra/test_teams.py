@@ -39,7 +39,7 @@ def test_each_team_gets_its_namespace_with_quota_storage_lines_pod_security_and_
         "ResourceQuota": ["team-quota"],
         "RoleBinding": ["skyrun-tasks"],
     }
-    quota = next(o for o in objects if o["kind"] == "ResourceQuota" and o["metadata"]["namespace"] == "ml-platform-vision")
+    quota = find([o for o in objects if o["metadata"].get("namespace") == "ml-platform-vision"], "ResourceQuota")
     assert quota["spec"]["hard"] == {
         "requests.cpu": "3500m", "limits.cpu": "3500m", "requests.memory": "6Gi", "limits.memory": "6Gi",
         "requests.storage": "100Gi", "persistentvolumeclaims": "20",
