@@ -3,7 +3,14 @@ real cluster runs), kube-controller-manager and kube-scheduler, with certificate
 
 `ControlPlaneSpec` says what differs between the clusters: where each component listens, the address the
 components reach the API server at, and the flags only one of them needs (LocalCluster: faster Job and volume
-syncs for kwok; RealCluster: the kubelet's client certificate and NodeRestriction)."""
+syncs for kwok; RealCluster: the kubelet's client certificate and NodeRestriction).
+
+Both API servers run the aggregation layer (the front proxy's CA and client certificate of the `Pki`), so an
+APIService such as Kueue's visibility.kueue.x-k8s.io is served through them. Neither needs
+--enable-aggregator-routing: the real cluster's API server reaches Service ClusterIPs through kube-proxy in its
+network namespace, and on the engine tier (no kube-proxy) the only way to a server on 127.0.0.1 is an ExternalName
+Service, which the ClusterIP resolver follows and the endpoint resolver refuses (an EndpointSlice may not hold a
+loopback address)."""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.api import Api
-from tests.harness.pki import Pki, write_kubeconfig
+from tests.harness.pki import FRONT_PROXY_CLIENT, Pki, write_kubeconfig
 from tests.harness.procs import Processes
 
 CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -117,6 +124,7 @@ class ControlPlane:
                           f"kubernetes.default.svc.{CLUSTER_DOMAIN}"],
             server_ips=list(dict.fromkeys(["127.0.0.1", spec.api_advertise, SERVICE_IP])),
         )  # fmt: skip
+        proxy_client = pki.issue_front_proxy_client()
         self._spawn(
             "kube-apiserver",
             [
@@ -128,6 +136,16 @@ class ControlPlane:
                 f"--tls-cert-file={serving[0]}",
                 f"--tls-private-key-file={serving[1]}",
                 f"--client-ca-file={pki.ca_cert}",
+                # The aggregation layer: who the API server is when it proxies to an APIService's server, and
+                # the CA and names by which such servers (they read these from kube-system's
+                # extension-apiserver-authentication ConfigMap) trust the user it names in the headers.
+                f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-username-headers=X-Remote-User",
+                f"--proxy-client-cert-file={proxy_client[0]}",
+                f"--proxy-client-key-file={proxy_client[1]}",
                 *spec.apiserver_args,
                 f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
                 f"--service-account-key-file={pki.dir / 'sa.pub'}",

@@ -1,5 +1,6 @@
-"""The harness's certificates: one CA per cluster, certificates it issues (serving, client), the service-account
-signing key pair, and kubeconfigs that use them."""
+"""The harness's certificates: one CA per cluster, certificates it issues (serving, client), the front proxy's CA
+and client certificate (the API server's aggregation layer), the service-account signing key pair, and
+kubeconfigs that use them."""
 
 from __future__ import annotations
 
@@ -72,19 +73,25 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
+FRONT_PROXY_CLIENT = "front-proxy-client"
+"""The common name of the aggregation layer's client certificate (kube-apiserver's --requestheader-allowed-names)."""
+
+
 @dataclass
 class Pki:
     dir: Path
     ca_cert: Path = field(init=False)
+    front_proxy_ca_cert: Path = field(init=False)
+    """The CA of the front proxy's client certificate only (kube-apiserver's --requestheader-client-ca-file):
+    a server that trusts it trusts the X-Remote-User headers of whoever presents a certificate it signed, so it
+    signs nothing else."""
 
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._ca_key = ec.generate_private_key(ec.SECP256R1())
-        self._ca_name = _name("ml-platform-engine-test-ca")
-        ca = _cert(self._ca_name, self._ca_key, self._ca_name, self._ca_key, ca=True)
-        self.ca_cert = self.dir / "ca.crt"
-        self.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        (self.dir / "ca.key").write_bytes(_pem_key(self._ca_key))
+        self._ca_name, self._ca_key, self.ca_cert = self._new_ca("ca", "ml-platform-engine-test-ca")
+        self._front_proxy_ca_name, self._front_proxy_ca_key, self.front_proxy_ca_cert = self._new_ca(
+            "front-proxy-ca", "ml-platform-engine-test-front-proxy-ca"
+        )
         # The service-account token signing key pair (RSA: what every component accepts).
         sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (self.dir / "sa.key").write_bytes(_pem_key(sa))
@@ -92,9 +99,31 @@ class Pki:
             sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
 
-    def issue(self, name: str, cn: str, org: str | None = None, **kw: Any) -> tuple[Path, Path]:
+    def _new_ca(self, name: str, cn: str) -> tuple[x509.Name, Any, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(_name(cn, org), key, self._ca_name, self._ca_key, **kw)
+        subject = _name(cn)
+        crt_path = self.dir / f"{name}.crt"
+        crt_path.write_bytes(_cert(subject, key, subject, key, ca=True).public_bytes(serialization.Encoding.PEM))
+        (self.dir / f"{name}.key").write_bytes(_pem_key(key))
+        return subject, key, crt_path
+
+    def issue(self, name: str, cn: str, org: str | None = None, **kw: Any) -> tuple[Path, Path]:
+        """A certificate of the cluster's CA; `kw` as `_cert`'s (server_names, server_ips, client)."""
+        return self._issue(name, cn, org, self._ca_name, self._ca_key, **kw)
+
+    def issue_front_proxy_client(self) -> tuple[Path, Path]:
+        """The aggregation layer's client certificate (kube-apiserver's --proxy-client-cert-file), of the front
+        proxy's CA."""
+        return self._issue(
+            FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, None, self._front_proxy_ca_name, self._front_proxy_ca_key,
+            client=True,
+        )  # fmt: skip
+
+    def _issue(
+        self, name: str, cn: str, org: str | None, issuer: x509.Name, issuer_key: Any, **kw: Any
+    ) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(_name(cn, org), key, issuer, issuer_key, **kw)
         crt_path, key_path = self.dir / f"{name}.crt", self.dir / f"{name}.key"
         crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(_pem_key(key))

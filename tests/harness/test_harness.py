@@ -1,4 +1,4 @@
-"""The harness's own small parts, without a cluster: `eventually` and `Processes`."""
+"""The harness's own small parts, without a cluster: `eventually`, `Processes` and the `Pki`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.harness.api import ApiError
+from tests.harness.pki import Pki
 from tests.harness.procs import ClusterError, Processes
 from tests.harness.wait import eventually
 
@@ -62,3 +65,20 @@ def test_processes_wait_fails_at_once_when_one_exits_and_stop_ends_them(tmp_path
     for name in reversed(list(procs.procs)):
         procs.stop(name)
     assert procs.procs == {} and sleeper.poll() is not None
+
+
+def test_front_proxy_client_is_signed_by_its_own_ca_only(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    crt, _ = pki.issue_front_proxy_client()
+    cert = x509.load_pem_x509_certificate(crt.read_bytes())
+    front_proxy_ca = x509.load_pem_x509_certificate(pki.front_proxy_ca_cert.read_bytes())
+    cluster_ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "front-proxy-client"
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    cert.verify_directly_issued_by(front_proxy_ca)
+    # A certificate of the cluster's CA is not one the API server takes X-Remote-User headers from, nor the reverse.
+    assert front_proxy_ca.subject != cluster_ca.subject
+    with pytest.raises(ValueError):
+        cert.verify_directly_issued_by(cluster_ca)

@@ -2,7 +2,9 @@
 # Everything `make test` needs before pytest, in two tracks that run side by side (the machine has 2 cores, and
 # most of the second track waits on the network or the disk, not the CPU):
 #   builds     (this shell)   the Go toolchains: tests/engine/toolchain.sh (control plane, node binaries, kwok,
-#                             the Pulumi engine), tests/observability/toolchain.sh, tests/cluster/toolchain.sh
+#                             the Pulumi engine), tests/toolchain/kueue.sh (Kueue's manager, after the engine's:
+#                             it reuses the k8s.io packages that build compiled), tests/observability/toolchain.sh,
+#                             tests/cluster/toolchain.sh
 #                             (CoreDNS, pause; after the Debian packages it may need)
 #   packages   (background)   the Debian packages (tests/cluster/toolchain.sh --packages), the virtualenvs
 #                             (make install), then the container images (python -m tests.cluster.images platform:
@@ -61,6 +63,7 @@ killtree() {
 trap 'killtree "$packages_pid"; rm -rf "$STATE"' EXIT
 
 engine="$(bash tests/engine/toolchain.sh | tail -n 1)"
+kueue="$(bash tests/toolchain/kueue.sh | tail -n 1)"
 obs="$(bash tests/observability/toolchain.sh | tail -n 1)"
 # The pause binary is compiled with gcc, one of the Debian packages: wait until the packages track has them.
 while [[ ! -e "$STATE/packages.done" ]] && kill -0 "$packages_pid" 2>/dev/null; do
@@ -82,4 +85,5 @@ cat > "$ENV_FILE" <<ENV
 ML_PLATFORM_TOOLCHAIN='$engine'
 ML_PLATFORM_CLUSTER_TOOLCHAIN='$node'
 ML_PLATFORM_OBS_TOOLCHAIN='$obs'
+ML_PLATFORM_KUEUE_TOOLCHAIN='$kueue'
 ENV
