@@ -95,6 +95,17 @@ CERT_MANAGER_IMAGES = "localhost/jetstack"
 CA_SECRET = "ml-platform-ca"  # infra/tls.py
 NON_ROOT = "65532"  # the images' USER: cert-manager's chart and kind/traefik.yaml run them under runAsNonRoot
 TIMINGS = ROOT / "build" / "cluster-timings.json"
+KUEUE_IMAGE = "localhost/kueue:v0.17.0"  # tests/toolchain/kueue.sh builds it; its chart runs /manager
+TEAM_NAMESPACE = f"{NAMESPACE}-default"  # the team every other user is in (E2E_TEAMS)
+FAIR_USERS = {"team-a": "ann", "team-b": "ben"}
+E2E_TEAMS = [
+    # alice, bob, carol and dave: the task tests' users. cpu as the node allows beside the platform at rest.
+    {"name": "default", "users": ["*"], "cpu": "2", "memory": "4Gi", "storage": "2Gi", "volumes": 2},
+    # The fair-sharing scenario: 100m guaranteed each, up to 300m borrowing from the cohort.
+    *({"name": team, "users": [f"system:serviceaccount:{NAMESPACE}:{user}"], "cpu": "100m", "maxCpu": "300m",
+       "memory": "512Mi", "maxMemory": "1536Mi", "storage": "1Gi", "volumes": 1}
+      for team, user in FAIR_USERS.items()),
+]  # fmt: skip
 
 
 def record_timing(name: str, seconds: float) -> None:
@@ -270,6 +281,27 @@ def cert_manager_config(real_cluster: RealCluster) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def kueue_config(real_cluster: RealCluster) -> dict[str, str]:
+    """Kueue's manager, built from its Go module (tests/toolchain/kueue.sh), imported as the one-binary image its
+    chart runs (`/manager`); the stack config that installs Kueue from the module's chart and declares the teams and
+    queues (docs/teams.md): every task, TrainingJob and the stack's training Job go through Kueue."""
+    directory = toolchain_dir("tests/toolchain/kueue.sh", "ML_PLATFORM_KUEUE_TOOLCHAIN")
+    binary, chart = directory / "kueue", directory / "kueue-chart"
+    if not binary.exists() or not (chart / "Chart.yaml").exists():
+        pytest.fail(f"Kueue is not built in {directory}: run `bash tests/toolchain/kueue.sh`", pytrace=False)
+    staged = real_cluster.workdir / "kueue-image" / "manager"
+    staged.parent.mkdir(exist_ok=True)
+    staged.write_bytes(binary.read_bytes())
+    real_cluster.import_binary_image(staged, KUEUE_IMAGE, user=NON_ROOT)
+    return {
+        "kueue": "true",
+        "kueueChart": str(chart),
+        "kueueImage": KUEUE_IMAGE,
+        "kueueQueue": "training",
+    }
+
+
+@pytest.fixture(scope="module")
 def ingress_controller(real_cluster: RealCluster) -> Iterator[str]:
     """Traefik, built from its Go module, installed from kind/traefik.yaml as a user does (only the image differs),
     Available; its namespace."""
@@ -307,6 +339,7 @@ def deployed(
     pulumi_engine: Engine,
     cluster_prometheus: PodPrometheus,  # watching before anything is deployed
     cert_manager_config: dict[str, str],
+    kueue_config: dict[str, str],
     ingress_controller: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployed]:
@@ -314,6 +347,7 @@ def deployed(
     storage = real_cluster.node_dir("ml-platform-storage")
     config = {
         **cert_manager_config,
+        **kueue_config,
         "trainMaxSteps": str(TRAIN_STEPS),
         "checkpointEvery": str(CHECKPOINT_EVERY),
         "hpaMinReplicas": str(INFERENCE_REPLICAS),
@@ -323,9 +357,16 @@ def deployed(
         "imagePullPolicy": "IfNotPresent",
         "image": platform_image,
         "servicesImage": services_image,
+        # The fair-sharing test submits 6 tasks per user.
+        "launcherMaxActiveTasksPerUser": "6",
     }
     try:
         project = copy_project(work / "project")
+        # `teams` is structured config (array<object>): in the stack file, as a user writes it (docs/teams.md).
+        stack_file = project / "Pulumi.dev.yaml"
+        settings = yaml.safe_load(stack_file.read_text())
+        settings["config"]["ml-platform:teams"] = E2E_TEAMS
+        stack_file.write_text(yaml.safe_dump(settings, sort_keys=False))
         dev = stack(pulumi_engine, project, "dev", real_cluster.kubeconfig, config, {})
         log = work / "pulumi-up.log"
         start = time.monotonic()
@@ -859,8 +900,16 @@ def test_a_trainingjob_trains_for_real_and_reports_progress_from_mlflow(
     # kubectl's view: the printer columns.
     table = real_cluster.kubectl("get", "trainingjobs", "-n", ns, name).stdout
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "REASON", "WORKERS", "PROGRESS", "VAL", "LOSS", "RESTARTS", "AGE"], table
-    assert row.split()[:5] == [name, "Succeeded", "Completed", str(WORKERS), "100"], table
+    assert header.split() == ["NAME", "PHASE", "REASON", "QUEUE", "POSITION", "WORKERS", "PROGRESS", "VAL", "LOSS",
+                              "RESTARTS", "AGE"], table  # fmt: skip
+    # It named no queue: the stack's training queue (kueueQueue) is the CRD's default with Kueue; admitted, so no
+    # position.
+    assert row.split()[:6] == [name, "Succeeded", "Completed", "training", str(WORKERS), "100"], table
+
+    # Kueue admitted its Job: a Workload owned by it.
+    owners = [ref["name"] for w in real_cluster.api.items("kueue.x-k8s.io/v1beta2", "Workload", ns)
+              for ref in w["metadata"].get("ownerReferences") or []]  # fmt: skip
+    assert status["jobName"] in owners, owners
 
     # Deleting it deletes its children (garbage collection through the owner references).
     real_cluster.api.delete("ml-platform.dev/v1alpha1", "TrainingJob", name, ns)
@@ -932,7 +981,7 @@ def run_the_task(real_cluster: RealCluster, ns: str) -> None:
                 info = api.get(f"/tasks/{task_id}").json()
                 return info if info["status"] in ("completed", "failed", "failed_setup", "cancelled") else None
 
-            info = wait_or_diagnose(real_cluster, ns, f"task {task_id} to finish", finished, 600)
+            info = wait_or_diagnose(real_cluster, TEAM_NAMESPACE, f"task {task_id} to finish", finished, 600)
             record_timing("skyrun 2-node torchrun task, submit to completed", time.monotonic() - start)
             with api.stream("GET", f"/tasks/{task_id}/logs") as stream:
                 logs = "".join(stream.iter_text())
@@ -951,6 +1000,88 @@ def run_the_task(real_cluster: RealCluster, ns: str) -> None:
         assert f"node-{node} | node {node} of 2, rank 0 at " in logs, logs[-3000:]
     summary = next(json.loads(line.split(" | ", 1)[1]) for line in logs.splitlines() if line.startswith("node-0 | {"))
     assert summary["step"] == 20 and summary["world_size"] == 2, summary
+
+
+FAIR_TASK = """\
+name: fair-{i}
+num_nodes: 1
+resources: {{cpus: 100m, memory: 128Mi}}
+run: sleep 15
+"""
+TASKS_PER_USER = 6
+
+
+def user_token(cluster: RealCluster, user: str) -> str:
+    if cluster.api.get("v1", "ServiceAccount", user, NAMESPACE) is None:
+        cluster.kubectl("create", "serviceaccount", user, "-n", NAMESPACE)
+    return cluster.kubectl("create", "token", user, "-n", NAMESPACE, "--audience", "skyrun").stdout.strip()
+
+
+def evictions(workload: dict[str, Any]) -> int:
+    stats = (workload.get("status") or {}).get("schedulingStats") or {}
+    return sum(int(e.get("count", 0)) for e in stats.get("evictions") or [])
+
+
+@pytest.mark.usefixtures("trained")  # after the stack's own training: the node has 2 cpus
+def test_two_teams_share_the_cluster_through_kueue_fairly_and_see_why_they_wait(
+    real_cluster: RealCluster, deployed: Deployed
+) -> None:
+    """docs/teams.md on the real cluster with the real Kueue the stack installed: ann (team-a) submits 6 short tasks,
+    then ben (team-b) 6. Each team is guaranteed 100m and may borrow up to 300m from the cohort, so ann's queue cannot
+    take the cluster: ben has tasks running while ann still has tasks waiting, and a waiting task shows its queue and
+    Kueue's reason. Every task completes, each in its team's namespace, and no Workload is evicted more than once."""
+    ns = deployed.namespace
+    tokens = {team: user_token(real_cluster, user) for team, user in FAIR_USERS.items()}
+    port = real_cluster.api.get("v1", "Service", "skyrun", ns)["spec"]["ports"][0]["port"]
+    forward = real_cluster.forward_service(ns, "skyrun", port)
+    ids: dict[str, list[str]] = {}
+    try:
+        clients = {team: httpx.Client(base_url=forward.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                   for team, token in tokens.items()}  # fmt: skip
+        start = time.monotonic()
+        for team in FAIR_USERS:  # team-a's user first, all six, then team-b's
+            ids[team] = []
+            for i in range(TASKS_PER_USER):
+                submitted = clients[team].post("/tasks/submit", json={"task_yaml": FAIR_TASK.format(i=i)})
+                assert submitted.status_code == 200, submitted.text
+                ids[team].append(submitted.json()["task_id"])
+
+        def statuses(team: str) -> dict[str, dict[str, Any]]:
+            infos = clients[team].get("/tasks").json()["tasks"]
+            return {t["task_id"]: t for t in infos if t["task_id"] in ids[team]}
+
+        def both_running_while_a_waits() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            a, b = statuses("team-a"), statuses("team-b")
+            waiting = [t for t in a.values() if t["status"] == "pending"]
+            if waiting and any(t["status"] == "running" for t in b.values()):
+                return waiting[0], b
+            return None
+
+        waiting, _ = wait_or_diagnose(real_cluster, f"{NAMESPACE}-team-b", "team-b running while team-a waits",
+                                      both_running_while_a_waits, 240)  # fmt: skip
+        record_timing("fair share: team-b running while team-a still queued", time.monotonic() - start)
+        assert waiting["queue"] == "team-a", waiting
+        assert "quota" in (waiting.get("message") or "").lower(), waiting
+
+        def all_done() -> dict[str, dict[str, Any]] | None:
+            merged = {**statuses("team-a"), **statuses("team-b")}
+            finished = all(t["status"] in ("completed", "failed", "failed_setup", "cancelled") for t in merged.values())
+            return merged if len(merged) == 2 * TASKS_PER_USER and finished else None
+
+        done = wait_or_diagnose(real_cluster, f"{NAMESPACE}-team-a", "all 12 tasks finished", all_done, 600)
+        record_timing("fair share: 12 tasks of two teams, first submit to all completed", time.monotonic() - start)
+    finally:
+        forward.close()
+    assert {t["status"] for t in done.values()} == {"completed"}, done
+    for team in FAIR_USERS:
+        team_ns = f"{NAMESPACE}-{team}"
+        jobs = {j["metadata"]["labels"].get("task-id") for j in real_cluster.api.items("batch/v1", "Job", team_ns)}
+        assert set(ids[team]) <= jobs, (team, ids[team], jobs)
+        workloads = real_cluster.api.items("kueue.x-k8s.io/v1beta2", "Workload", team_ns)
+        assert len(workloads) == TASKS_PER_USER, [w["metadata"]["name"] for w in workloads]
+        assert max(evictions(w) for w in workloads) <= 1, [(w["metadata"]["name"], evictions(w)) for w in workloads]
+    # The platform's own namespace holds no task.
+    assert not [j for j in real_cluster.api.items("batch/v1", "Job", ns) if "task-id" in j["metadata"]["labels"]]
 
 
 EXAMPLES = ROOT / "examples"
@@ -1208,7 +1339,7 @@ def start_live_work(real_cluster: RealCluster, ns: str) -> None:
             submitted = api.post("/tasks/submit", json={"task_yaml": LIVE_TASK})
             assert submitted.status_code == 200, submitted.text
             task_id = submitted.json()["task_id"]
-            wait_or_diagnose(real_cluster, ns, "the live task running",
+            wait_or_diagnose(real_cluster, TEAM_NAMESPACE, "the live task running",
                              lambda: api.get(f"/tasks/{task_id}").json()["status"] == "running", 300)  # fmt: skip
     finally:
         forward.close()
@@ -1225,7 +1356,13 @@ def cert_manager_crds(cluster: RealCluster) -> list[str]:
     return sorted(n for n in names if n.endswith("cert-manager.io"))
 
 
-USER_OBJECTS = {"ServiceAccount": {"default", "alice", "bob", "carol", "dave"}, "ConfigMap": {"kube-root-ca.crt"}}
+def kueue_crds(cluster: RealCluster) -> list[str]:
+    names = [c["metadata"]["name"] for c in cluster.api.items("apiextensions.k8s.io/v1", "CustomResourceDefinition")]
+    return sorted(n for n in names if n.endswith("kueue.x-k8s.io"))
+
+
+USER_OBJECTS = {"ServiceAccount": {"default", "alice", "bob", "carol", "dave", *FAIR_USERS.values()},
+                "ConfigMap": {"kube-root-ca.crt"}}  # fmt: skip
 
 
 def left_in(cluster: RealCluster, ns: str) -> dict[str, list[str]]:
@@ -1272,6 +1409,13 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
             "Secret": sorted([CA_SECRET, "inference-tls"])}  # fmt: skip
     assert cert_manager_crds(real_cluster) == []
     assert real_cluster.api.get("v1", "Namespace", "cert-manager") is None
+    # Kueue, which the stack installed, goes with its CRDs: only after every task's Workload was released (the
+    # anchor's foreground deletion), so nothing waits on a finalizer of a controller that is gone.
+    assert kueue_crds(real_cluster) == []
+    # The team namespaces are protected (their users' volumes); the tasks in them are gone with their anchor.
+    teams = [f"{NAMESPACE}-{t['name']}" for t in E2E_TEAMS]
+    assert all(real_cluster.api.get("v1", "Namespace", team) for team in teams)
+    assert {team: left_in(real_cluster, team) for team in teams} == {team: {} for team in teams}
 
     # The garbage collector ends the live work's pods (their grace period lets the trainer checkpoint).
     def only_protected() -> dict[str, list[str]] | None:
@@ -1302,6 +1446,8 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
     assert cert_manager_crds(real_cluster) == []
     assert [real_cluster.api.get("v1", "PersistentVolume", name) for name in pvs] == [None] * len(pvs)
     assert not real_cluster.api.items("v1", "Pod", ns)
+    assert [real_cluster.api.get("v1", "Namespace", team) for team in teams] == [None] * len(teams)
+    assert kueue_crds(real_cluster) == []
     # The data stays on the node (reclaim policy Retain): the final checkpoint and MLflow's database/artifacts.
     data = deployed.storage / "dev"
     assert list(data.glob(f"checkpoints/**/step-{TRAIN_STEPS:08d}")), sorted(p.name for p in data.rglob("*"))[:50]
