@@ -62,7 +62,8 @@ class QueueState:
     """The reason of the last eviction (Preempted, PodsReadyTimeout, ClusterQueueStopped, ...) while the Workload
     waits to be admitted again after it; empty otherwise."""
     position: int | None = None
-    """positionInLocalQueue of the visibility API (0: next); None when it does not answer or lists it not."""
+    """Place in the LocalQueue, 1 = next (the visibility API's positionInLocalQueue + 1); None when it does not
+    answer or lists it not."""
 
 
 def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -101,10 +102,11 @@ def queue_state(workload: Mapping[str, Any], position: int | None = None) -> Que
 
 
 def pending_position(pending: Mapping[str, Any], workload: str) -> int | None:
-    """The Workload's positionInLocalQueue in a visibility API answer (PendingWorkloadsSummary), if listed."""
+    """The Workload's place in its LocalQueue, counted from 1 (next) as the launcher counts it: Kueue's
+    positionInLocalQueue (0 = next) + 1, from a visibility API answer (PendingWorkloadsSummary), if listed."""
     for item in pending.get("items") or []:
         if (item.get("metadata") or {}).get("name") == workload and "positionInLocalQueue" in item:
-            return int(item["positionInLocalQueue"])
+            return int(item["positionInLocalQueue"]) + 1
     return None
 
 

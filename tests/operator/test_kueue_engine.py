@@ -142,7 +142,7 @@ def test_a_run_that_does_not_fit_waits_with_kueues_reason_and_position(
                       lambda s: s.get("reason") == "Queued" and "queuePosition" in s)  # fmt: skip
     assert status["phase"] == "Pending", status
     assert "insufficient unused quota for cpu in flavor default" in status["message"], status
-    assert (status["queueReason"], status["queuePosition"]) == ("Quota", 0), status
+    assert (status["queueReason"], status["queuePosition"]) == ("Quota", 1), status  # next in line
     assert cluster.api.get("batch/v1", "Job", "second-a0-train", NS)["spec"]["suspend"] is True  # type: ignore[index]
     table = kueue.visibility.get(
         f"/apis/ml-platform.dev/v1alpha1/namespaces/{NS}/trainingjobs/second",
@@ -150,7 +150,7 @@ def test_a_run_that_does_not_fit_waits_with_kueues_reason_and_position(
     ).json()
     columns = [c["name"] for c in table["columnDefinitions"]]
     row = dict(zip(columns, table["rows"][0]["cells"], strict=True))
-    assert (row["Phase"], row["Reason"], row["Queue"], row["Position"]) == ("Pending", "Queued", QUEUE, 0), row
+    assert (row["Phase"], row["Reason"], row["Queue"], row["Position"]) == ("Pending", "Queued", QUEUE, 1), row
     # The first run's quota freed, the second is admitted: its position and reason go.
     cluster.api.delete(API_VERSION, KIND, "first", NS)
     status = wait_for(cluster, operator, kueue, "second", "Running", lambda s: s.get("phase") == "Running")

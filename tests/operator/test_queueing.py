@@ -173,7 +173,7 @@ def test_the_position_is_the_workloads_entry_of_the_visibility_api() -> None:
             },
         ],
     }
-    assert pending_position(summary, NAME) == 1
+    assert pending_position(summary, NAME) == 2  # positionInLocalQueue 1: one ahead of it, so second in line
     assert pending_position(summary, "job-absent-1") is None
     assert pending_position({"items": []}, NAME) is None
 
