@@ -34,6 +34,7 @@ pytestmark = pytest.mark.cluster
 
 NS, GPU_NS = "flows", "flows-gpu"
 MONITORING, INGRESS, OTHER = "flows-monitoring", "flows-ingress", "flows-team-b"
+TEAM_NS, GPU_TEAM_NS = f"{NS}-default", f"{GPU_NS}-default"  # the default team's namespaces (Pulumi.yaml `teams`)
 DENY_BOUND_S = 3.0
 # On the host outside the cluster (RealCluster.outside_host): a package mirror on a port of taskEgressPorts, and
 # something on a port that is not.
@@ -94,7 +95,8 @@ def world() -> tuple[list[dict[str, Any]], list[Probe]]:
     keys = {"ingressControllerNamespace": INGRESS, "prometheusNamespace": MONITORING}
     dev = objects_of(render_stack("dev", namespace=NS, **keys))
     gpu = objects_of(render_stack("gpu", namespace=GPU_NS, **keys))
-    tasks = [*task_objects("alice001", "alice", NS), *task_objects("bob00001", "bob", NS)]
+    # Tasks run in the team namespace (Pulumi.yaml's default team), under its policies (infra/teams.py).
+    tasks = [*task_objects("alice001", "alice", TEAM_NS), *task_objects("bob00001", "bob", TEAM_NS)]
     policies = [o for o in [*dev, *gpu, *tasks] if o["kind"] == "NetworkPolicy"]
     trainer = template_labels(dev, "trainer")
     collective = (29500, 41234)
@@ -109,9 +111,9 @@ def world() -> tuple[list[dict[str, Any]], list[Probe]]:
         Probe("inference", NS, template_labels(dev, "inference"), (8080,)),
         Probe("trainop", NS, template_labels(dev, "trainop"), (9090,)),
         Probe("skyrun", NS, template_labels(dev, "skyrun"), (8000, 9090)),
-        Probe("alice-0", NS, alice, collective),
-        Probe("alice-1", NS, alice, collective),
-        Probe("bob-0", NS, bob, collective),
+        Probe("alice-0", TEAM_NS, alice, collective),
+        Probe("alice-1", TEAM_NS, alice, collective),
+        Probe("bob-0", TEAM_NS, bob, collective),
         Probe("prometheus", MONITORING, {"app.kubernetes.io/name": "prometheus"}),
         Probe("ingress", INGRESS, {"app.kubernetes.io/name": "ingress-controller"}),
         Probe("team-b", OTHER, {"app": "x"}, (8080,)),
@@ -252,8 +254,10 @@ class Matrix:
 def matrix(real_cluster: RealCluster, base_image: str) -> Iterator[Matrix]:
     api = real_cluster.api
     policies, probes = world()
-    namespaces = (NS, GPU_NS, MONITORING, INGRESS, OTHER)
+    namespaces = (NS, GPU_NS, MONITORING, INGRESS, OTHER, TEAM_NS, GPU_TEAM_NS)
     restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    # What the stack's Namespace objects carry that the policies select on: a team namespace's platform label.
+    team_labels = {TEAM_NS: {"ml-platform.dev/platform": NS}, GPU_TEAM_NS: {"ml-platform.dev/platform": GPU_NS}}
     mirror = None
     try:
         outside = real_cluster.outside_host()
@@ -263,7 +267,8 @@ def matrix(real_cluster: RealCluster, base_image: str) -> Iterator[Matrix]:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for ns in namespaces:
-            api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": restricted}})
+            labels = {**restricted, **team_labels.get(ns, {})}
+            api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
         for ns in namespaces:
             eventually(f"{ns}'s default ServiceAccount", lambda ns=ns: api.get("v1", "ServiceAccount", "default", ns),
                        60)  # fmt: skip
@@ -325,6 +330,7 @@ def test_the_evaluator_agrees_with_the_enforcer(matrix: Matrix) -> None:
     """tests/netpol.py, given the same policies and pods, gives the real enforcer's verdict on every flow."""
     got = matrix.probe(FLOWS)
     namespaces = {ns: {} for ns in (NS, GPU_NS, MONITORING, INGRESS, OTHER)}
+    namespaces |= {TEAM_NS: {"ml-platform.dev/platform": NS}, GPU_TEAM_NS: {"ml-platform.dev/platform": GPU_NS}}
     evaluator = Cluster(matrix.policies, namespaces, unfiltered_destinations={NODE_IP})
     differ = []
     for (src, dst, port), real in got.items():

@@ -230,19 +230,24 @@ def test_dev_destroy_keeps_the_data_and_removes_the_rest(
     """The data claims (and their PVs) are protected, and with them what they depend on: the namespace, its quota
     and limits. `destroy` deletes everything else and then fails, naming the protected resources;
     `destroy --exclude-protected` says the same without failing; `up` brings the rest back over the same data."""
-    kept = {"Namespace", "ResourceQuota", "LimitRange", "PersistentVolumeClaim", "PersistentVolume"}
+    kinds = {"Namespace", "ResourceQuota", "LimitRange", "PersistentVolumeClaim", "PersistentVolume"}
+
+    def is_kept(obj: dict[str, Any]) -> bool:
+        # The team namespaces are protected too (their users' volumes), not their quota or limits (docs/teams.md).
+        return obj["kind"] in kinds and obj["metadata"].get("namespace") in (None, DEV_NS)
+
     claim = cluster.api.get("v1", "PersistentVolumeClaim", "checkpoints", DEV_NS)
     with pytest.raises(auto.CommandError) as refused:
         dev_stack.destroy(color="never")
     assert "protected" in str(refused.value) and "PersistentVolumeClaim" in str(refused.value), refused.value
 
     def rest_gone() -> list[str]:
-        rest = (o for o in dev_objects if o["kind"] not in kept)
+        rest = (o for o in dev_objects if not is_kept(o))
         return [f"{o['kind']} {o['metadata']['name']}" for o in rest if live(cluster, o)]
 
     wait_for_empty("everything but the protected resources deleted", rest_gone)
     for obj in dev_objects:
-        if obj["kind"] in kept:
+        if is_kept(obj):
             assert live(cluster, obj) is not None, f"{obj['kind']} {obj['metadata']['name']} was deleted"
     assert cluster.api.items("v1", "Pod", DEV_NS) == []
     dev_stack.destroy(exclude_protected=True, color="never")  # nothing left to do, and no error

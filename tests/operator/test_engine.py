@@ -357,7 +357,7 @@ def test_progress_comes_from_the_run_the_trainer_tags(cluster: LocalCluster, ope
         f"/apis/{API_VERSION}/namespaces/{NS}/{PLURAL}/tracked",
         headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
     ).json()
-    assert table["rows"][0]["cells"][4:6] == [25, 2.75], "the Progress and Val loss columns"
+    assert table["rows"][0]["cells"][6:8] == [25, 2.75], "the Progress and Val loss columns (after Queue, Position)"
 
 
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
