@@ -187,6 +187,9 @@ def test_sigterm_turns_unready_finishes_in_flight_requests_and_exits_zero(
         # /metrics in it (1 s was too short on a loaded 2-core machine: the listener had closed, connection refused).
         INFERENCE_DRAIN_DELAY_S="5.0",
         INFERENCE_MAX_COMPLETION_TOKENS="8000",
+        # 8000 tokens outlasted the default request timeout on a loaded 2-core machine (a 504 in a fresh-clone CI
+        # run): the drain must see the request finish, not time out.
+        INFERENCE_REQUEST_TIMEOUT_S="240",
     )
     server.wait_ready()
     body = {"model": checkpoint_root.name, "prompt": "a", "max_tokens": 8000}
