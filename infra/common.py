@@ -212,3 +212,32 @@ def checkov_skips_with_api_token(*, image: str, pull_policy: str, why: str) -> d
     skips = checkov_skips(images=[image], pull_policy=pull_policy)
     skips[f"checkov.io/skip{len(skips) + 1}"] = f"CKV_K8S_38={why}"
     return skips
+
+
+def container_defaults(d: Resources) -> k8s.core.v1.LimitRangeSpecArgs:
+    """The LimitRange of a namespace with a cpu/memory quota: defaults for containers that declare none (the API
+    server would reject their pods), the platform namespace's and every team namespace's."""
+    return k8s.core.v1.LimitRangeSpecArgs(
+        limits=[
+            k8s.core.v1.LimitRangeItemArgs(
+                type="Container",
+                default={"cpu": d.cpu_limit, "memory": d.memory_limit},
+                default_request={"cpu": d.cpu_request, "memory": d.memory_request},
+            )
+        ]
+    )
+
+
+def allow_dns_spec(dns_pod_labels: Sequence[tuple[str, str]], dns_cidrs: Sequence[str]) -> Any:
+    """Every pod of the namespace may query DNS (53, UDP and TCP): the pods labelled `dns_pod_labels` in any
+    namespace (kube-system on kind and kubeadm, elsewhere on some managed clusters) and `dns_cidrs`."""
+    np = k8s.networking.v1
+    everything = k8s.meta.v1.LabelSelectorArgs()
+    peers = [np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=c)) for c in dns_cidrs]
+    if dns_pod_labels:
+        dns_pods = k8s.meta.v1.LabelSelectorArgs(match_labels=dict(dns_pod_labels))
+        peers.insert(0, np.NetworkPolicyPeerArgs(namespace_selector=everything, pod_selector=dns_pods))
+    ports = [np.NetworkPolicyPortArgs(protocol="UDP", port=53), np.NetworkPolicyPortArgs(protocol="TCP", port=53)]
+    return np.NetworkPolicySpecArgs(
+        pod_selector=everything, policy_types=["Egress"], egress=[np.NetworkPolicyEgressRuleArgs(to=peers, ports=ports)]
+    )

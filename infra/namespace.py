@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import GPU_RESOURCE, labels, pod_security_labels
+from infra.common import GPU_RESOURCE, container_defaults, labels, pod_security_labels
 from infra.config import Resources
 
 
@@ -65,19 +65,10 @@ class Namespace(pulumi.ComponentResource):
         )
         # With a cpu/memory quota the API server rejects pods without requests and limits; these defaults make
         # containers that forget them (third-party init containers, debug pods) admissible.
-        d = args.defaults
         self.limit_range = k8s.core.v1.LimitRange(
             f"{name}-limits",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="platform-defaults", namespace=self.name, labels=meta_labels),
-            spec=k8s.core.v1.LimitRangeSpecArgs(
-                limits=[
-                    k8s.core.v1.LimitRangeItemArgs(
-                        type="Container",
-                        default={"cpu": d.cpu_limit, "memory": d.memory_limit},
-                        default_request={"cpu": d.cpu_request, "memory": d.memory_request},
-                    )
-                ]
-            ),
+            spec=container_defaults(args.defaults),
             opts=in_ns,
         )
         self.register_outputs({"name": self.name, "quota": self.quota.metadata.name})

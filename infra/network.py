@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import labels
+from infra.common import allow_dns_spec, labels
 from infra.config.settings import NetworkSettings
 from infra.launcher import NAME as LAUNCHER_NAME
 from infra.teams import PLATFORM_LABEL
@@ -126,27 +126,7 @@ class NetworkPolicies(pulumi.ComponentResource):
 
         everything = k8s.meta.v1.LabelSelectorArgs()
         policy("default-deny", np.NetworkPolicySpecArgs(pod_selector=everything, policy_types=["Ingress", "Egress"]))
-        dns_peers = _cidrs(net.dns_cidrs)
-        if net.dns_pod_labels:
-            # Any namespace: kube-system on kind and kubeadm, elsewhere on some managed clusters.
-            dns_pods = k8s.meta.v1.LabelSelectorArgs(match_labels=dict(net.dns_pod_labels))
-            dns_peers.insert(0, np.NetworkPolicyPeerArgs(namespace_selector=everything, pod_selector=dns_pods))
-        policy(
-            "allow-dns",
-            np.NetworkPolicySpecArgs(
-                pod_selector=everything,
-                policy_types=["Egress"],
-                egress=[
-                    np.NetworkPolicyEgressRuleArgs(
-                        to=dns_peers,
-                        ports=[
-                            np.NetworkPolicyPortArgs(protocol="UDP", port=53),
-                            np.NetworkPolicyPortArgs(protocol="TCP", port=53),
-                        ],
-                    )
-                ],
-            ),
-        )
+        policy("allow-dns", allow_dns_spec(net.dns_pod_labels, net.dns_cidrs))
         clients = ("trainer", "inference", OPERATOR_NAME) if args.operator else ("trainer", "inference")
         mlflow_clients = [_peer_pods(client) for client in clients]
         if args.team_tasks:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.common import GPU_RESOURCE, labels, pod_security_labels
+from infra.common import GPU_RESOURCE, allow_dns_spec, container_defaults, labels, pod_security_labels
 from infra.config.settings import NetworkSettings
 from infra.config.teams import TeamSettings
 from infra.kueue import local_queue
@@ -111,20 +111,8 @@ class Teams(pulumi.ComponentResource):
                 spec=k8s.core.v1.ResourceQuotaSpecArgs(hard=team_quota(team)),
                 opts=in_ns,
             )
-            d = args.defaults
             k8s.core.v1.LimitRange(
-                f"{prefix}-limits",
-                metadata=meta("team-defaults"),
-                spec=k8s.core.v1.LimitRangeSpecArgs(
-                    limits=[
-                        k8s.core.v1.LimitRangeItemArgs(
-                            type="Container",
-                            default={"cpu": d.cpu_limit, "memory": d.memory_limit},
-                            default_request={"cpu": d.cpu_request, "memory": d.memory_request},
-                        )
-                    ]
-                ),
-                opts=in_ns,
+                f"{prefix}-limits", metadata=meta("team-defaults"), spec=container_defaults(args.defaults), opts=in_ns
             )
             everything = k8s.meta.v1.LabelSelectorArgs()
             k8s.networking.v1.NetworkPolicy(
@@ -133,26 +121,10 @@ class Teams(pulumi.ComponentResource):
                 spec=np.NetworkPolicySpecArgs(pod_selector=everything, policy_types=["Ingress", "Egress"]),
                 opts=in_ns,
             )
-            dns_peers = [np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=c)) for c in args.network.dns_cidrs]
-            if args.network.dns_pod_labels:
-                dns_pods = k8s.meta.v1.LabelSelectorArgs(match_labels=dict(args.network.dns_pod_labels))
-                dns_peers.insert(0, np.NetworkPolicyPeerArgs(namespace_selector=everything, pod_selector=dns_pods))
             k8s.networking.v1.NetworkPolicy(
                 f"{prefix}-allow-dns",
                 metadata=meta("allow-dns"),
-                spec=np.NetworkPolicySpecArgs(
-                    pod_selector=everything,
-                    policy_types=["Egress"],
-                    egress=[
-                        np.NetworkPolicyEgressRuleArgs(
-                            to=dns_peers,
-                            ports=[
-                                np.NetworkPolicyPortArgs(protocol="UDP", port=53),
-                                np.NetworkPolicyPortArgs(protocol="TCP", port=53),
-                            ],
-                        )
-                    ],
-                ),
+                spec=allow_dns_spec(args.network.dns_pod_labels, args.network.dns_cidrs),
                 opts=in_ns,
             )
             mlflow = np.NetworkPolicyPeerArgs(
