@@ -1,4 +1,8 @@
-"""Kueue: optionally Kueue itself (from a local copy of its Helm chart), and the platform's queues.
+"""Kueue: the platform's queues. Kueue itself is cluster infrastructure that the administrator installs once per
+cluster (docs/teams.md), as Kueue's own docs install it: the stack reads its ClusterQueue CRD and fails the preview
+naming `kueue` when it is missing. Why not install it from the stack: its eleven CRDs (the Workload CRD alone is
+1.4 MB) went into the stack's state (56 KB -> 5.4 MB), and every `pulumi up` diffed them (a one-key change took
+169 s instead of 45 s on the cluster tier); and two stacks sharing a cluster cannot both own it.
 
 Queues (kueue.x-k8s.io/v1beta2, CustomResources: Kueue has no typed Python SDK):
 - ResourceFlavors: `<namespace>-cpu` (any node), and on a GPU stack `<namespace>-gpu` (the gpuNodeSelector's labels
@@ -13,8 +17,8 @@ Queues (kueue.x-k8s.io/v1beta2, CustomResources: Kueue has no typed Python SDK):
   namespace, for the stack's training Job and TrainingJobs.
 - A LocalQueue named after the team in each team's namespace (infra/teams.py declares it with the namespace).
 
-Fair sharing itself is a setting of Kueue's manager (`fairSharing` in its Configuration): the stack turns it on
-when it installs Kueue; docs/teams.md says what to set on a Kueue installed otherwise.
+Fair sharing itself is a setting of Kueue's manager (`fairSharing` in its Configuration): docs/teams.md gives the
+Configuration to install Kueue with (kind/kueue-config.yaml).
 """
 
 from __future__ import annotations
@@ -25,11 +29,9 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import yaml
 
-from infra.common import GPU_RESOURCE, labels, pod_security_labels
+from infra.common import GPU_RESOURCE, labels
 from infra.config.teams import KueueSettings, TeamSettings
-from infra.tls import wait_for_injected_ca_bundle
 from workloads.pod import Toleration
 from workloads.quantity import parse_quantity
 
@@ -39,19 +41,6 @@ PREEMPTION = {
     "reclaimWithinCohort": "Any",
     "borrowWithinCohort": {"policy": "Never"},
     "withinClusterQueue": "LowerPriority",
-}
-MANAGER_CONFIG: dict[str, Any] = {
-    "apiVersion": "config.kueue.x-k8s.io/v1beta2",
-    "kind": "Configuration",
-    "health": {"healthProbeBindAddress": ":8081"},
-    "metrics": {"bindAddress": ":8443"},
-    "webhook": {"port": 9443},
-    "leaderElection": {"leaderElect": True, "resourceName": "c1f6bfd2.kueue.x-k8s.io"},
-    "clientConnection": {"qps": 50, "burst": 100},
-    # Jobs only: the platform submits nothing else, and every other integration would need its CRDs.
-    "integrations": {"frameworks": ["batch/job"]},
-    # Teams that borrowed are preempted down to their fair share, the least-shared first.
-    "fairSharing": {"preemptionStrategies": ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]},
 }
 
 
@@ -65,25 +54,6 @@ def gpu_flavor(namespace: str) -> str:
 
 def training_cluster_queue(namespace: str) -> str:
     return f"{namespace}-training"
-
-
-def kueue_values(image: str) -> dict[str, object]:
-    """Values for Kueue's own chart (charts/kueue of its Go module) installed from a local directory."""
-    repository, _, tag = image.rpartition(":")
-    if "/" in tag or not repository:
-        repository, tag = image, "latest"
-    return {
-        "controllerManager": {
-            "manager": {
-                "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
-                "resources": {
-                    "requests": {"cpu": "100m", "memory": "256Mi"},
-                    "limits": {"cpu": "1", "memory": "512Mi"},
-                },
-            },
-        },
-        "managerConfig": {"controllerManagerConfigYaml": yaml.safe_dump(MANAGER_CONFIG, sort_keys=False)},
-    }
 
 
 def _amount(value: str) -> Decimal:
@@ -136,7 +106,7 @@ class QueuesArgs:
 
 
 class Queues(pulumi.ComponentResource):
-    """Kueue (with kueueChart) and the cluster-scoped queues; `ready` is what LocalQueues must depend on."""
+    """The cluster-scoped queues (Kueue must run: its CRD is read); `ready` is what LocalQueues must depend on."""
 
     ready: list[pulumi.Resource]
 
@@ -144,34 +114,13 @@ class Queues(pulumi.ComponentResource):
         super().__init__("mlplatform:kueue:Queues", name, None, opts)
         meta_labels = labels("kueue", args.instance, "scheduling")
         s = args.settings
-        depends: list[pulumi.Resource] = []
-        if s.chart:
-            kueue_ns = k8s.core.v1.Namespace(
-                f"{name}-namespace",
-                # Kueue's chart runs its manager non-root, read-only, no capabilities: `restricted` admits it.
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=s.namespace, labels={**meta_labels, **pod_security_labels()}),
-                opts=pulumi.ResourceOptions(parent=self),
+        # Kueue is cluster infrastructure, installed once per cluster (docs/teams.md): read its ClusterQueue CRD, so
+        # `pulumi preview` fails naming what is missing before anything is declared.
+        depends: list[pulumi.Resource] = [
+            k8s.apiextensions.v1.CustomResourceDefinition.get(
+                f"{name}-kueue=true:clusterqueue-crd", CLUSTER_QUEUE_CRD, opts=pulumi.ResourceOptions(parent=self)
             )
-            depends.append(
-                k8s.helm.v4.Chart(
-                    f"{name}-kueue",
-                    chart=s.chart,
-                    namespace=kueue_ns.metadata.name,
-                    values=kueue_values(s.image),
-                    # Kueue's webhooks answer only once its own certificate rotator has put its CA into the webhook
-                    # configurations; until then the API server refuses every Job and queue: wait for it.
-                    opts=pulumi.ResourceOptions(parent=self, transforms=[wait_for_injected_ca_bundle]),
-                )
-            )
-        else:
-            # Kueue must already run: read its ClusterQueue CRD, so `pulumi preview` fails naming the key.
-            depends.append(
-                k8s.apiextensions.v1.CustomResourceDefinition.get(
-                    f"{name}-kueueChart=unset:clusterqueue-crd",
-                    CLUSTER_QUEUE_CRD,
-                    opts=pulumi.ResourceOptions(parent=self),
-                )
-            )
+        ]
         after = pulumi.ResourceOptions(parent=self, depends_on=depends)
 
         def custom(resource: str, kind: str, obj_name: str, spec: dict[str, Any], ns: str | None = None) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from infra.config.validation import DNS_LABEL, Validator, chart_dir_problem
+from infra.config.validation import DNS_LABEL, Validator
 from workloads.quantity import parse_quantity
 
 WILDCARD_USER = "*"
@@ -58,12 +58,6 @@ class KueueSettings:
     enabled: bool
     """Declare the queues: ResourceFlavors, a ClusterQueue per team (and for the platform's training) in one cohort,
     LocalQueues; every task, TrainingJob and the stack's training Job are submitted through them."""
-    chart: str
-    """A local directory holding Kueue's Helm chart: the stack installs Kueue from it ("" = already installed)."""
-    image: str
-    """Kueue's manager image for a local chart (repository:tag)."""
-    namespace: str
-    """Where the stack installs Kueue."""
     gpu_flavor_labels: tuple[tuple[str, str], ...]
     """Node labels of the gpu ResourceFlavor (the gpuNodeSelector)."""
 
@@ -167,16 +161,4 @@ def parse_teams(v: Validator, namespace: str) -> tuple[TeamSettings, ...]:
 
 
 def parse_kueue(v: Validator, gpu_labels: tuple[tuple[str, str], ...]) -> KueueSettings:
-    enabled = v.boolean("kueue")
-    chart = v.string("kueueChart")
-    if chart and (problem := chart_dir_problem(chart, "kueue")):
-        v.problem("kueueChart", problem)
-    if chart and not enabled:
-        v.problem("kueueChart", "installs Kueue for the queues of `kueue: true`; set kueue to true, or unset this key")
-    return KueueSettings(
-        enabled=enabled,
-        chart=chart,
-        image=v.image("kueueImage"),
-        namespace=v.dns_label("kueueNamespace"),
-        gpu_flavor_labels=gpu_labels,
-    )
+    return KueueSettings(enabled=v.boolean("kueue"), gpu_flavor_labels=gpu_labels)

@@ -59,7 +59,7 @@ from openai import OpenAI
 from pulumi import automation as auto
 
 from infra.monitoring import RULE_FILE
-from tests.cluster import images
+from tests.cluster import images, kueue
 from tests.cluster.kube import crash_looping, diagnose, wait_or_diagnose
 from tests.cluster.load import Load
 from tests.cluster.prometheus_pod import CONFIG_DIR as PROMETHEUS_CONFIG_DIR
@@ -95,7 +95,7 @@ CERT_MANAGER_IMAGES = "localhost/jetstack"
 CA_SECRET = "ml-platform-ca"  # infra/tls.py
 NON_ROOT = "65532"  # the images' USER: cert-manager's chart and kind/traefik.yaml run them under runAsNonRoot
 TIMINGS = ROOT / "build" / "cluster-timings.json"
-KUEUE_IMAGE = "localhost/kueue:v0.17.0"  # tests/toolchain/kueue.sh builds it; its chart runs /manager
+KUEUE_IMAGE = "localhost/kueue:v0.17.0"  # tests/toolchain/kueue.sh builds it; Kueue's manifests run /manager
 TEAM_NAMESPACE = f"{NAMESPACE}-default"  # the team every other user is in (E2E_TEAMS)
 FAIR_USERS = {"team-a": "ann", "team-b": "ben"}
 E2E_TEAMS = [
@@ -282,23 +282,22 @@ def cert_manager_config(real_cluster: RealCluster) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kueue_config(real_cluster: RealCluster) -> dict[str, str]:
-    """Kueue's manager, built from its Go module (tests/toolchain/kueue.sh), imported as the one-binary image its
-    chart runs (`/manager`); the stack config that installs Kueue from the module's chart and declares the teams and
-    queues (docs/teams.md): every task, TrainingJob and the stack's training Job go through Kueue."""
+    """Kueue installed once on the cluster as docs/teams.md installs it (tests/cluster/kueue.py: its own manifests
+    with the shipped Configuration, the manager built from its Go module by tests/toolchain/kueue.sh); the stack
+    config that declares the teams' and the training's queues on it: every task, TrainingJob and the stack's
+    training Job go through Kueue."""
     directory = toolchain_dir("tests/toolchain/kueue.sh", "ML_PLATFORM_KUEUE_TOOLCHAIN")
-    binary, chart = directory / "kueue", directory / "kueue-chart"
-    if not binary.exists() or not (chart / "Chart.yaml").exists():
+    binary, config_tree = directory / "kueue", directory / "kueue-config" / "source"
+    if not binary.exists() or not (config_tree / "default").is_dir():
         pytest.fail(f"Kueue is not built in {directory}: run `bash tests/toolchain/kueue.sh`", pytrace=False)
     staged = real_cluster.workdir / "kueue-image" / "manager"
     staged.parent.mkdir(exist_ok=True)
     staged.write_bytes(binary.read_bytes())
     real_cluster.import_binary_image(staged, KUEUE_IMAGE, user=NON_ROOT)
-    return {
-        "kueue": "true",
-        "kueueChart": str(chart),
-        "kueueImage": KUEUE_IMAGE,
-        "kueueQueue": "training",
-    }
+    start = time.monotonic()
+    kueue.install(real_cluster, config_tree, KUEUE_IMAGE)
+    record_timing("Kueue installed (kubectl apply --server-side) to admitting", time.monotonic() - start)
+    return {"kueue": "true", "kueueQueue": "training"}
 
 
 @pytest.fixture(scope="module")
@@ -919,6 +918,122 @@ def test_a_trainingjob_trains_for_real_and_reports_progress_from_mlflow(
     )  # fmt: skip
 
 
+PREEMPT_QUEUE = "e2e-preempt"
+PREEMPT_STEPS = 300
+
+
+def preemption_queue(ns: str) -> list[dict[str, Any]]:
+    """A test-sized queue for a preemption on a 2-core node: a ClusterQueue (no cohort, nothing to borrow) with room
+    for 600m, its LocalQueue in the platform namespace, and a low and a high PriorityClass. The stack's training queue
+    has the namespace's quota, more than the node could ever run at once; Kueue preempts on quota, not on nodes."""
+    return [
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "e2e-low"}, "value": 100},
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "e2e-high"},
+         "value": 1000},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": f"{ns}-{PREEMPT_QUEUE}"},
+         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                  "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [
+                      {"name": f"{ns}-cpu", "resources": [{"name": "cpu", "nominalQuota": "600m"},
+                                                          {"name": "memory", "nominalQuota": "4Gi"}]}]}],
+                  "preemption": {"withinClusterQueue": "LowerPriority"}}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+         "metadata": {"name": PREEMPT_QUEUE, "namespace": ns}, "spec": {"clusterQueue": f"{ns}-{PREEMPT_QUEUE}"}},
+    ]  # fmt: skip
+
+
+def preemptor_job(ns: str, image: str) -> dict[str, Any]:
+    """A higher-priority Job that needs 250m of the 600m queue for 15 s, under the namespace's restricted policy."""
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "e2e-preemptor", "namespace": ns, "labels": {"kueue.x-k8s.io/queue-name": PREEMPT_QUEUE}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "priorityClassName": "e2e-high", "restartPolicy": "Never", "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "hold", "image": image, "imagePullPolicy": "IfNotPresent",
+                "command": ["python", "-c", "import time; time.sleep(15)"],
+                "resources": {"requests": {"cpu": "250m", "memory": "128Mi"},
+                              "limits": {"cpu": "250m", "memory": "256Mi"}},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }],
+        }}},
+    }  # fmt: skip
+
+
+@pytest.mark.usefixtures("trained")  # after the stack's own training: the node has 2 cpus
+def test_a_trainingjob_preempted_by_kueue_resumes_from_its_checkpoint(
+    real_cluster: RealCluster, deployed: Deployed, platform_image: str
+) -> None:
+    """docs/teams.md's preemption on the real cluster: a low-priority TrainingJob runs in a queue with room for
+    600m; a high-priority Job that needs 250m more arrives, and Kueue evicts the run (withinClusterQueue:
+    LowerPriority). The operator counts one preemption and no restart; when the preemptor is done, Kueue admits the
+    same Job again and the trainer resumes at or after the newest checkpoint it had written before the eviction."""
+    ns, name = deployed.namespace, "e2e-preempted"
+    queue_objects = preemption_queue(ns)
+    for obj in queue_objects:
+        real_cluster.api.apply(obj)
+    run = {
+        "apiVersion": "ml-platform.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "workers": WORKERS, "queueName": PREEMPT_QUEUE, "priorityClassName": "e2e-low",
+            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+            "train": {"model": {"block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64},
+                      "train": {"batch_size": 12, "max_steps": PREEMPT_STEPS, "eval_every": 0, "log_every": 10},
+                      "checkpoint": {"every": 20}},
+            "tracking": {"experiment": "e2e-preempt", "modelName": "tiny-gpt-preempt"},
+        },
+    }  # fmt: skip
+
+    def status() -> dict[str, Any]:
+        no_crash_loops(real_cluster, ns)
+        obj = real_cluster.api.get("ml-platform.dev/v1alpha1", "TrainingJob", name, ns) or {}
+        found = dict(obj.get("status") or {})
+        if found.get("phase") == "Failed":
+            raise AssertionError(f"TrainingJob failed: {found}\n{diagnose(real_cluster, ns)}")
+        return found
+
+    try:
+        real_cluster.api.create(run)
+        running = wait_or_diagnose(real_cluster, ns, f"{name} running with a checkpoint at step 40 or later",
+                                   lambda: (s := status()).get("phase") == "Running"
+                                   and (s.get("latestCheckpoint") or {}).get("step", 0) >= 40 and s, 600)  # fmt: skip
+        assert (running.get("progress") or {}).get("step", 0) < PREEMPT_STEPS, f"done before the preemption: {running}"
+        real_cluster.api.create(preemptor_job(ns, platform_image))
+        start = time.monotonic()
+        evicted = wait_or_diagnose(real_cluster, ns, f"{name} preempted", lambda: status().get("preemptions") == 1
+                                   and status(), 180)  # fmt: skip
+        record_timing("Kueue preemption: high-priority Job created to the TrainingJob counted preempted",
+                      time.monotonic() - start)  # fmt: skip
+        assert (evicted["restarts"], evicted["attempt"]) == (0, 0), evicted
+        job = real_cluster.api.get("batch/v1", "Job", evicted["jobName"], ns)
+        assert job["spec"]["suspend"] is True, "Kueue suspended the run's own Job"
+        # Every checkpoint the run wrote before it was evicted (its SIGTERM grace included) is in its MLflow run.
+        before = (status().get("latestCheckpoint") or {}).get("step", 0)
+        assert before >= 40, evicted
+
+        done = wait_or_diagnose(real_cluster, ns, f"{name} Succeeded after the preemptor finished",
+                                lambda: (s := status()).get("phase") == "Succeeded" and s, 600)  # fmt: skip
+        record_timing("Kueue preemption: eviction to the resumed TrainingJob Succeeded", time.monotonic() - start)
+        assert (done["preemptions"], done["restarts"], done["attempt"]) == (1, 0, 0), done
+        assert done["jobName"] == evicted["jobName"], "the same Job resumed, no new attempt"
+        summary = rank0_summary(real_cluster, ns, done["jobName"])
+        assert summary["step"] == PREEMPT_STEPS and summary["resumed_from_step"] >= before, (summary, before)
+        preemptor = real_cluster.api.get("batch/v1", "Job", "e2e-preemptor", ns)
+        assert condition(preemptor, "Complete") == "True", preemptor.get("status")
+        record_value("Kueue preemption: checkpoint before the eviction, step resumed from",
+                     [before, summary["resumed_from_step"]])  # fmt: skip
+    finally:
+        real_cluster.api.delete("ml-platform.dev/v1alpha1", "TrainingJob", name, ns)
+        real_cluster.api.delete("batch/v1", "Job", "e2e-preemptor", ns)
+        eventually("the preemption test's Jobs gone", lambda: not [
+            j for j in real_cluster.api.items("batch/v1", "Job", ns)
+            if j["metadata"]["name"] == "e2e-preemptor" or j["metadata"]["name"].startswith(name)], 120)  # fmt: skip
+        for obj in reversed(queue_objects):
+            meta = obj["metadata"]
+            real_cluster.api.delete(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+
+
 MIRROR_TOKEN = "mirror-index-7f3a"
 TORCHRUN_TASK = f"""
 name: torchrun-e2e
@@ -1026,7 +1141,7 @@ def evictions(workload: dict[str, Any]) -> int:
 def test_two_teams_share_the_cluster_through_kueue_fairly_and_see_why_they_wait(
     real_cluster: RealCluster, deployed: Deployed
 ) -> None:
-    """docs/teams.md on the real cluster with the real Kueue the stack installed: ann (team-a) submits 6 short tasks,
+    """docs/teams.md on the real cluster with the real Kueue as documented: ann (team-a) submits 6 short tasks,
     then ben (team-b) 6. Each team is guaranteed 100m and may borrow up to 300m from the cohort, so ann's queue cannot
     take the cluster: ben has tasks running while ann still has tasks waiting, and a waiting task shows its queue and
     Kueue's reason. Every task completes, each in its team's namespace, and no Workload is evicted more than once."""
@@ -1361,6 +1476,14 @@ def kueue_crds(cluster: RealCluster) -> list[str]:
     return sorted(n for n in names if n.endswith("kueue.x-k8s.io"))
 
 
+def stack_queues(cluster: RealCluster) -> list[str]:
+    """The stack's cluster-scoped queue objects left (its ClusterQueues and ResourceFlavors)."""
+    kinds = ("ClusterQueue", "ResourceFlavor")
+    return sorted(f"{kind} {o['metadata']['name']}" for kind in kinds
+                  for o in cluster.api.items("kueue.x-k8s.io/v1beta2", kind)
+                  if o["metadata"]["name"].startswith(f"{NAMESPACE}-"))  # fmt: skip
+
+
 USER_OBJECTS = {"ServiceAccount": {"default", "alice", "bob", "carol", "dave", *FAIR_USERS.values()},
                 "ConfigMap": {"kube-root-ca.crt"}}  # fmt: skip
 
@@ -1409,9 +1532,9 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
             "Secret": sorted([CA_SECRET, "inference-tls"])}  # fmt: skip
     assert cert_manager_crds(real_cluster) == []
     assert real_cluster.api.get("v1", "Namespace", "cert-manager") is None
-    # Kueue, which the stack installed, goes with its CRDs: only after every task's Workload was released (the
-    # anchor's foreground deletion), so nothing waits on a finalizer of a controller that is gone.
-    assert kueue_crds(real_cluster) == []
+    # The stack's queues are gone (their Workloads released first: the anchor's foreground deletion); Kueue stays,
+    # it is the cluster's (docs/teams.md).
+    assert stack_queues(real_cluster) == [] and kueue_crds(real_cluster)
     # The team namespaces are protected (their users' volumes); the tasks in them are gone with their anchor.
     teams = [f"{NAMESPACE}-{t['name']}" for t in E2E_TEAMS]
     assert all(real_cluster.api.get("v1", "Namespace", team) for team in teams)
@@ -1447,7 +1570,8 @@ def test_destroy_with_live_work_keeps_exactly_the_protected_data_then_removes_ev
     assert [real_cluster.api.get("v1", "PersistentVolume", name) for name in pvs] == [None] * len(pvs)
     assert not real_cluster.api.items("v1", "Pod", ns)
     assert [real_cluster.api.get("v1", "Namespace", team) for team in teams] == [None] * len(teams)
-    assert kueue_crds(real_cluster) == []
+    assert stack_queues(real_cluster) == [] and kueue_crds(real_cluster)
+    assert real_cluster.api.items("kueue.x-k8s.io/v1beta2", "Workload") == []
     # The data stays on the node (reclaim policy Retain): the final checkpoint and MLflow's database/artifacts.
     data = deployed.storage / "dev"
     assert list(data.glob(f"checkpoints/**/step-{TRAIN_STEPS:08d}")), sorted(p.name for p in data.rglob("*"))[:50]

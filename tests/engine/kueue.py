@@ -44,6 +44,7 @@ from tests.harness.procs import Processes, free_port
 
 HERE = Path(__file__).resolve().parent
 TOOLCHAIN_SCRIPT = HERE.parent / "toolchain" / "kueue.sh"
+SHIPPED_CONFIG = HERE.parents[1] / "kind" / "kueue-config.yaml"
 NAMESPACE = "kueue-system"
 CONFIG_API_VERSION = "config.kueue.x-k8s.io/v1beta2"
 VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
@@ -101,15 +102,15 @@ def toolchain_dir() -> Path:
 
 def missing(directory: Path) -> list[str]:
     """What `directory` lacks of a built Kueue toolchain."""
-    wanted = ("kueue", "kueue-config/webhooks.yaml", "kueue-config/crd", "kueue-chart/Chart.yaml")
+    wanted = ("kueue", "kueue-config/webhooks.yaml", "kueue-config/crd")
     return [name for name in wanted if not (directory / name).exists()]
 
 
-def chart_configuration(values: Path) -> dict[str, Any]:
-    """The Configuration Kueue's Helm chart installs (values.yaml's managerConfig.controllerManagerConfigYaml: the
-    client's QPS and burst, the controllers' concurrency, ...), for the manager here to start from."""
-    config = yaml.safe_load(yaml.safe_load(values.read_text())["managerConfig"]["controllerManagerConfigYaml"])
-    assert config["apiVersion"] == CONFIG_API_VERSION, f"{values}: the chart's Configuration is {config['apiVersion']}"
+def shipped_configuration() -> dict[str, Any]:
+    """The Configuration docs/teams.md installs Kueue with (kind/kueue-config.yaml: the client's QPS and burst, the
+    batch/job integration, fair sharing), for the manager here to start from."""
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    assert config["apiVersion"] == CONFIG_API_VERSION, f"{SHIPPED_CONFIG}: the Configuration is {config['apiVersion']}"
     return dict(config)
 
 
@@ -208,7 +209,7 @@ class KueueManager:
             shutil.copy(key, directory / "tls.key")
         ca_bundle = pki.ca_cert.read_bytes()
 
-        config = chart_configuration(self.toolchain / "kueue-chart" / "values.yaml")
+        config = shipped_configuration()
         config.update({
             "namespace": NAMESPACE,
             "health": {"healthProbeBindAddress": f"127.0.0.1:{self.health_port}"},
@@ -217,8 +218,6 @@ class KueueManager:
             "leaderElection": {"leaderElect": False},
             "internalCertManagement": {"enable": False},
             "managedJobsNamespaceSelector": MANAGED_NAMESPACES,
-            "integrations": {"frameworks": ["batch/job"]},
-            "fairSharing": {"preemptionStrategies": ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]},
             "visibilityServer": {"bindAddress": "127.0.0.1", "bindPort": self.visibility_port},
         })  # fmt: skip
         config_path = self.workdir / "kueue-config.yaml"

@@ -108,11 +108,7 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"teams": [TEAM, {**TEAM, "name": "b"}]}, "teams[b].users", "'alice' is also in team a"),
     ("dev", {"teams": [TEAM, TEAM]}, "teams", "team 'a' is declared twice"),
     ("dev", {"teams": [{**TEAM, "name": "n" * 30}], "namespace": "p" * 40}, "teams", "longer than 63 characters"),
-    ("dev", {"kueueChart": "/nonexistent/kueue", "kueue": True}, "kueueChart", "no Chart.yaml"),
-    ("dev", {"kueueChart": "charts/kueue", "kueue": True}, "kueueChart", "absolute path"),
-    ("dev", {"kueueChart": "/opt/kueue"}, "kueueChart", "set kueue to true"),
     ("dev", {"kueue": "yes"}, "kueue", "true or false"),
-    ("dev", {"kueueImage": "has space"}, "kueueImage", "image reference"),
 ]
 
 

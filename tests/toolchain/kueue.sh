@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build Kueue's manager (sigs.k8s.io/kueue/cmd/kueue: controllers, webhooks and the visibility API server in one
 # binary) from its Go module into a cache directory keyed by its version, or reuse that directory when a previous
-# run completed it; beside the binary, a writable copy of the module's Helm chart (kueue-chart/, with the CRDs
-# and webhook manifests the tests install from config/, in kueue-config/). The last line of output is the
+# run completed it; beside the binary, a writable copy of the module's config/ (kueue-config/: source/ its kustomize
+# tree, crd/ and webhooks.yaml its CRDs and webhook manifests as plain YAML). The last line of output is the
 # directory (tests/engine/kueue.py and tests/toolchain/setup.sh read it).
 #
 #   tests/toolchain/kueue.sh              build what is missing, print the directory
@@ -50,25 +50,26 @@ VERSION_PKG=sigs.k8s.io/kueue/pkg/version
 LDFLAGS="-s -w -X $VERSION_PKG.GitVersion=$KUEUE_VERSION -X $VERSION_PKG.GitCommit= -X $VERSION_PKG.BuildDate=$KUEUE_BUILD_DATE"
 tc_build "$MOD" "$LDFLAGS" "" kueue=sigs.k8s.io/kueue/cmd/kueue
 
-if [[ ! -f "$DIR/kueue-chart/Chart.yaml" || ! -d "$DIR/kueue-config" ]]; then
+if [[ ! -d "$DIR/kueue-config/source/default" ]]; then
     start="$(tc_now)"
     SRC="$(cd "$MOD" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
-    if [[ -z "$SRC" || ! -d "$SRC/charts/kueue" ]]; then
+    if [[ -z "$SRC" || ! -d "$SRC/config/default" ]]; then
         (cd "$MOD" && go mod download sigs.k8s.io/kueue) >&2
         SRC="$(cd "$MOD" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
     fi
-    # The module cache is read-only; the copies are not (helm writes into a chart's directory).
+    # The module cache is read-only; the copies are not. config/ is Kueue's kustomize tree: config/default is what
+    # its release manifests.yaml is built from (the cluster tier installs Kueue from it); the CRDs and the webhook
+    # manifests as plain YAML are what the engine tier registers for the manager it runs as a process.
     tmp="$DIR/.copy.$$"
     rm -rf "$tmp" && mkdir -p "$tmp/kueue-config"
-    cp -r "$SRC/charts/kueue" "$tmp/kueue-chart"
-    # The chart's CRDs are Helm templates; config/ has them (and the webhook manifests) as plain YAML.
+    cp -r "$SRC/config" "$tmp/kueue-config/source"
     cp -r "$SRC/config/components/crd/bases" "$tmp/kueue-config/crd"
     cp "$SRC/config/components/webhook/manifests.yaml" "$tmp/kueue-config/webhooks.yaml"
     chmod -R u+w "$tmp"
     rm -rf "$DIR/kueue-chart" "$DIR/kueue-config"
-    mv "$tmp/kueue-chart" "$tmp/kueue-config" "$DIR/"
+    mv "$tmp/kueue-config" "$DIR/"
     rm -rf "$tmp"
-    tc_phase "copy the kueue chart and manifests" "$start"
+    tc_phase "copy kueue's manifests" "$start"
 fi
 
 cat > "$DIR/versions.txt" <<EOF
