@@ -4,6 +4,7 @@ and validated here, turned into a job by `inference.jobs` and answered by `infer
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,12 +19,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inference.canary import CHALLENGER
 from inference.engine import Engine, EngineClosedError, QueueFullError
 from inference.errors import ApiError, api_error_handler, http_error_handler
 from inference.jobs import plan_job
 from inference.metrics import Metrics
 from inference.responses import respond, stream_events
 from inference.schemas import (
+    CanaryStatus,
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
@@ -31,20 +34,26 @@ from inference.schemas import (
     ModelList,
     inline_json_schema,
 )
-from inference.service import ModelManager
+from inference.service import ModelManager, Served
 from inference.settings import Settings
+from workloads.contracts import TEST_FAULT_TAG
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("/livez", "/readyz", "/metrics", "/v1/models", "/v1/completions")
+ROUTES = ("/livez", "/readyz", "/metrics", "/canary", "/v1/models", "/v1/completions")
 RETRY_AFTER_S = "1"
+VERSION_HEADER = "X-Model-Version"
+"""The version that served the request (on every response of a request routed to a model, errors included)."""
+ALIAS_HEADER = "X-Model-Alias"
+"""Its role: `champion` or `challenger`."""
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 429, 500, 503, 504)
 }
 
 
 class MetricsMiddleware:
-    """Counts requests by route and status and times them until the last byte (streams included)."""
+    """Counts requests by route and status and times them until the last byte (streams included), labelled with the
+    version and alias role the response's headers name: the labels are what the client was told."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -56,19 +65,25 @@ class MetricsMiddleware:
             return
         route = scope["path"] if scope["path"] in ROUTES else "unmatched"
         status = 500
+        served = {"version": "", "alias": ""}
         started = time.perf_counter()
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"x-model-version":
+                        served["version"] = value.decode("latin-1")
+                    elif name == b"x-model-alias":
+                        served["alias"] = value.decode("latin-1")
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route=route, status=str(status), **served).inc()
+            self.metrics.latency.labels(route=route, **served).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -112,7 +127,7 @@ def _add_routes(app: FastAPI) -> None:
     async def readyz(request: Request) -> JSONResponse:
         """200 once a model is loaded; 503 before that and while draining after SIGTERM."""
         manager: ModelManager = request.app.state.manager
-        engine = manager.engine
+        engine = manager.champion
         if request.app.state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         if engine is None:
@@ -122,17 +137,30 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/metrics", tags=["probes"])
     async def metrics(request: Request) -> Response:
         state = request.app.state
-        state.metrics.ready.set(int(state.manager.engine is not None and not state.draining))
+        state.metrics.ready.set(int(state.manager.champion is not None and not state.draining))
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/canary", tags=["probes"])
+    async def canary(request: Request) -> CanaryStatus:
+        """The canary of this replica: champion and challenger versions, the challenger's share, and why a
+        challenger is not served (refused, unset, or the canary is off)."""
+        manager: ModelManager = request.app.state.manager
+        return manager.canary_status()
 
     @app.get("/v1/models", tags=["openai"])
     async def list_models(request: Request) -> ModelList:
+        """The served model id (routed between champion and challenger), then the challenger's own id while a
+        canary serves one."""
         manager: ModelManager = request.app.state.manager
-        engine = _current_engine(manager)
-        card = ModelCard(
-            id=manager.served_name, created=engine.created, owned_by="ml-platform", version=engine.loaded.version
+        served = [(manager.served_name, _current_engine(manager))]
+        if manager.challenger is not None:
+            served.append((manager.challenger_id, manager.challenger))
+        return ModelList(
+            data=[
+                ModelCard(id=model_id, created=engine.created, owned_by="ml-platform", version=engine.loaded.version)
+                for model_id, engine in served
+            ]
         )
-        return ModelList(data=[card])
 
     @app.post(
         "/v1/completions",
@@ -146,7 +174,9 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     async def create_completion(request: Request) -> Response:
-        """Completions for one prompt or a list of prompts; `"stream": true` answers with server-sent events."""
+        """Completions for one prompt or a list of prompts; `"stream": true` answers with server-sent events. The
+        response's X-Model-Version and X-Model-Alias headers name the version that served it."""
+        started = time.perf_counter()
         settings: Settings = request.app.state.settings
         body = await _read_body(request, settings.max_body_bytes)
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -157,33 +187,83 @@ def _add_routes(app: FastAPI) -> None:
         except ValidationError as exc:
             raise ApiError.from_validation(list(exc.errors())) from None
         manager: ModelManager = request.app.state.manager
-        engine = _current_engine(manager)
-        job = plan_job(completion, engine, manager.served_name, settings)
+        served = _choose(manager, completion)
+        labels = {VERSION_HEADER: served.engine.loaded.version, ALIAS_HEADER: served.role}
         try:
-            engine.submit(job.sequences)
-        except QueueFullError as exc:
-            request.app.state.metrics.rejected.labels(reason="queue_full").inc()
-            raise ApiError(
-                429,
-                f"the server is at capacity ({exc}); retry after {RETRY_AFTER_S}s",
-                code="queue_full",
-                headers={"Retry-After": RETRY_AFTER_S},
-            ) from None
-        except EngineClosedError:
-            raise ApiError(503, "the server is shutting down", headers={"Retry-After": RETRY_AFTER_S}) from None
-        request.app.state.metrics.prompt_tokens.inc(job.prompt_tokens)
-        log.debug("completion %s: %d sequences, user=%r", job.id, len(job.sequences), completion.user)
-        if completion.stream:
-            return StreamingResponse(
-                stream_events(job, settings.request_timeout_s),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        return await respond(job, request, settings.request_timeout_s)
+            response = await _complete(request, completion, served, started)
+        except ApiError as exc:
+            exc.headers = {**(exc.headers or {}), **labels}
+            raise
+        response.headers.update(labels)
+        return response
+
+
+def _choose(manager: ModelManager, completion: CompletionRequest) -> Served:
+    """The engine for the request's `model`: the served id is routed by the canary, the challenger's own id goes to
+    the challenger; any other id is 404, as is the challenger's id while no challenger serves."""
+    _current_engine(manager)  # 503 until the champion is loaded
+    if completion.model == manager.served_name:
+        return manager.route(completion.user)
+    challenger = manager.challenger
+    if challenger is not None and completion.model == manager.challenger_id:
+        return Served(challenger, CHALLENGER, manager.challenger_id)
+    served = f"`{manager.served_name}`" + (f" and `{manager.challenger_id}`" if challenger is not None else "")
+    raise ApiError(
+        404,
+        f"The model `{completion.model}` does not exist; this server serves {served}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def _complete(request: Request, completion: CompletionRequest, served: Served, started: float) -> Response:
+    settings: Settings = request.app.state.settings
+    metrics: Metrics = request.app.state.metrics
+    engine = served.engine
+    job = plan_job(completion, engine, served.model_id, settings)
+    fault = engine.loaded.fault
+    if fault is not None and fault.fails(request.app.state.manager.router.rng.random()):
+        raise ApiError(
+            500,
+            f"version {engine.loaded.version} failed this request on purpose: its {TEST_FAULT_TAG} tag is "
+            f"{fault.tag!r} and this server allows test faults",
+            code="test_fault",
+        )
+    try:
+        engine.submit(job.sequences)
+    except QueueFullError as exc:
+        metrics.rejected.labels(reason="queue_full").inc()
+        raise ApiError(
+            429,
+            f"the server is at capacity ({exc}); retry after {RETRY_AFTER_S}s",
+            code="queue_full",
+            headers={"Retry-After": RETRY_AFTER_S},
+        ) from None
+    except EngineClosedError:
+        raise ApiError(503, "the server is shutting down", headers={"Retry-After": RETRY_AFTER_S}) from None
+    metrics.prompt_tokens.inc(job.prompt_tokens)
+    log.debug(
+        "completion %s: %d sequences on version %s (%s), user=%r",
+        job.id, len(job.sequences), engine.loaded.version, served.role, completion.user,
+    )  # fmt: skip
+    if fault is not None and fault.delay_s:
+        try:
+            await asyncio.sleep(fault.delay_s)
+        except BaseException:
+            job.cancel_unfinished()
+            raise
+    if completion.stream:
+        first_token = metrics.first_token.labels(version=engine.loaded.version, alias=served.role)
+        return StreamingResponse(
+            stream_events(job, settings.request_timeout_s, lambda: first_token.observe(time.perf_counter() - started)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await respond(job, request, settings.request_timeout_s)
 
 
 def _current_engine(manager: ModelManager) -> Engine:
-    engine = manager.engine
+    engine = manager.champion
     if engine is None:
         raise ApiError(
             503,

@@ -30,7 +30,10 @@ class EngineClosedError(Exception):
 
 
 class Engine:
-    """Serves one loaded model version; `close()` lets in-flight sequences finish, then stops the thread."""
+    """Serves one loaded model version; `close()` lets in-flight sequences finish, then stops the thread.
+
+    Its queue depth and batch are read by the `ModelManager`, which adds them up over every engine for the gauges
+    (several engines run at once: the champion, a canary's challenger, versions still draining)."""
 
     def __init__(self, loaded: LoadedModel, *, max_batch_size: int, max_queue_depth: int, metrics: Metrics) -> None:
         self.loaded = loaded
@@ -50,6 +53,10 @@ class Engine:
         return len(self._waiting)
 
     @property
+    def active_sequences(self) -> int:
+        return len(self.decoder.rows)
+
+    @property
     def idle(self) -> bool:
         return not self._waiting and not self.decoder.rows
 
@@ -64,7 +71,6 @@ class Engine:
                     f"the queue holds {len(self._waiting)} of at most {self.max_queue_depth} waiting sequences"
                 )
             self._waiting.extend(batch)
-            self.metrics.queue_depth.set(len(self._waiting))
             self._wakeup.notify()
 
     def close(self, timeout: float | None = None) -> bool:
@@ -89,7 +95,6 @@ class Engine:
                         self._finish(seq, FINISH_CANCELLED)
                     else:
                         decoder.add(seq)
-                self.metrics.queue_depth.set(len(self._waiting))
             self._step()
 
     def _step(self) -> None:
@@ -121,7 +126,6 @@ class Engine:
         for seq in cancelled:
             log.debug("cancelled a sequence after %d tokens", seq.completion_tokens)
             self._finish(seq, FINISH_CANCELLED)
-        self.metrics.active_sequences.set(len(self.decoder.rows))
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason

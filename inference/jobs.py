@@ -55,15 +55,9 @@ class Job:
         )
 
 
-def plan_job(completion: CompletionRequest, engine: Engine, served_name: str, settings: Settings) -> Job:
-    """Check the request against the limits and the model, and turn it into sequences (raises ApiError 4xx)."""
-    if completion.model != served_name:
-        raise ApiError(
-            404,
-            f"The model `{completion.model}` does not exist; this server serves `{served_name}`",
-            param="model",
-            code="model_not_found",
-        )
+def plan_job(completion: CompletionRequest, engine: Engine, model_id: str, settings: Settings) -> Job:
+    """Check the request against the limits and `engine`'s model, and turn it into sequences (raises ApiError 4xx);
+    its responses name `model_id`."""
     max_tokens = completion.max_tokens or 16
     if max_tokens > settings.max_completion_tokens:
         raise ApiError(
@@ -119,7 +113,7 @@ def plan_job(completion: CompletionRequest, engine: Engine, served_name: str, se
     return Job(
         id=f"cmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
-        model=served_name,
+        model=model_id,
         fingerprint=f"{loaded.name}:{loaded.version}",
         sequences=sequences,
         echo_prefixes=[prompts[c // n] if completion.echo else "" for c in range(len(sequences))],

@@ -1,8 +1,9 @@
 """Where models come from: local saved-model and checkpoint directories, or the MLflow model registry.
 
-A *source* answers two questions: which version is current (cheap, polled) and where are that version's files
-(may download). The version is an opaque string: the registry's version number, or a checkpoint's directory name.
-What the files are (saved model, checkpoint root, MLflow model) is `tinygpt.saved`'s business.
+A *source* answers two questions: which versions are current (cheap, polled: the champion, and for an MLflow alias
+the canary's challenger) and where are a version's files (may download). A version is an opaque string: the
+registry's version number, or a checkpoint's directory name. What the files are (saved model, checkpoint root,
+MLflow model) is `tinygpt.saved`'s business.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from inference.faults import InjectedFault
 from inference.settings import MODEL_URI_RE, Settings
 from tinygpt import saved
 from tinygpt.model import GPT
@@ -40,20 +43,36 @@ class LoadedModel:
     model: GPT
     tokenizer: CharTokenizer
     device: torch.device
+    fault: InjectedFault | None = None
+    """The test fault its tags ask for, where the server allows test faults (`inference.faults`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """What one poll of a source found."""
+
+    champion: str
+    """The version to serve (to everyone but the canary's share)."""
+    challenger: str | None = None
+    """The version the challenger alias points to; None where it is unset or the source has no canary."""
 
 
 class ModelSource(Protocol):
     name: str
     """The default id clients use for this model."""
     pollable: bool
-    """Whether the current version can change while the server runs."""
+    """Whether the current versions can change while the server runs."""
 
-    def current_version(self) -> str: ...
+    def current(self) -> Current: ...
 
     def fetch(self, version: str) -> Path: ...
 
-    def prune(self, keep: str) -> None:
-        """Delete what `fetch` stored for any version but `keep`, the one now served."""
+    def version_tags(self, version: str) -> Mapping[str, str]:
+        """The version's tags (registry versions have them; local directories have none)."""
+        ...
+
+    def prune(self, keep: Collection[str]) -> None:
+        """Delete what `fetch` stored for any version but those in `keep`, the ones now served."""
         ...
 
 
@@ -68,30 +87,34 @@ class LocalSource:
         self.pollable = not (is_saved_model_dir(path) or (path / saved.MLMODEL_FILE).is_file())
         self.name = path.resolve().name
 
-    def current_version(self) -> str:
+    def current(self) -> Current:
         if not self.path.is_dir():
             raise ModelLoadError(f"model path {self.path} does not exist or is not a directory")
         if not self.pollable:
-            return self.path.name
+            return Current(self.path.name)
         newest = latest_checkpoint(self.path)
         if newest is None:
             raise ModelLoadError(
                 f"{self.path} is neither a saved-model directory ({', '.join(SAVED_MODEL_FILES)}) nor a checkpoint "
                 "root with a complete step-* directory"
             )
-        return newest.name
+        return Current(newest.name)
 
     def fetch(self, version: str) -> Path:
         return self.path if not self.pollable else self.path / version
 
-    def prune(self, keep: str) -> None:
+    def version_tags(self, version: str) -> Mapping[str, str]:
+        return {}
+
+    def prune(self, keep: Collection[str]) -> None:
         """Nothing: the files are served in place and belong to the trainer (`checkpoint.keep` prunes them)."""
 
 
 class MlflowSource:
-    """`models:/<name>@<alias>` (the alias is polled) or `models:/<name>/<version>` (pinned)."""
+    """`models:/<name>@<alias>` (the alias is polled, and so is `challenger_alias` of the same model when given)
+    or `models:/<name>/<version>` (pinned, never a challenger)."""
 
-    def __init__(self, uri: str, tracking_uri: str, cache_dir: Path) -> None:
+    def __init__(self, uri: str, tracking_uri: str, cache_dir: Path, challenger_alias: str | None = None) -> None:
         match = MODEL_URI_RE.match(uri)
         if match is None:
             raise ModelLoadError(f"{uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
@@ -99,6 +122,7 @@ class MlflowSource:
         self.alias: str | None = match["alias"]
         self.pinned_version: str | None = match["version"]
         self.pollable = self.alias is not None
+        self.challenger_alias = challenger_alias if self.alias is not None else None
         self.tracking_uri = tracking_uri
         self.cache_dir = cache_dir
 
@@ -113,19 +137,32 @@ class MlflowSource:
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def current_version(self) -> str:
+    def current(self) -> Current:
+        """Both aliases from one read of the registered model, so that a poll sees them as they were at one moment:
+        a promotion (the champion alias moved to the challenger's version) is never seen half done."""
         if self.pinned_version is not None:
-            return self.pinned_version
+            return Current(self.pinned_version)
         from mlflow.exceptions import MlflowException
 
         assert self.alias is not None  # a URI is either pinned or an alias
+        where = f"models:/{self.name}@{self.alias} at {self.tracking_uri}"
         try:
-            found = self._client().get_model_version_by_alias(self.name, self.alias)
+            aliases = {str(k): str(v) for k, v in self._client().get_registered_model(self.name).aliases.items()}
         except MlflowException as exc:
-            raise ModelLoadError(
-                f"cannot resolve models:/{self.name}@{self.alias} at {self.tracking_uri}: {exc.message}"
-            ) from exc
-        return str(found.version)
+            raise ModelLoadError(f"cannot resolve {where}: {exc.message}") from exc
+        if self.alias not in aliases:
+            held = ", ".join(f"{alias} -> {version}" for alias, version in sorted(aliases.items())) or "none"
+            raise ModelLoadError(f"cannot resolve {where}: the model has no alias {self.alias!r} (its aliases: {held})")
+        challenger = aliases.get(self.challenger_alias) if self.challenger_alias else None
+        return Current(aliases[self.alias], challenger)
+
+    def version_tags(self, version: str) -> Mapping[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self._client().get_model_version(self.name, version).tags)
+        except MlflowException as exc:
+            raise ModelLoadError(f"cannot read the tags of models:/{self.name}/{version}: {exc.message}") from exc
 
     def fetch(self, version: str) -> Path:
         """Download the version's artifacts into `cache_dir/<name>/<version>` (reused when already there)."""
@@ -169,18 +206,18 @@ class MlflowSource:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
-    def prune(self, keep: str) -> None:
-        """Empty `cache_dir/<name>` but for version `keep`: older versions, and staging directories that a killed
-        process left behind (the cache outlives container restarts in the pod's emptyDir).
+    def prune(self, keep: Collection[str]) -> None:
+        """Empty `cache_dir/<name>` but for the versions in `keep`: older versions, and staging directories that a
+        killed process left behind (the cache outlives container restarts in the pod's emptyDir).
 
-        Called once `keep` serves, and loads never overlap, so nothing else in the directory is in use by this
-        process; the cache directory must not be shared with another server of the same model.
+        Called once the versions in `keep` serve, and loads never overlap, so nothing else in the directory is in
+        use by this process; the cache directory must not be shared with another server of the same model.
         """
         versions = self.cache_dir / self.name
         if not versions.is_dir():
             return
         for entry in versions.iterdir():
-            if entry.name == keep:
+            if entry.name in keep:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -194,7 +231,7 @@ def make_source(settings: Settings) -> ModelSource:
         raise ModelLoadError("no model configured: set INFERENCE_MODEL_URI or pass --model-uri")
     if settings.model_uri.startswith("models:"):
         assert settings.tracking_uri is not None  # guaranteed by Settings validation
-        return MlflowSource(settings.model_uri, settings.tracking_uri, settings.cache_dir)
+        return MlflowSource(settings.model_uri, settings.tracking_uri, settings.cache_dir, settings.canary_alias)
     return LocalSource(Path(settings.model_uri))
 
 

@@ -1,4 +1,8 @@
-"""Prometheus metrics of one app, in their own registry (several apps can live in one process, as in tests)."""
+"""Prometheus metrics of one app, in their own registry (several apps can live in one process, as in tests).
+
+Requests, their latency and streams' time to first token are labelled with the `version` that served them and its
+`alias` role (`champion` or `challenger`), so that a canary's two versions can be compared from Prometheus; both
+labels are empty for requests no model served (probes, `/metrics`, requests refused before routing)."""
 
 from __future__ import annotations
 
@@ -13,14 +17,22 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "inference_requests",
-            "HTTP requests by route and status code.",
-            ["route", "status"],
+            "HTTP requests by route, status code, and the model version and alias role that served them.",
+            ["route", "status", "version", "alias"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "inference_request_duration_seconds",
-            "Time from request to the end of the response, by route.",
-            ["route"],
+            "Time from request to the end of the response, by route, model version and alias role.",
+            ["route", "version", "alias"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_token = Histogram(
+            "inference_first_token_duration_seconds",
+            "Time from a streamed completion's arrival to its first generated text sent (TTFT), by model version "
+            "and alias role.",
+            ["version", "alias"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -37,10 +49,12 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "inference_queue_depth", "Sequences waiting to join the running batch.", registry=self.registry
+            "inference_queue_depth",
+            "Sequences waiting to join a running batch, over every engine.",
+            registry=self.registry,
         )
         self.active_sequences = Gauge(
-            "inference_active_sequences", "Sequences in the running batch.", registry=self.registry
+            "inference_active_sequences", "Sequences in the running batches, over every engine.", registry=self.registry
         )
         self.rejected = Counter(
             "inference_rejected",
@@ -50,20 +64,35 @@ class Metrics:
         )
         self.model_info = Gauge(
             "inference_model_loaded",
-            "1 for the model version now serving new requests.",
-            ["model", "version"],
+            "1 for each model version now serving new requests, with its alias role (champion or challenger).",
+            ["model", "version", "alias"],
             registry=self.registry,
         )
         self.model_swaps = Counter(
-            "inference_model_swaps", "Model versions loaded after the first one.", registry=self.registry
+            "inference_model_swaps",
+            "Changes of the champion version after the first load (promotions of the challenger included).",
+            registry=self.registry,
         )
         self.model_load_failures = Counter(
             "inference_model_load_failures",
             "Failed attempts to resolve or load a model version.",
             registry=self.registry,
         )
+        self.model_polls = Counter(
+            "inference_model_polls",
+            "Checks of the model source for new versions, failed ones included.",
+            registry=self.registry,
+        )
+        self.challenger_refusals = Counter(
+            "inference_challenger_refusals",
+            "Challenger versions refused (the champion serves alone), by reason: load_failed, tokenizer, shape.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.ready = Gauge("inference_ready", "1 while /readyz answers 200.", registry=self.registry)
 
-    def set_model(self, name: str, version: str) -> None:
+    def set_models(self, name: str, versions: dict[str, str]) -> None:
+        """`versions`: the version serving in each alias role."""
         self.model_info.clear()
-        self.model_info.labels(model=name, version=version).set(1)
+        for alias, version in versions.items():
+            self.model_info.labels(model=name, version=version, alias=alias).set(1)

@@ -62,10 +62,14 @@ async def _wait_for_disconnect(receive: Callable[[], Awaitable[Message]]) -> Non
         pass
 
 
-async def stream_events(job: Job, timeout: float) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per piece of new text, the finish reasons, optional usage, `[DONE]`."""
+async def stream_events(
+    job: Job, timeout: float, on_first_token: Callable[[], None] | None = None
+) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per piece of new text, the finish reasons, optional usage, `[DONE]`.
+    `on_first_token` is called once, as the first chunk of generated text (not the echoed prompt) is sent."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    first_token = on_first_token
     try:
         for i, prefix in enumerate(job.echo_prefixes):
             if prefix:
@@ -83,6 +87,9 @@ async def stream_events(job: Job, timeout: float) -> AsyncIterator[str]:
                     yield _error_event(500, f"generation ended unexpectedly ({reason})", None)
                     return
             if delta or reason:
+                if first_token is not None:
+                    first_token()
+                    first_token = None
                 yield _event(job.chunk([CompletionChoice(index=choice, text=delta, finish_reason=reason)]))  # type: ignore[arg-type]
         if job.include_usage:
             yield _event(job.chunk([], job.usage()))

@@ -148,6 +148,37 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+CanaryState = Literal["off", "no_challenger", "serving", "refused"]
+
+
+class CanaryStatus(BaseModel):
+    """`GET /canary`: what this replica serves, and why the challenger does or does not serve."""
+
+    state: CanaryState
+    """`off`: no canary by the settings; `no_challenger`: the challenger alias is unset or points to the champion's
+    version; `serving`: the challenger gets `percent` of the requests; `refused`: the version the challenger alias
+    points to is not served (see `reason`)."""
+    challenger_alias: str | None
+    """The alias polled for a challenger; null when the canary is off."""
+    champion: str | None
+    """Version serving as champion; null before the first load."""
+    challenger: str | None
+    """Version serving as challenger; null unless `state` is `serving`."""
+    percent: float
+    """Share of the requests the challenger gets now, in percent (0 unless `serving`)."""
+    configured_percent: float
+    """The `canary_percent` setting: the share a challenger gets while it serves."""
+    sticky: bool
+    """Whether requests with a `user` are routed by a stable hash of it."""
+    refused: str | None
+    """The refused challenger version (state `refused`); it is tried again only once the challenger alias or the
+    champion moves to another version."""
+    reason: str | None
+    """Why the canary is off, has no challenger, or refused it."""
+    draining: list[str]
+    """Versions that no longer take requests but are still finishing the ones they had."""
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # `models:/<name>@<alias>` (polled) or `models:/<name>/<version>` (pinned); registered model names may not
 # contain `/` or `@` here because they separate the parts.
 MODEL_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))$")
+ALIAS_RE = re.compile(r"^[^/@\s]+$")
 
 
 class Settings(BaseSettings):
@@ -61,6 +64,30 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(default=5.0, ge=0)
     """After SIGTERM: how long /readyz answers 503 while requests are still accepted, so that load balancers
     stop routing here before the listener closes. In-flight requests then finish before exit."""
+    challenger_alias: str = "challenger"
+    """Alias of the same registered model whose version serves `canary_percent` of the requests beside the
+    champion (the version of the model URI's alias), in this process. "" turns the canary off. Only an alias URI
+    (`models:/<name>@<alias>`) has a canary: a pinned version or a directory is always served alone."""
+    canary_percent: float = 10.0
+    """Share of the requests, in percent (0 to 100), that the challenger serves while one is loaded; 0 turns the
+    canary off (the challenger is not even loaded)."""
+    canary_sticky: bool = True
+    """Route a request that names a `user` by a stable hash of it, so that a user keeps getting the same version
+    while the share and the challenger stay the same; requests without a `user` are routed at random. False:
+    every request at random."""
+    test_faults: Literal["ignore", "allow"] = "ignore"
+    """`allow` honours the `ml-platform.dev/test-fault` tag of a model version (`error:<fraction>` answers that
+    share of its requests with 500, `slow:<seconds>` delays each), for end-to-end tests of canary decisions only;
+    `ignore` logs a warning and serves the version normally. Never set it in a real deployment."""
+
+    @property
+    def canary_alias(self) -> str | None:
+        """The challenger alias to poll, or None where there is no canary: turned off (no alias, or a share of 0),
+        or a model URI that is not an alias."""
+        match = MODEL_URI_RE.match(self.model_uri)
+        if match is None or match["alias"] is None or not self.challenger_alias or not self.canary_percent:
+            return None
+        return self.challenger_alias
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -76,6 +103,23 @@ class Settings(BaseSettings):
             )
         if self.model_uri.startswith("models:") and not self.tracking_uri:
             problems.append("model_uri is a models:/ URI, so tracking_uri (or MLFLOW_TRACKING_URI) must be set")
+        # Checked here rather than with Field(ge=, le=) so that the message says what the number means.
+        if not (math.isfinite(self.canary_percent) and 0 <= self.canary_percent <= 100):
+            problems.append(
+                f"canary_percent={self.canary_percent:g}: the challenger's share of requests is a percentage; "
+                "set it between 0 and 100 (0 turns the canary off)"
+            )
+        if self.challenger_alias and not ALIAS_RE.match(self.challenger_alias):
+            problems.append(
+                f"challenger_alias={self.challenger_alias!r}: an MLflow alias has no '/', '@' or spaces; "
+                'set an alias name, or "" to turn the canary off'
+            )
+        match = MODEL_URI_RE.match(self.model_uri)
+        if match and self.challenger_alias and match["alias"] == self.challenger_alias:
+            problems.append(
+                f"challenger_alias={self.challenger_alias!r} is the alias model_uri serves as champion; "
+                'choose another alias, or "" to turn the canary off'
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

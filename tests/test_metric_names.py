@@ -188,7 +188,8 @@ class Component:
     """The default registry: only the families with the component's prefix are its own."""
     required_labels: tuple[str, ...] = ()
     expected: frozenset[str] = frozenset()
-    """Families the metrics contract of issue 16 names: present, by their collected name (counters without _total)."""
+    """Families the metrics contract names (issue 16; the canary's of issue 27): present, by their collected name
+    (counters without _total)."""
 
 
 COMPONENTS = {
@@ -196,7 +197,8 @@ COMPONENTS = {
         "inference_requests", "inference_request_duration_seconds", "inference_generated_tokens",
         "inference_prompt_tokens", "inference_batch_size", "inference_queue_depth", "inference_active_sequences",
         "inference_rejected", "inference_model_loaded", "inference_model_swaps", "inference_model_load_failures",
-        "inference_ready"})),
+        "inference_ready", "inference_first_token_duration_seconds", "inference_model_polls",
+        "inference_challenger_refusals"})),
     "skyrun": Component("skyrun_", skyrun_registry, expected=frozenset({
         "skyrun_requests", "skyrun_request_duration_seconds", "skyrun_tasks_submitted", "skyrun_submit_rejections",
         "skyrun_auth_failures"})),

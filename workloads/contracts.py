@@ -17,6 +17,10 @@ CHECKPOINT_PATH_TAG = "ml-platform.checkpoint.path"
 CHECKPOINT_STEP_TAG = "ml-platform.checkpoint.step"
 MODEL_VERSION_TAG = "registered_model_version"
 
+# MLflow model version tag, for tests only: set by end-to-end tests (of canary decisions) on a version they register,
+# honoured by the inference server only when its INFERENCE_TEST_FAULTS=allow (inference/faults.py says the values).
+TEST_FAULT_TAG = f"{GROUP}/test-fault"
+
 TRAINER_METRICS_PORT = 9400
 """The trainer's Prometheus port (local rank i serves TRAINER_METRICS_PORT + i)."""
 MASTER_PORT = 29500

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from inference.app import create_app
 from inference.settings import Settings
 from tests.inference.helpers import LiveServer, add_checkpoint, train_tiny_model, wait_ready
+from tests.mlflow_server import mlflow_server
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +54,14 @@ def checkpoint_root(tmp_path_factory: pytest.TempPathFactory, model_a: Path, mod
     add_checkpoint(root, 40, model_a)
     add_checkpoint(root, 50, model_b, complete=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a sqlite backend that serves artifacts itself, shared by the
+    registry tests (each registers its own model names, so their aliases never meet)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
 
 
 @pytest.fixture

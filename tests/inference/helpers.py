@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any
@@ -68,6 +70,39 @@ def add_checkpoint(root: Path, step: int, saved_model: Path, *, complete: bool =
     if complete:
         (directory / COMPLETE_FILE).write_text("")
     return directory
+
+
+def register_version(
+    tracking_uri: str, name: str, saved_model: Path, *, raw: bool = False, tags: Mapping[str, str] | None = None
+) -> str:
+    """Register `saved_model` as a new version of `name` the way the trainer does: an MLflow pyfunc model as run
+    artifacts under `model`, then a model version (with `tags`). `raw=True`: the saved model's files themselves, as
+    trainers before the pyfunc model did.
+
+    Only through a client bound to the server: MLflow's process-wide tracking URI stays unset, so a code path of
+    the service that falls back to it is not rescued by the test's own set-up.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tinygpt.pyfunc import save_pyfunc
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("inference-tests")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("inference-tests")
+    run = client.create_run(experiment_id)
+    if raw:
+        client.log_artifacts(run.info.run_id, str(saved_model), "model")
+    else:
+        with tempfile.TemporaryDirectory() as staging:
+            client.log_artifacts(run.info.run_id, str(save_pyfunc(saved_model, Path(staging) / "model")), "model")
+    client.set_terminated(run.info.run_id)
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        client.create_registered_model(name)
+    version = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=dict(tags or {})
+    )
+    return str(version.version)
 
 
 def wait_readyz(

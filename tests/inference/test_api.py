@@ -174,10 +174,13 @@ def test_metrics_cover_requests_tokens_batches_and_model_version(client: TestCli
     complete(client, prompt=["a", "b", "c"], max_tokens=5)
     client.post("/v1/completions", json={"model": "nope", "prompt": "a"})
     text = client.get("/metrics").text
-    assert 'inference_requests_total{route="/v1/completions",status="200"}' in text
-    assert 'inference_requests_total{route="/v1/completions",status="404"}' in text
-    assert 'inference_request_duration_seconds_bucket{le="0.005",route="/v1/completions"}' in text
-    assert 'inference_model_loaded{model="' in text and 'version="step-00000040"} 1.0' in text
+    served = 'alias="champion",route="/v1/completions",status="200",version="step-00000040"'
+    assert f"inference_requests_total{{{served}}}" in text
+    # No model served the 404 (refused before routing): its version and alias labels are empty.
+    assert 'inference_requests_total{alias="",route="/v1/completions",status="404",version=""}' in text
+    latency = 'alias="champion",le="0.005",route="/v1/completions",version="step-00000040"'
+    assert f"inference_request_duration_seconds_bucket{{{latency}}}" in text
+    assert 'inference_model_loaded{alias="champion",model="' in text and 'version="step-00000040"} 1.0' in text
     assert metric(client, "inference_generated_tokens_total") >= 15
     assert metric(client, "inference_batch_size_count") >= 5
     assert "inference_queue_depth 0.0" in text
@@ -227,3 +230,18 @@ def test_openapi_document_describes_the_completion_request(client: TestClient) -
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert {"model", "prompt"} <= set(schema["required"]) and "stream_options" in schema["properties"]
     assert "#/$defs" not in document.text, "every reference must resolve inside the OpenAPI document"
+
+
+def test_a_checkpoint_directory_has_no_canary_and_responses_name_the_version(client: TestClient) -> None:
+    assert client.get("/canary").json() == {
+        "state": "off", "challenger_alias": None, "champion": "step-00000040", "challenger": None, "percent": 0.0,
+        "configured_percent": 10.0, "sticky": True, "refused": None,
+        "reason": "only a models:/<name>@<alias> model URI has a canary", "draining": [],
+    }  # fmt: skip
+    response = client.post("/v1/completions", json={"model": served_model(client), "prompt": "a", "max_tokens": 2})
+    assert (response.headers["x-model-version"], response.headers["x-model-alias"]) == ("step-00000040", "champion")
+    # A request refused once routed still names the version whose limits refused it (and counts under it).
+    refused = client.post("/v1/completions", json={"model": served_model(client), "prompt": "a", "max_tokens": 10**6})
+    assert refused.status_code == 400 and refused.headers["x-model-version"] == "step-00000040"
+    unknown = client.post("/v1/completions", json={"model": "nope", "prompt": "a"})
+    assert unknown.status_code == 404 and "x-model-version" not in unknown.headers

@@ -4,13 +4,10 @@ earlier trainers, and the same completions as MLflow's own pyfunc loader."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
 import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
@@ -18,9 +15,7 @@ from mlflow import MlflowClient
 from inference.app import create_app
 from inference.settings import Settings
 from tests.harness.wait import eventually
-from tests.inference.helpers import LiveServer, wait_ready, wait_readyz
-from tests.mlflow_server import mlflow_server
-from tinygpt.pyfunc import save_pyfunc
+from tests.inference.helpers import LiveServer, register_version, wait_ready, wait_readyz
 from tinygpt.saved import find_saved_model
 
 pytestmark = pytest.mark.slow
@@ -29,34 +24,8 @@ pytestmark = pytest.mark.slow
 NAME = "tiny-gpt"
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a sqlite backend that serves artifacts itself."""
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
-
-
 def register(tracking_uri: str, saved_model: Path, *, raw: bool = False) -> str:
-    """Register `saved_model` the way the trainer does: an MLflow pyfunc model as run artifacts under `model`, then
-    a model version. `raw=True`: the saved model's files themselves, as trainers before the pyfunc model did.
-
-    Only through a client bound to the server: MLflow's process-wide tracking URI stays unset, so a code path of
-    the service that falls back to it is not rescued by the test's own set-up.
-    """
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("inference-tests")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("inference-tests")
-    run = client.create_run(experiment_id)
-    if raw:
-        client.log_artifacts(run.info.run_id, str(saved_model), "model")
-    else:
-        with tempfile.TemporaryDirectory() as staging:
-            client.log_artifacts(run.info.run_id, str(save_pyfunc(saved_model, Path(staging) / "model")), "model")
-    client.set_terminated(run.info.run_id)
-    with contextlib.suppress(mlflow.exceptions.MlflowException):
-        client.create_registered_model(NAME)
-    version = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-    return str(version.version)
+    return register_version(tracking_uri, NAME, saved_model, raw=raw)
 
 
 def fingerprint(client: TestClient) -> str:
@@ -84,7 +53,8 @@ def test_alias_is_served_and_moving_it_swaps_the_model(
         wait_readyz(client, f"the alias move to version {second} picked up",
                     lambda answer: answer.json()["version"] == second, 60, 0.1)  # fmt: skip
         assert fingerprint(client) == f"{NAME}:{second}"
-        assert f'inference_model_loaded{{model="{NAME}",version="{second}"}} 1.0' in client.get("/metrics").text
+        loaded = f'inference_model_loaded{{alias="champion",model="{NAME}",version="{second}"}} 1.0'
+        assert loaded in client.get("/metrics").text
 
 
 def wait_for_cache(directory: Path, expected: set[str], timeout: float = 30.0) -> None:

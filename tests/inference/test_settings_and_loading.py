@@ -10,6 +10,7 @@ import torch
 
 from inference.cli import EXIT_CONFIG, main
 from inference.loading import (
+    Current,
     LocalSource,
     MlflowSource,
     ModelLoadError,
@@ -55,6 +56,14 @@ def test_mlflow_tracking_uri_is_accepted(monkeypatch: pytest.MonkeyPatch) -> Non
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"port": 70000}, "port"),
         ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"canary_percent": 101}, "canary_percent=101: the challenger's share of requests is a percentage; set it "
+                                  "between 0 and 100"),
+        ({"canary_percent": -1}, "canary_percent=-1: .* set it between 0 and 100"),
+        ({"canary_percent": float("nan")}, "canary_percent=nan: .* between 0 and 100"),
+        ({"challenger_alias": "a@b"}, "challenger_alias='a@b': an MLflow alias has no '/', '@' or spaces"),
+        ({"model_uri": "models:/demo@champion", "tracking_uri": "http://x", "challenger_alias": "champion"},
+         "challenger_alias='champion' is the alias model_uri serves as champion"),
+        ({"test_faults": "yes"}, "test_faults"),
     ],
 )
 def test_invalid_settings_name_the_key(
@@ -64,6 +73,39 @@ def test_invalid_settings_name_the_key(
     monkeypatch.delenv("INFERENCE_TRACKING_URI", raising=False)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_canary_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_CHALLENGER_ALIAS", "candidate")
+    monkeypatch.setenv("INFERENCE_CANARY_PERCENT", "12.5")
+    monkeypatch.setenv("INFERENCE_CANARY_STICKY", "false")
+    monkeypatch.setenv("INFERENCE_TEST_FAULTS", "allow")
+    settings = Settings(model_uri="models:/demo@champion", tracking_uri="http://x")
+    assert (settings.challenger_alias, settings.canary_percent, settings.canary_sticky, settings.test_faults) == (
+        "candidate", 12.5, False, "allow"
+    )
+    assert Settings().test_faults == "allow"
+    monkeypatch.delenv("INFERENCE_TEST_FAULTS")
+    assert Settings().test_faults == "ignore", "test faults are off unless asked for"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "polled"),
+    [
+        ({"model_uri": "models:/demo@champion"}, "challenger"),
+        ({"model_uri": "models:/demo@champion", "challenger_alias": "candidate"}, "candidate"),
+        ({"model_uri": "models:/demo@champion", "canary_percent": 100}, "challenger"),
+        ({"model_uri": "models:/demo@champion", "challenger_alias": ""}, None),
+        ({"model_uri": "models:/demo@champion", "canary_percent": 0}, None),
+        ({"model_uri": "models:/demo/7"}, None),
+        ({"model_uri": "/models/demo"}, None),
+    ],
+)
+def test_only_an_alias_uri_with_a_challenger_alias_and_a_share_has_a_canary(
+    overrides: dict[str, object], polled: str | None
+) -> None:
+    settings = Settings(tracking_uri="http://x", **overrides)  # type: ignore[arg-type]
+    assert settings.canary_alias == polled
 
 
 def test_cli_reports_configuration_errors_with_exit_code_2(
@@ -87,23 +129,23 @@ def test_latest_checkpoint_skips_incomplete_and_foreign_directories(tmp_path: Pa
     newest = latest_checkpoint(tmp_path)
     assert newest is not None and newest.name == "step-00000010"
     source = LocalSource(tmp_path)
-    assert source.pollable and source.current_version() == "step-00000010"
+    assert source.pollable and source.current() == Current("step-00000010")
     assert source.fetch("step-00000010") == tmp_path / "step-00000010"
 
 
 def test_a_saved_model_directory_is_served_as_is(model_a: Path) -> None:
     source = LocalSource(model_a)
     assert not source.pollable
-    assert source.current_version() == model_a.name
-    loaded = load_directory(source.fetch(source.current_version()), source.name, "v", torch.device("cpu"))
+    assert source.current() == Current(model_a.name)
+    loaded = load_directory(source.fetch(source.current().champion), source.name, "v", torch.device("cpu"))
     assert not loaded.model.training and loaded.tokenizer.vocab_size == loaded.model.config.vocab_size
 
 
 def test_missing_and_unusable_model_paths_raise_clear_errors(tmp_path: Path, model_a: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
-        LocalSource(tmp_path / "nowhere").current_version()
+        LocalSource(tmp_path / "nowhere").current()
     with pytest.raises(ModelLoadError, match="nor a checkpoint root"):
-        LocalSource(tmp_path).current_version()
+        LocalSource(tmp_path).current()
     broken = tmp_path / "broken"
     shutil.copytree(model_a, broken)
     (broken / "tokenizer.json").write_text('{"type": "char", "chars": ["a", "b"]}')
@@ -120,5 +162,7 @@ def test_model_uri_forms_select_the_source(tmp_path: Path) -> None:
     alias = make_source(Settings(model_uri="models:/demo@champion", tracking_uri="http://x", cache_dir=tmp_path))
     pinned = make_source(Settings(model_uri="models:/demo/7", tracking_uri="http://x", cache_dir=tmp_path))
     assert isinstance(alias, MlflowSource) and alias.pollable and alias.name == "demo"
-    assert isinstance(pinned, MlflowSource) and not pinned.pollable and pinned.current_version() == "7"
+    assert alias.challenger_alias == "challenger"
+    assert isinstance(pinned, MlflowSource) and not pinned.pollable and pinned.current() == Current("7")
+    assert pinned.challenger_alias is None
     assert isinstance(make_source(Settings(model_uri=str(tmp_path))), LocalSource)

@@ -140,6 +140,8 @@ def training_dashboard() -> dict[str, Any]:
 
 def inference_dashboard() -> dict[str, Any]:
     user = f'{NS}, route=~"/v1/.*"'
+    served = f'{user}, alias!=""'  # requests a model version served (the canary panels compare versions)
+    by_version = "sum by (version, alias) (rate(inference_requests_total{{{sel}}}[{r}]))"
     quantile = "histogram_quantile({q}, sum by (le) (rate(inference_request_duration_seconds_bucket{{{sel}}}[{r}])))"
     batch = "histogram_quantile({q}, sum by (le) (rate(inference_batch_size_bucket{{{sel}}}[{r}])))"
     panels = [
@@ -186,10 +188,45 @@ def inference_dashboard() -> dict[str, Any]:
             unit="reqps",
         ),
         Panel(
+            "Canary: 5xx ratio by version (completions)",
+            (
+                _q(
+                    by_version.format(sel=f'{served}, status=~"5.."', r=RATE)
+                    + " / "
+                    + by_version.format(sel=served, r=RATE),
+                    "v{{version}} ({{alias}})",
+                ),
+            ),
+            unit="percentunit",
+            description="Champion and challenger side by side: what a promotion or rollback decision compares.",
+        ),
+        Panel(
+            "Canary: p95 latency and time to first token by version",
+            (
+                _q(
+                    "histogram_quantile(0.95, sum by (version, alias, le) (rate(inference_request_duration_seconds_"
+                    f"bucket{{{served}}}[{RATE}])))",
+                    "latency v{{version}} ({{alias}})",
+                ),
+                _q(
+                    "histogram_quantile(0.95, sum by (version, alias, le) (rate(inference_first_token_duration_"
+                    f"seconds_bucket{{{NS}}}[{RATE}])))",
+                    "first token v{{version}} ({{alias}})",
+                ),
+            ),
+            unit="s",
+        ),
+        Panel(
             "Loaded model version",
-            (_q(f"count by (model, version) (inference_model_loaded{{{NS}}} == 1)", "{{model}} v{{version}}"),),
+            (
+                _q(
+                    f"count by (model, version, alias) (inference_model_loaded{{{NS}}} == 1)",
+                    "{{model}} v{{version}} ({{alias}})",
+                ),
+            ),
             kind="table",
-            description="Pods serving each registered model version (two rows while a new version rolls in).",
+            description="Pods serving each registered model version as champion or challenger (two champion rows "
+            "while a new version rolls in).",
         ),
         Panel(
             "Ready pods",
