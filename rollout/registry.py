@@ -1,8 +1,9 @@
 """What the gate reads and writes in MLflow: the aliases, and the decision on a challenger version.
 
-The decision tag is written first, before any alias moves: a version that carries it is never decided again, so a
-restarted gate (or a second one started by mistake) cannot flip a decision, and a gate that dies half way through
-an action finishes it when it comes back (the aliases are moved again from the recorded decision)."""
+The decision's tags are written before any alias moves, the decision tag itself last of them: a version that
+carries it is never decided again, so a restarted gate (or a second one started by mistake) cannot flip a
+decision, and a gate that dies half way through an action finishes it when it comes back (the aliases are moved
+again from the recorded decision)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ class Registry:
         return tags.get(CANARY_DECISION_TAG)
 
     def record(self, version: str, decision: str, reason: str) -> None:
+        # The decision tag last: whoever sees it (a reader, another gate) also sees the reason and the time.
         for key, value in (
-            (CANARY_DECISION_TAG, decision),
             (CANARY_REASON_TAG, reason[:REASON_LIMIT]),
             (CANARY_DECIDED_AT_TAG, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+            (CANARY_DECISION_TAG, decision),
         ):
             self.client.set_model_version_tag(self.model_name, version, key, value)
 
