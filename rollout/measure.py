@@ -23,6 +23,7 @@ from rollout.decide import VersionStats
 REQUESTS = "inference_requests"
 LATENCY = "inference_request_duration_seconds"
 FIRST_TOKEN = "inference_first_token_duration_seconds"
+SAMPLES = {f"{REQUESTS}_total": "requests", f"{LATENCY}_bucket": "latency", f"{FIRST_TOKEN}_bucket": "first_token"}
 
 Role = tuple[str, str]
 """(alias role, version): `champion` or `challenger`, and the version that served."""
@@ -34,19 +35,19 @@ def parse(text: str) -> dict[SeriesKey, float]:
     """The counters of one scrape that the gate compares, per series. Series no version served (empty alias, e.g.
     probes) are left out. Several routes of one version are added together."""
     out: dict[SeriesKey, float] = defaultdict(float)
+    # By sample name, whatever family the parser grouped a sample in (a `# TYPE` line naming `..._total` or none
+    # at all makes an untyped family of the same samples).
     for family in text_string_to_metric_families(text):
-        if family.name not in (REQUESTS, LATENCY, FIRST_TOKEN):
-            continue
         for sample in family.samples:
+            what = SAMPLES.get(sample.name)
             alias, version = sample.labels.get("alias", ""), sample.labels.get("version", "")
-            if not alias:
+            if what is None or not alias:
                 continue
-            if family.name == REQUESTS and sample.name == f"{REQUESTS}_total":
+            if what == "requests":
                 out[("requests", alias, version, "", "")] += sample.value
                 if sample.labels.get("status", "").startswith("5"):
                     out[("errors", alias, version, "", "")] += sample.value
-            elif sample.name.endswith("_bucket"):
-                what = "latency" if family.name == LATENCY else "first_token"
+            else:
                 out[(what, alias, version, "", sample.labels["le"])] += sample.value
     return dict(out)
 

@@ -99,3 +99,9 @@ def test_histogram_buckets_become_cumulative_increases() -> None:
 def test_unparseable_text_is_a_value_error(bad: str) -> None:
     with pytest.raises(ValueError):
         parse(bad)
+
+
+def test_samples_are_read_whatever_family_the_text_puts_them_in() -> None:
+    sample = 'inference_requests_total{route="/v1/completions",status="503",version="4",alias="challenger"} 2\n'
+    for header in ("", "# TYPE inference_requests_total counter\n", "# TYPE inference_requests counter\n"):
+        assert parse(header + sample)[("errors", "challenger", "4", "", "")] == 2, header
