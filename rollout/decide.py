@@ -86,11 +86,13 @@ def decide(champion: VersionStats, challenger: VersionStats, elapsed_s: float, l
     fewer than `min_requests` challenger requests: the gate waits, without a deadline (a challenger that gets no
     traffic harms nobody)."""
     served = f"{challenger.requests:.0f} challenger requests in {elapsed_s:.0f} s"
+    window = (
+        f"window {elapsed_s:.0f} of {limits.window_s:.0f} s"
+        if elapsed_s < limits.window_s
+        else f"the {limits.window_s:.0f} s window is over"
+    )
     if challenger.requests < limits.min_requests:
-        return Decision(
-            WAIT,
-            f"{served}: waiting for {limits.min_requests} (window {elapsed_s:.0f} of {limits.window_s:.0f} s)",
-        )
+        return Decision(WAIT, f"{served}: waiting for {limits.min_requests} ({window})")
     errors = (
         f"error rate {challenger.error_rate:.2f} vs {champion.error_rate:.2f} "
         f"(max increase {limits.max_error_rate_increase:g})"
@@ -98,7 +100,7 @@ def decide(champion: VersionStats, challenger: VersionStats, elapsed_s: float, l
     if challenger.error_rate - champion.error_rate > limits.max_error_rate_increase:
         return Decision(ROLLBACK, f"{errors} over {served}")
     if elapsed_s < limits.window_s:
-        return Decision(WAIT, f"{errors} so far over {served}; window {elapsed_s:.0f} of {limits.window_s:.0f} s")
+        return Decision(WAIT, f"{errors} so far over {served}; {window}")
     figures = [errors]
     for what, ours, theirs, limit in (
         ("p95 latency", challenger.latency, champion.latency, limits.max_latency_ratio),

@@ -93,13 +93,17 @@ def test_an_error_rate_breach_rolls_back_early_once_min_requests_show_it() -> No
 def test_errors_on_fewer_than_min_requests_only_wait() -> None:
     decision = decide(stats(500), stats(99, 99), 120, LIMITS)
     assert decision.outcome == WAIT
-    assert decision.reason == "99 challenger requests in 120 s: waiting for 100 (window 120 of 60 s)"
+    assert decision.reason == "99 challenger requests in 120 s: waiting for 100 (the 60 s window is over)"
+    early = decide(stats(500), stats(5, 5), 20, LIMITS)
+    assert early.reason == "5 challenger requests in 20 s: waiting for 100 (window 20 of 60 s)"
 
 
 def test_a_healthy_challenger_waits_for_the_window_to_end() -> None:
     decision = decide(stats(5000), stats(1000), 59.5, LIMITS)
     assert decision.outcome == WAIT
-    assert "window 60 of 60 s" in decision.reason or "window 59 of 60 s" in decision.reason
+    assert decision.reason == (
+        "error rate 0.00 vs 0.00 (max increase 0.01) so far over 1000 challenger requests in 60 s; window 60 of 60 s"
+    ), "59.5 s shows rounded, but the window is not over"
     assert decide(stats(5000), stats(1000), 60, LIMITS).outcome == PROMOTE
 
 
