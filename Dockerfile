@@ -1,5 +1,5 @@
 # The platform's images, one per role, from one Dockerfile (docs/getting-started.md builds both):
-#   services (no torch): the MLflow server, the TrainingJob operator and the task launcher
+#   services (no torch): the MLflow server, the TrainingJob operator, the task launcher and the canary gate
 #       docker build --target services -t ml-platform-services:dev .
 #   platform (the last stage, the default): the trainer and the inference service, CPU or CUDA torch
 #       docker build -t ml-platform:dev .
@@ -42,7 +42,7 @@ WORKDIR /app
 FROM base AS requirements
 COPY pyproject.toml ./
 RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-roles = {"services": ("server", "controllers", "launcher"), "platform": ("trainer", "inference")}; \
+roles = {"services": ("server", "controllers", "launcher", "rollout"), "platform": ("trainer", "inference")}; \
 [open(f"/tmp/requirements-{r}.txt", "w").write("\n".join(sorted({d for e in x for d in p["optional-dependencies"][e]} \
     | set(p["dependencies"]))) + "\n") for r, x in roles.items()]'
 
@@ -57,15 +57,16 @@ COPY trainer ./trainer
 COPY workloads ./workloads
 COPY trainop ./trainop
 COPY skyrun ./skyrun
+COPY rollout ./rollout
 # The project itself, without dependencies (installed above). pyproject.toml names README.md as the package's long
 # description: an empty one serves, so that an edit of the README rebuilds no image.
 # hadolint ignore=DL3013
 RUN touch README.md \
-    && pip install --no-deps ".[server,controllers,launcher]" \
+    && pip install --no-deps ".[server,controllers,launcher,rollout]" \
     && ! python3 -c 'import torch' 2>/dev/null
 USER 10001:10001
-# checkov:skip=CKV_DOCKER_2:Kubernetes ignores HEALTHCHECK; each pod spec has its own probes, and this image runs three different processes (MLflow, operator, launcher)
-EXPOSE 5000 8000 8080 9090
+# checkov:skip=CKV_DOCKER_2:Kubernetes ignores HEALTHCHECK; each pod spec has its own probes, and this image runs four different processes (MLflow, operator, launcher, canary gate)
+EXPOSE 5000 8000 8080 9090 9100
 CMD ["python", "-m", "trainop"]
 
 

@@ -49,6 +49,7 @@ test-fast: $(STAMP) ## the tests without the slow ones (real processes, servers,
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy infra
+	$(BIN)/mypy rollout
 
 render: $(STAMP) ## render every Kubernetes object of both stacks to build/rendered/, no cluster needed
 	@mkdir -p $(OUT)

@@ -29,6 +29,8 @@ FORBIDDEN = {
     "trainop": {"infra", "inference", "pulumi"},
     # The task launcher (API + CLI): builds its objects with workloads; never the Pulumi program or the runtimes.
     "skyrun": {"infra", "trainer", "inference", "tinygpt", "trainop", "demo", "pulumi"},
+    # The canary gate: in the services image (no torch); reads the inference replicas over HTTP, never by import.
+    "rollout": {"infra", "trainer", "inference", "tinygpt", "trainop", "skyrun", "demo", "pulumi", "torch"},
 }
 
 
@@ -85,6 +87,8 @@ def test_every_top_level_package_has_rules() -> None:
         ("tinygpt", "from trainer.config import TrainConfig\n", {"trainer"}),
         ("trainop", "from infra.training import TrainingJob\n", {"infra"}),
         ("infra", "from trainop.handlers import register\n", {"trainop"}),
+        ("rollout", "from inference.metrics import Metrics\n", {"inference"}),
+        ("rollout", "import torch\n", {"torch"}),
     ],
 )
 def test_the_rules_catch_a_forbidden_import(package: str, source: str, bad: set[str]) -> None:
@@ -96,3 +100,7 @@ def test_the_rules_allow_what_the_packages_need() -> None:
     assert violations("trainer", "import torch\nfrom tinygpt.model import GPT\nfrom . import loop\n") == set()
     assert violations("inference", "from tinygpt.saved import load\nimport fastapi\n") == set()
     assert violations("trainop", "import kopf\nfrom workloads.training import training_manifests\n") == set()
+    assert (
+        violations("rollout", "import httpx\nfrom mlflow import MlflowClient\nfrom workloads import contracts\n")
+        == set()
+    )

@@ -174,6 +174,12 @@ def skyrun_registry() -> CollectorRegistry:
     return create_app(Settings(), client=object()).state.metrics.registry  # type: ignore[arg-type,no-any-return]
 
 
+def rollout_registry() -> CollectorRegistry:
+    from rollout.metrics import GateMetrics
+
+    return GateMetrics().registry
+
+
 def trainop_registry() -> CollectorRegistry:
     import trainop.metrics  # noqa: F401  (registers the operator's families in the default registry)
 
@@ -202,6 +208,10 @@ COMPONENTS = {
     "skyrun": Component("skyrun_", skyrun_registry, expected=frozenset({
         "skyrun_requests", "skyrun_request_duration_seconds", "skyrun_tasks_submitted", "skyrun_submit_rejections",
         "skyrun_auth_failures"})),
+    "rollout": Component("rollout_", rollout_registry, expected=frozenset({
+        "rollout_decisions", "rollout_window_elapsed_seconds", "rollout_window_requests", "rollout_error_ratio",
+        "rollout_p95_latency_seconds", "rollout_p95_first_token_seconds", "rollout_scrape_failures",
+        "rollout_ticks", "rollout_last_tick_timestamp_seconds"})),
     "trainop": Component("trainop_", trainop_registry, shared_registry=True, expected=frozenset({
         "trainop_reconciliations", "trainop_trainingjobs", "trainop_restarts",
         "trainop_reconcile_duration_seconds"})),

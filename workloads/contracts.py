@@ -25,3 +25,10 @@ TRAINER_METRICS_PORT = 9400
 """The trainer's Prometheus port (local rank i serves TRAINER_METRICS_PORT + i)."""
 MASTER_PORT = 29500
 """Rank 0's rendezvous port in the runs the operator and the launcher create (torch's usual default)."""
+
+# MLflow model version tags the canary gate (rollout/) writes on a challenger version when it decides, before it moves
+# any alias (the decision tag last of the three): a version that has it is never decided again. Values of the
+# decision: `promoted`, `rolled_back`.
+CANARY_DECISION_TAG = f"{GROUP}/canary-decision"
+CANARY_REASON_TAG = f"{GROUP}/canary-reason"
+CANARY_DECIDED_AT_TAG = f"{GROUP}/canary-decided-at"
