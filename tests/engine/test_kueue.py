@@ -2,9 +2,10 @@
 server, admission against ClusterQueue quota in a cohort, and its visibility API served through the API server's
 aggregation layer.
 
-Two ClusterQueues, team-a and team-b, share the cohort `research` with 1 CPU and 1Gi each of the flavor `default`;
-each has a LocalQueue in a namespace of its own. kwok runs the admitted Jobs' pods; the pods here carry kwok's
-pod-complete delay annotation so they keep running (and holding quota) until the test deletes their Job.
+Two ClusterQueues, team-a and team-b, share the cohort `research` with 1 CPU and 1Gi each of the flavor
+`research-default`; each has a LocalQueue in a namespace of its own. kwok runs the admitted Jobs' pods; the pods
+here carry kwok's pod-complete delay annotation so they keep running (and holding quota) until the test deletes
+their Job.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 URGENT = "urgent"
 COHORT = "research"
+FLAVOR = "research-default"  # this module's own: its teardown does not wait for the flavor to be gone
 TEAMS = {"team-a": "kueue-team-a", "team-b": "kueue-team-b"}
 """ClusterQueue (and LocalQueue) name -> the namespace of its LocalQueue."""
 RUNNING_FOREVER = {
@@ -41,7 +43,7 @@ def cluster_queue(name: str) -> dict[str, Any]:
         "spec": {
             "cohortName": COHORT,
             "namespaceSelector": {},
-            "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{"name": "default", "resources": [
+            "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{"name": FLAVOR, "resources": [
                 {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "1Gi"}]}]}],
         },
     }  # fmt: skip
@@ -73,7 +75,7 @@ def conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def queues(cluster: LocalCluster, kueue: KueueManager) -> Iterator[None]:  # noqa: F811  (the imported fixture)
     api = cluster.api
-    api.apply({"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": "default"}})
+    api.apply({"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": FLAVOR}})
     api.apply({"apiVersion": KUEUE, "kind": "WorkloadPriorityClass", "metadata": {"name": URGENT}, "value": 100})
     for name, namespace in TEAMS.items():
         api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -87,12 +89,13 @@ def queues(cluster: LocalCluster, kueue: KueueManager) -> Iterator[None]:  # noq
                    lambda n=name, ns=namespace: condition(api.get(KUEUE, "LocalQueue", n, ns), "Active") == "True",
                    WAIT_S)  # fmt: skip
     yield
+    # Deleted without waiting (their kwok pods take a minute to terminate): the names, the cohort and the flavor are
+    # this module's own, and Kueue's finalizers hold each queue until its Workloads are gone.
     for namespace in TEAMS.values():
         api.delete("v1", "Namespace", namespace)
-        eventually(f"namespace {namespace} gone", lambda ns=namespace: api.get("v1", "Namespace", ns) is None, 120)
     for name in TEAMS:
         api.delete(KUEUE, "ClusterQueue", name)
-    api.delete(KUEUE, "ResourceFlavor", "default")
+    api.delete(KUEUE, "ResourceFlavor", FLAVOR)
     api.delete(KUEUE, "WorkloadPriorityClass", URGENT)
 
 
@@ -134,7 +137,7 @@ def test_jobs_are_suspended_queued_admitted_within_the_cohort_and_listed_while_p
     wl = workload_of(cluster, ns_a, "a-1")
     assert wl is not None
     assert wl["status"]["admission"]["clusterQueue"] == "team-a"
-    assert wl["status"]["admission"]["podSetAssignments"][0]["flavors"] == {"cpu": "default", "memory": "default"}
+    assert wl["status"]["admission"]["podSetAssignments"][0]["flavors"] == {"cpu": FLAVOR, "memory": FLAVOR}
     eventually("job a-1's pod Running", lambda: [p for p in api.items("v1", "Pod", ns_a, "job-name=a-1")
                                                  if p["status"].get("phase") == "Running"], WAIT_S)  # fmt: skip
 
@@ -151,7 +154,7 @@ def test_jobs_are_suspended_queued_admitted_within_the_cohort_and_listed_while_p
     reason = eventually("job b-1 pending", lambda: pending(cluster, ns_b, "b-1"), WAIT_S)
     assert reason["reason"] == "Pending"
     assert reason["message"] == (
-        "couldn't assign flavors to pod set main: insufficient unused quota for cpu in flavor default, 1 more needed"
+        f"couldn't assign flavors to pod set main: insufficient unused quota for cpu in flavor {FLAVOR}, 1 more needed"
     )
     assert api.get("batch/v1", "Job", "b-1", ns_b)["spec"]["suspend"] is True  # type: ignore[index]
     eventually("job b-2 pending", lambda: pending(cluster, ns_b, "b-2"), WAIT_S)
@@ -171,7 +174,8 @@ def test_jobs_are_suspended_queued_admitted_within_the_cohort_and_listed_while_p
     still = eventually("job b-1 pending for 500m", lambda: (pending(cluster, ns_b, "b-1") or {}).get("message", "")
                        .endswith("500m more needed") and pending(cluster, ns_b, "b-1"), WAIT_S)  # fmt: skip
     assert still["message"] == (
-        "couldn't assign flavors to pod set main: insufficient unused quota for cpu in flavor default, 500m more needed"
+        f"couldn't assign flavors to pod set main: insufficient unused quota for cpu in flavor {FLAVOR}, "
+        "500m more needed"
     )
 
 
