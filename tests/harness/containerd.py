@@ -194,16 +194,36 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return time.monotonic() - start
 
     def _import_stream(self, ref: str) -> None:
+        # podman save writes a whole temporary copy of the image (image_copy_tmp_dir, /var/tmp unless TMPDIR) before
+        # it streams: on a nearly full disk it stalls there, so a failure says how much room that directory had.
+        tmp = os.environ.get("TMPDIR") or "/var/tmp"
         with subprocess.Popen(["podman", "save", "--format", "docker-archive", ref], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) as save:  # fmt: skip
-            imported = subprocess.run(
-                ["ctr", "--address", str(self.sock), "--namespace", "k8s.io", "images", "import", "-"],
-                stdin=save.stdout, capture_output=True, text=True, timeout=1800,
-            )  # fmt: skip
-            save_err = save.stderr.read().decode(errors="replace") if save.stderr else ""
+            try:
+                imported = subprocess.run(
+                    ["ctr", "--address", str(self.sock), "--namespace", "k8s.io", "images", "import", "-"],
+                    stdin=save.stdout, capture_output=True, text=True, timeout=1800,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as err:
+                save.kill()
+                free = shutil.disk_usage(tmp).free / 2**30
+                raise ClusterError(f"importing {ref} took over {err.timeout:.0f} s ({tmp} has {free:.1f} GiB free; "
+                                   "podman save needs room for a copy of the image there)") from None  # fmt: skip
+            finally:
+                # ctr is done reading: podman must not block on a pipe nobody reads (nor this on its stderr).
+                if save.stdout:
+                    save.stdout.close()
+            try:
+                _, err_bytes = save.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                save.kill()
+                _, err_bytes = save.communicate()
+            save_err = (err_bytes or b"").decode(errors="replace")
         if save.returncode != 0 or imported.returncode != 0:
+            free = shutil.disk_usage(tmp).free / 2**30
             raise ClusterError(
-                f"importing {ref} failed: podman save: {save_err[-2000:]} ctr: {imported.stderr[-2000:]}"
+                f"importing {ref} failed ({tmp} has {free:.1f} GiB free): podman save: {save_err[-2000:]} "
+                f"ctr: {imported.stderr[-2000:]}"
             )
 
     def remove_containers(self) -> None:
